@@ -1,0 +1,168 @@
+"""Configuration as frozen dataclasses, with the defaults in one place.
+
+``to_dict`` / ``from_dict`` convert to plain JSON/YAML-able dicts (what checkpoints,
+manifests and reports store). ``from_dict`` is strict: an unknown key or a value of the
+wrong type raises ``ConfigError`` naming the key, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+from afp_core.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioConfig:
+    """How audio is cut into fingerprint windows (paper §2.3: 1 s windows, 50 % overlap)."""
+
+    sample_rate: int = 8000
+    window_s: float = 1.0
+    hop_s: float = 0.5
+
+    @property
+    def window(self) -> int:
+        """Window length in samples."""
+        return round(self.window_s * self.sample_rate)
+
+    @property
+    def hop(self) -> int:
+        """Hop length in samples."""
+        return round(self.hop_s * self.sample_rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogMelConfig:
+    """Log-mel front-end of the CNN encoders (notes §1): a 256 x 32 image in [-80, 0] dB."""
+
+    n_fft: int = 1024
+    hop_length: int = 256
+    n_mels: int = 256
+    f_min: float = 0.0
+    f_max: float = 4000.0
+    power: float = 2.0
+    top_db: float = 80.0
+
+
+@dataclasses.dataclass(frozen=True)
+class NAFPConfig:
+    """NAFP encoder and div-enc projection (paper §4.1).
+
+    ``width`` multiplies every convolution's channel count (1.0 is the paper's 16.9 M
+    parameter model; 0.25 is a CPU-sized variant). The encoder output has
+    ``round(1024 * width)`` features, split into ``dim`` slices by the projection.
+    """
+
+    width: float = 1.0
+    dim: int = 128
+    proj_hidden: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexConfig:
+    """faiss IVF-PQ parameters; defaults from paper Table 1 (m=32 x 8 bits, nprobe 4)."""
+
+    m: int = 32
+    nbits: int = 8
+    nlist: int = 256
+    nprobe: int = 4
+    # Below this many vectors IVF-PQ cannot be trained well: an exact flat index is used.
+    min_train_vectors: int = 10_000
+    max_train_vectors: int = 200_000
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain dict (nested dataclasses become dicts, tuples become lists)."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def from_dict(cls: type[T], data: Any, where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types.
+
+    ``where`` prefixes key names in error messages (``training.batch_size``).
+    """
+    label = where or cls.__name__
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise ConfigError(f"{_join(where, unknown[0])}: unknown key (known keys: {known})")
+    hints = typing.get_type_hints(cls)
+    values = {name: _coerce(hints[name], value, _join(where, name)) for name, value in data.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(hint):
+            choices = ", ".join(repr(a) for a in typing.get_args(hint))
+            raise ConfigError(f"{key}: {value!r} is not one of {choices}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(hint)
+        item = args[0] if args else Any
+        items = [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported configuration type {hint!r}")
