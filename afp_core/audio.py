@@ -1,0 +1,345 @@
+"""Audio input and output: probing, streaming decode to 8 kHz mono, framing into windows.
+
+Everything here is numpy only (no torch). Decoding goes through libsndfile (soundfile),
+resampling through soxr with its anti-alias filter. ``stream_audio`` reads a file block by
+block, so memory stays proportional to the block, however long the file is.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from afp_core.errors import AudioError
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "AudioInfo",
+    "frame_windows",
+    "iter_audio_files",
+    "load_audio",
+    "probe_audio",
+    "resample",
+    "stream_audio",
+    "stream_windows",
+    "window_count",
+    "write_audio_atomic",
+]
+
+AUDIO_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".wav",
+        ".wave",
+        ".bwf",
+        ".rf64",
+        ".w64",
+        ".flac",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".mp3",
+        ".aif",
+        ".aiff",
+        ".aifc",
+        ".au",
+        ".snd",
+        ".caf",
+        ".sph",
+        ".nist",
+        ".voc",
+        ".paf",
+        ".svx",
+        ".sd2",
+    }
+)
+
+# soundfile guesses the major format from the suffix; these suffixes need telling.
+_WRITE_FORMATS: dict[str, tuple[str, str | None]] = {
+    ".wav": ("WAV", None),
+    ".wave": ("WAV", None),
+    ".rf64": ("RF64", None),
+    ".w64": ("W64", None),
+    ".flac": ("FLAC", None),
+    ".ogg": ("OGG", None),
+    ".oga": ("OGG", None),
+    ".opus": ("OGG", "OPUS"),
+    ".mp3": ("MP3", None),
+    ".aif": ("AIFF", None),
+    ".aiff": ("AIFF", None),
+    ".aifc": ("AIFF", None),
+    ".au": ("AU", None),
+    ".snd": ("AU", None),
+    ".caf": ("CAF", None),
+}
+
+# Errors libsndfile / soundfile raise for unreadable or undecodable data.
+_DECODE_ERRORS = (sf.SoundFileError, RuntimeError, ValueError, TypeError, OSError)
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What ``probe_audio`` learns from a file's header."""
+
+    path: Path
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+
+    @property
+    def duration_s(self) -> float:
+        """Duration in seconds (``frames / sample_rate``)."""
+        return self.frames / self.sample_rate
+
+
+def _reason(exc: BaseException) -> str:
+    """libsndfile's message for ``exc`` on one line, without the repeated file name."""
+    text = getattr(exc, "error_string", None) or str(exc) or type(exc).__name__
+    text = " ".join(str(text).split())
+    if text.startswith("Error : "):
+        text = text[len("Error : ") :]
+    return text.rstrip(".")
+
+
+def _unreadable(path: Path, exc: BaseException) -> AudioError:
+    return AudioError(f"{path}: not an audio file libsndfile can read ({_reason(exc)})")
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
+
+
+def probe_audio(path: Path | str) -> AudioInfo:
+    """Read ``path``'s header; ``AudioError`` if it is missing, unreadable or empty."""
+    path = Path(path)
+    _check_exists(path)
+    try:
+        info = sf.info(str(path))
+    except _DECODE_ERRORS as exc:
+        raise _unreadable(path, exc) from None
+    if info.frames <= 0 or info.samplerate <= 0 or info.channels <= 0:
+        raise AudioError(f"{path}: empty audio file (no samples)")
+    return AudioInfo(
+        path=path,
+        sample_rate=int(info.samplerate),
+        channels=int(info.channels),
+        frames=int(info.frames),
+        format=str(info.format),
+    )
+
+
+def stream_audio(
+    path: Path | str, sample_rate: int = 8000, block_s: float = 30.0
+) -> Iterator[np.ndarray]:
+    """Decode ``path`` block by block to mono float32 at ``sample_rate``.
+
+    Yields non-empty 1-D float32 blocks (about ``block_s`` seconds each, the last shorter)
+    whose concatenation is the whole resampled signal. The header is checked at once (a
+    missing, unreadable or empty file raises ``AudioError`` here, not at the first block);
+    a decoding error later in the file raises ``AudioError`` from the iterator.
+    """
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if block_s <= 0:
+        raise ValueError(f"block_s must be positive, got {block_s}")
+    info = probe_audio(path)
+    return _stream(info, sample_rate, block_s)
+
+
+def _stream(info: AudioInfo, sample_rate: int, block_s: float) -> Iterator[np.ndarray]:
+    path = info.path
+    block = max(1, round(block_s * info.sample_rate))
+    resampler = (
+        None
+        if info.sample_rate == sample_rate
+        else soxr.ResampleStream(info.sample_rate, sample_rate, 1, dtype="float32", quality="HQ")
+    )
+    done = 0
+    try:
+        handle = sf.SoundFile(str(path))
+    except _DECODE_ERRORS as exc:
+        raise _unreadable(path, exc) from None
+    with handle:
+        # One buffer reused for every read: decoding allocates nothing per block.
+        buffer = np.empty((block, handle.channels), dtype=np.float32)
+        while True:
+            try:
+                frames = handle.read(block, dtype="float32", always_2d=True, out=buffer)
+            except _DECODE_ERRORS as exc:
+                where = done / info.sample_rate
+                raise AudioError(
+                    f"{path}: decoding failed after {where:.2f} s ({_reason(exc)})"
+                ) from None
+            n = len(frames)
+            done += n
+            last = n < block
+            mono = _downmix(frames)
+            if resampler is not None:
+                mono = resampler.resample_chunk(mono, last=last)
+            if len(mono):
+                yield mono
+            if last:
+                break
+
+
+def _downmix(frames: np.ndarray) -> np.ndarray:
+    """(n, channels) float32 -> a new contiguous (n,) float32 array, mean of the channels."""
+    if frames.shape[1] == 1:
+        return frames[:, 0].copy()
+    return frames.mean(axis=1, dtype=np.float32)
+
+
+def load_audio(path: Path | str, sample_rate: int = 8000) -> np.ndarray:
+    """The whole of ``path`` as mono float32 at ``sample_rate``, shape (samples,)."""
+    blocks = list(stream_audio(path, sample_rate))
+    if not blocks:
+        return np.zeros(0, dtype=np.float32)
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Resample (samples,) or (samples, channels) ``x`` with soxr HQ; float32 out."""
+    x = np.asarray(x, dtype=np.float32)
+    if sr_in == sr_out:
+        return x
+    if sr_in <= 0 or sr_out <= 0:
+        raise ValueError(f"sample rates must be positive, got {sr_in} and {sr_out}")
+    return np.asarray(soxr.resample(x, sr_in, sr_out, quality="HQ"), dtype=np.float32)
+
+
+def window_count(n_samples: int, window: int, hop: int) -> int:
+    """Number of whole windows of ``window`` samples, ``hop`` apart, in ``n_samples``."""
+    if window <= 0 or hop <= 0:
+        raise ValueError(f"window and hop must be positive, got {window} and {hop}")
+    if n_samples < window:
+        return 0
+    return 1 + (n_samples - window) // hop
+
+
+def frame_windows(x: np.ndarray, window: int, hop: int) -> np.ndarray:
+    """Read-only strided view (window_count, window) of 1-D ``x``; no copy."""
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise ValueError(f"expected a 1-D signal, got shape {x.shape}")
+    n = window_count(len(x), window, hop)
+    if n == 0:
+        empty = np.zeros((0, window), dtype=x.dtype)
+        empty.flags.writeable = False
+        return empty
+    return np.lib.stride_tricks.sliding_window_view(x, window)[::hop]
+
+
+def stream_windows(
+    blocks: Iterable[np.ndarray], window: int, hop: int, max_windows: int = 1024
+) -> Iterator[np.ndarray]:
+    """Cut a stream of 1-D blocks of any sizes into windows.
+
+    Yields contiguous float32 arrays (n_i, window) with 1 <= n_i <= ``max_windows``; their
+    concatenation equals ``frame_windows(np.concatenate(blocks), window, hop)``.
+    """
+    window_count(0, window, hop)  # validates window and hop
+    if max_windows < 1:
+        raise ValueError(f"max_windows must be at least 1, got {max_windows}")
+    pending: list[np.ndarray] = []
+    pending_len = 0
+    skip = 0  # samples still to drop when hop > window leaves a gap between windows
+    for raw in blocks:
+        block = np.asarray(raw, dtype=np.float32)
+        if block.ndim != 1:
+            raise ValueError(f"expected 1-D blocks, got shape {block.shape}")
+        if skip:
+            dropped = min(skip, len(block))
+            block = block[dropped:]
+            skip -= dropped
+        if not len(block):
+            continue
+        pending.append(block)
+        pending_len += len(block)
+        # Join only once a window fits, so many tiny blocks do not cost a join each.
+        if pending_len < window:
+            continue
+        buffer = pending[0] if len(pending) == 1 else np.concatenate(pending)
+        views = frame_windows(buffer, window, hop)
+        for start in range(0, len(views), max_windows):
+            yield views[start : start + max_windows].copy()
+        consumed = len(views) * hop
+        if consumed >= len(buffer):
+            skip = consumed - len(buffer)
+            pending, pending_len = [], 0
+        else:
+            # Copy the tail so the (possibly large) joined buffer can be freed.
+            tail = buffer[consumed:].copy()
+            pending, pending_len = [tail], len(tail)
+
+
+def iter_audio_files(paths: Iterable[Path | str]) -> Iterator[Path]:
+    """Files named directly (any suffix), then audio files found in named folders.
+
+    Folders are walked recursively; their files with a suffix in ``AUDIO_EXTENSIONS``
+    come out sorted by path components, hidden files and folders skipped. A path that
+    does not exist raises ``AudioError``.
+    """
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            yield from _walk_audio(path)
+        elif path.exists():
+            yield path
+        else:
+            raise AudioError(f"{path}: no such file or folder")
+
+
+def _walk_audio(folder: Path) -> Iterator[Path]:
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(
+            Path(root, name)
+            for name in files
+            if not name.startswith(".") and Path(name).suffix.lower() in AUDIO_EXTENSIONS
+        )
+    yield from sorted(found, key=lambda p: p.parts)
+
+
+def write_audio_atomic(
+    path: Path | str, x: np.ndarray, sample_rate: int, subtype: str | None = None
+) -> None:
+    """Write (samples,) or (samples, channels) ``x`` to ``path`` atomically.
+
+    The data goes to a hidden temporary file in the same folder, which then replaces
+    ``path``: a reader sees the old file or the whole new one, never a partial one.
+    The format follows the suffix (.opus is Ogg Opus); ``subtype`` as in soundfile.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _WRITE_FORMATS:
+        known = " ".join(sorted(_WRITE_FORMATS))
+        raise AudioError(f"{path}: cannot write audio with suffix {suffix!r} (known: {known})")
+    if not path.parent.is_dir():
+        raise AudioError(f"{path}: no such folder {path.parent}")
+    file_format, default_subtype = _WRITE_FORMATS[suffix]
+    # Not mkstemp: its 0600 mode would stick to the final file; a random name suffices.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        sf.write(
+            str(tmp),
+            np.asarray(x),
+            sample_rate,
+            subtype=subtype or default_subtype,
+            format=file_format,
+        )
+        tmp.replace(path)
+    except _DECODE_ERRORS as exc:
+        raise AudioError(f"{path}: cannot write audio ({_reason(exc)})") from None
+    finally:
+        tmp.unlink(missing_ok=True)

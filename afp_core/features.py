@@ -1,0 +1,133 @@
+"""Log-mel front-end of the CNN encoders (notes §1): each 1 s window -> 256 x 32 in [-80, 0] dB.
+
+The mel filterbank is the Slaney one (librosa's default: ``htk=False, norm='slaney'``),
+computed here in numpy so that librosa is needed by the tests only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from afp_core.config import LogMelConfig
+
+__all__ = ["LogMel", "hz_to_mel", "mel_filterbank", "mel_to_hz"]
+
+# Slaney's mel scale: linear (200/3 Hz per mel) below 1 kHz, logarithmic above.
+_F_SP = 200.0 / 3.0
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOG_STEP = np.log(6.4) / 27.0
+
+_DEFAULT = LogMelConfig()
+
+
+def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    """Hz -> Slaney mel (float64, same shape)."""
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz / _F_SP
+    logarithmic = _MIN_LOG_MEL + np.log(np.maximum(hz, _MIN_LOG_HZ) / _MIN_LOG_HZ) / _LOG_STEP
+    return np.where(hz >= _MIN_LOG_HZ, logarithmic, linear)
+
+
+def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
+    """Slaney mel -> Hz (float64, same shape); inverse of ``hz_to_mel``."""
+    mel = np.asarray(mel, dtype=np.float64)
+    linear = mel * _F_SP
+    logarithmic = _MIN_LOG_HZ * np.exp(_LOG_STEP * (np.maximum(mel, _MIN_LOG_MEL) - _MIN_LOG_MEL))
+    return np.where(mel >= _MIN_LOG_MEL, logarithmic, linear)
+
+
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float
+) -> np.ndarray:
+    """Triangular Slaney mel filters, area-normalised: (n_mels, n_fft // 2 + 1) float32.
+
+    Filter ``i`` rises from edge ``i`` to ``i + 1`` and falls to ``i + 2`` of ``n_mels + 2``
+    edges equally spaced in mel between ``f_min`` and ``f_max``; each is scaled by
+    2 / (its width in Hz) so that filters have equal area (librosa ``norm='slaney'``).
+    """
+    if not 0 <= f_min < f_max:
+        raise ValueError(f"need 0 <= f_min < f_max, got {f_min} and {f_max}")
+    fft_hz = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
+    edges_hz = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    widths = np.diff(edges_hz)  # (n_mels + 1,)
+    # distance[i, k] = edges_hz[i] - fft_hz[k]
+    distance = edges_hz[:, None] - fft_hz[None, :]
+    rising = -distance[:-2] / widths[:-1, None]
+    falling = distance[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
+class LogMel(torch.nn.Module):
+    """Batched log-mel spectrogram, each item scaled by its own maximum.
+
+    ``forward(waves)``: (B, samples) audio -> (B, 1, n_mels, 1 + samples // hop_length)
+    float32 dB in [-top_db, 0]; with the defaults, 8000 samples give (B, 1, 256, 32).
+    STFT with a periodic Hann window, ``center=True`` and zero padding (librosa >= 0.10),
+    power spectrogram, Slaney mel projection, then ``10 log10(S / max S)`` with ``max S``
+    taken over each item alone (never over the batch: an item's output must not depend on
+    its batch-mates), ``amin = 1e-10``, floored at ``-top_db``. Always computed in float32,
+    also under autocast or for half-precision input. No parameters and no state_dict
+    entries: the window and mel matrix are non-persistent float32 buffers that follow
+    ``.to(device)`` but keep float32 through ``.half()`` or ``.to(dtype)``.
+    """
+
+    amin: float = 1e-10
+
+    def __init__(self, config: LogMelConfig = _DEFAULT, sample_rate: int = 8000) -> None:
+        super().__init__()
+        self.config = config
+        self.sample_rate = sample_rate
+        fb = mel_filterbank(sample_rate, config.n_fft, config.n_mels, config.f_min, config.f_max)
+        window = torch.hann_window(config.n_fft, periodic=True, dtype=torch.float32)
+        self.register_buffer("window", window, persistent=False)
+        self.register_buffer("mel_basis", torch.from_numpy(fb), persistent=False)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> LogMel:
+        # ``.half()`` / ``.to(dtype)`` would round the mel matrix (fp16 costs up to 1.4 dB):
+        # the buffers follow device moves only and stay exact float32.
+        kept = {"window": self.window, "mel_basis": self.mel_basis}
+        super()._apply(fn, recurse)
+        for name, original in kept.items():
+            setattr(self, name, original.to(getattr(self, name).device))
+        return self
+
+    def output_shape(self, n_samples: int) -> tuple[int, int]:
+        """(n_mels, frames) produced for ``n_samples`` of audio."""
+        return self.config.n_mels, 1 + n_samples // self.config.hop_length
+
+    def forward(self, waves: Tensor) -> Tensor:
+        """(B, samples) -> (B, 1, n_mels, frames) float32 dB in [-top_db, 0]."""
+        if waves.ndim != 2:
+            raise ValueError(f"LogMel expects (batch, samples), got shape {tuple(waves.shape)}")
+        cfg = self.config
+        with torch.autocast(device_type=waves.device.type, enabled=False):
+            x = waves.float()
+            spec = torch.stft(
+                x,
+                n_fft=cfg.n_fft,
+                hop_length=cfg.hop_length,
+                win_length=cfg.n_fft,
+                window=self.window,
+                center=True,
+                pad_mode="constant",
+                normalized=False,
+                onesided=True,
+                return_complex=True,
+            )
+            # re^2 + im^2 rather than abs()^2: no square root to round, nor to differentiate.
+            power = torch.view_as_real(spec).square().sum(-1)
+            if cfg.power != 2.0:
+                power = power.pow(cfg.power / 2.0)
+            mel = torch.matmul(self.mel_basis, power)  # (B, n_mels, frames)
+            ref = mel.amax(dim=(-2, -1), keepdim=True)  # per item, not per batch
+            db = 10.0 * torch.log10(mel.clamp_min(self.amin))
+            db = db - 10.0 * torch.log10(ref.clamp_min(self.amin))
+            db = db.clamp_min(-cfg.top_db)
+        return db.unsqueeze(1)
