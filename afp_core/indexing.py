@@ -1,0 +1,235 @@
+"""Build and extend a fingerprint database from audio files (library -> vectors -> database).
+
+Extraction streams each file in blocks (a 2-hour file is never held whole), embeds its
+windows in batches and stages the vectors per song, so an interrupted run resumes where
+it stopped. Bad files are skipped with a one-line reason each and the rest still gets
+indexed; a file already in the database (same content checksum) is skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from afp_core.audio import AudioInfo, iter_audio_files, probe_audio, stream_audio, stream_windows
+from afp_core.checkpoint import Checkpoint, load_checkpoint
+from afp_core.config import IndexConfig
+from afp_core.database import FingerprintDB, Song
+from afp_core.errors import AudioError, DatabaseError
+from afp_core.fileutil import file_sha256
+from afp_core.models import Fingerprinter, embed_windows
+from afp_core.shipped import default_checkpoint_path, write_untrained_checkpoint
+from afp_core.tasks import TaskState
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A file left out of the database, and why (one line)."""
+
+    path: Path
+    reason: str
+
+
+@dataclasses.dataclass
+class IndexResult:
+    """What one indexing run did."""
+
+    added: list[Song] = dataclasses.field(default_factory=list)
+    duplicates: list[Path] = dataclasses.field(default_factory=list)
+    skipped: list[Skipped] = dataclasses.field(default_factory=list)
+    audio_s: float = 0.0
+    elapsed_s: float = 0.0
+
+    def summary(self) -> str:
+        """One line for the end of a run."""
+        rate = self.audio_s / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return (
+            f"added {len(self.added)} songs ({self.audio_s / 60:.1f} min of audio, "
+            f"{rate:.0f} s of audio per s), {len(self.duplicates)} already in the database, "
+            f"{len(self.skipped)} skipped"
+        )
+
+
+def describe_model(checkpoint: Checkpoint) -> dict:
+    """The identity a database records for the model that made its vectors."""
+    return {
+        "name": checkpoint.spec.name,
+        "spec": checkpoint.spec.to_dict(),
+        "checkpoint_sha256": checkpoint.sha256,
+        "checkpoint_meta": checkpoint.meta,
+    }
+
+
+def open_database_for_indexing(
+    db_dir: Path,
+    model_path: Path | None = None,
+    index_config: IndexConfig | None = None,
+    on_notice: Callable[[str], None] = lambda _: None,
+) -> tuple[FingerprintDB, Checkpoint]:
+    """Open ``db_dir`` or create it with ``model_path`` (default: the shipped model).
+
+    An existing database keeps its own model; naming another one is refused.
+    """
+    db_dir = Path(db_dir)
+    if (db_dir / "manifest.json").exists():
+        db = FingerprintDB.open(db_dir)
+        checkpoint = load_database_model(db, model_path)
+        if index_config is not None and index_config != db.index_config:
+            on_notice(f"{db_dir}: keeps the index settings it was created with")
+        return db, checkpoint
+    if model_path is None:
+        model_path = default_checkpoint_path()
+    with tempfile.TemporaryDirectory() as tmp:
+        if model_path is None:
+            model_path = write_untrained_checkpoint(Path(tmp) / "model.pt")
+            on_notice(
+                "no trained model is shipped yet: using an untrained NAFP "
+                "(seeded random weights), which only finds mildly distorted excerpts"
+            )
+        checkpoint = load_checkpoint(model_path)
+        db = FingerprintDB.create(
+            db_dir,
+            model_info=describe_model(checkpoint),
+            dim=checkpoint.spec.arch.dim,
+            index_config=index_config or IndexConfig(),
+            checkpoint=model_path,
+        )
+    return db, checkpoint
+
+
+def load_database_model(db: FingerprintDB, model_path: Path | None = None) -> Checkpoint:
+    """The model a query must use: the database's own copy, or ``model_path`` if it is the same."""
+    if model_path is None:
+        own = db.path / "model.pt"
+        if not own.exists():
+            raise DatabaseError(f"{db.path}: the database has no model.pt; pass --model")
+        checkpoint = load_checkpoint(own)
+    else:
+        checkpoint = load_checkpoint(model_path)
+    db.check_model(describe_model(checkpoint))
+    return checkpoint
+
+
+def read_tags(path: Path) -> tuple[str, str]:
+    """(title, artist) from the file's tags; the file name when it has none."""
+    title, artist = "", ""
+    try:
+        with sf.SoundFile(path) as f:
+            tags = f.copy_metadata()
+        title, artist = tags.get("title", "").strip(), tags.get("artist", "").strip()
+    except (RuntimeError, sf.LibsndfileError):
+        pass
+    return title or path.stem, artist
+
+
+def extract_file_vectors(
+    model: Fingerprinter,
+    path: Path,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    on_audio: Callable[[float], None] = lambda _: None,
+    task: TaskState | None = None,
+) -> np.ndarray:
+    """Fingerprints of every window of a file: (n_windows, dim) float32 unit vectors.
+
+    ``on_audio`` is called with the seconds of audio each batch covered.
+    """
+    audio = model.spec.audio
+    chunks = []
+    blocks = stream_audio(path, sample_rate=audio.sample_rate)
+    for windows in stream_windows(blocks, audio.window, audio.hop, max_windows=batch_size):
+        if task is not None:
+            task.check_cancelled()
+        chunks.append(embed_windows(model, windows, batch_size=batch_size, device=device))
+        on_audio(len(windows) * audio.hop_s)
+    if not chunks:
+        return np.zeros((0, model.spec.arch.dim), np.float32)
+    return np.concatenate(chunks)
+
+
+def index_library(
+    db: FingerprintDB,
+    model: Fingerprinter,
+    paths: Iterable[Path],
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    task: TaskState | None = None,
+    on_skip: Callable[[Skipped], None] = lambda _: None,
+) -> IndexResult:
+    """Add every audio file under ``paths`` to ``db`` and commit the index.
+
+    Cancelling (``task.cancel()``) or an interrupt keeps the songs staged so far; the next
+    run extracts only what is left.
+    """
+    task = task or TaskState()
+    result = IndexResult()
+    started = time.monotonic()
+
+    def skip(path: Path, reason: str) -> None:
+        entry = Skipped(path, reason)
+        result.skipped.append(entry)
+        on_skip(entry)
+
+    window_s = model.spec.audio.window_s
+    plan: list[AudioInfo] = []
+    task.set_message("reading file headers")
+    for path in iter_audio_files(paths):
+        try:
+            info = probe_audio(path)
+        except AudioError as exc:
+            skip(path, str(exc))
+            continue
+        if info.duration_s < window_s:
+            skip(path, f"{path}: {info.duration_s:.2f} s is shorter than one {window_s:g} s window")
+            continue
+        plan.append(info)
+
+    task.set_total(sum(info.duration_s for info in plan))
+    for info in plan:
+        task.check_cancelled()
+        before = task.done
+        checksum = file_sha256(info.path)
+        if db.has_song(checksum):
+            result.duplicates.append(info.path)
+            task.advance(info.duration_s, f"{info.path.name} already indexed")
+            continue
+        task.set_message(info.path.name)
+        try:
+            vectors = extract_file_vectors(
+                model,
+                info.path,
+                batch_size=batch_size,
+                device=device,
+                on_audio=task.advance,
+                task=task,
+            )
+        except AudioError as exc:
+            skip(info.path, str(exc))
+            task.advance(before + info.duration_s - task.done)
+            continue
+        title, artist = read_tags(info.path)
+        song = db.stage_song(
+            title=title,
+            artist=artist,
+            source=str(info.path.resolve()),
+            duration_s=info.duration_s,
+            checksum=checksum,
+            vectors=vectors,
+        )
+        result.added.append(song)
+        result.audio_s += info.duration_s
+        task.advance(before + info.duration_s - task.done)
+
+    task.set_message("building the index")
+    db.commit(progress=lambda done, total: None, cancel=lambda: task.cancelled)
+    result.elapsed_s = time.monotonic() - started
+    return result
