@@ -148,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_index(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from afp_core.audio import iter_audio_files
     from afp_core.config import IndexConfig
     from afp_core.indexing import index_library, open_database_for_indexing
     from afp_core.tasks import TaskState, TqdmProgress
@@ -162,6 +163,10 @@ def run_index(args: argparse.Namespace) -> int:
         nprobe=args.nprobe,
         min_train_vectors=args.min_train_vectors,
     )
+    files = list(iter_audio_files(args.paths))
+    if not files:
+        names = ", ".join(str(p) for p in args.paths)
+        raise AfpError(f"{names}: no audio files found (looked for {_extensions()})")
     db, checkpoint = open_database_for_indexing(args.db, args.model, config, on_notice=notice)
     if args.nprobe != db.nprobe:
         db.nprobe = args.nprobe
@@ -171,7 +176,7 @@ def run_index(args: argparse.Namespace) -> int:
         result = index_library(
             db,
             model,
-            args.paths,
+            files,
             batch_size=args.batch_size,
             device=args.device,
             task=TaskState(progress),
@@ -304,6 +309,13 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     run_demo_job(options)
     return 0
+
+
+def _extensions() -> str:
+    from afp_core.audio import AUDIO_EXTENSIONS
+
+    common = [".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff"]
+    return ", ".join(e for e in common if e in AUDIO_EXTENSIONS) + ", ..."
 
 
 def _format_bytes(n: float) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from afp_core.errors import ConfigError
 
@@ -74,6 +74,84 @@ class IndexConfig:
     # Below this many vectors IVF-PQ cannot be trained well: an exact flat index is used.
     min_train_vectors: int = 10_000
     max_train_vectors: int = 200_000
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Training distortions of the positive (notes §1; paper §2.2). Defaults are the spec.
+
+    ``pipeline`` "baseline": background noise with ``noise_p`` at an SNR drawn from
+    ``snr_bands_db`` (rows of low dB, high dB, weight: 50 % 0-5, 30 % 5-10, 20 % 10-15),
+    room and microphone impulse responses (``room_ir_p``, ``mic_ir_p``: always), the
+    positive shifted by ``shift_min_s``-``shift_max_s`` (either way) with ``shift_p``,
+    and a weak time and frequency mask on the spectrogram of the positives in a share
+    ``mask_batch_p`` of the batches (each mask at most ``mask_max_*`` of the axis).
+    "proposed" adds, each with ``filter_p``, a low-pass (cutoff in ``lowpass_hz``) and a
+    high-pass (cutoff in ``highpass_hz``) with a roll-off drawn from ``rolloff_db``
+    (audiomentations' zero-phase Butterworth filters: multiples of 12 dB per octave).
+    ``preroll_s`` of audio before the excerpt goes through the impulse responses too, so
+    the positive carries a real reverberation tail rather than a convolution onset.
+    """
+
+    pipeline: Literal["baseline", "proposed"] = "proposed"
+    noise_p: float = 0.8
+    snr_bands_db: tuple[tuple[float, ...], ...] = (
+        (0.0, 5.0, 0.5),
+        (5.0, 10.0, 0.3),
+        (10.0, 15.0, 0.2),
+    )
+    room_ir_p: float = 1.0
+    mic_ir_p: float = 1.0
+    shift_p: float = 0.3
+    shift_min_s: float = 0.1
+    shift_max_s: float = 0.25
+    preroll_s: float = 0.25
+    mask_batch_p: float = 1.0 / 3.0
+    mask_max_freq: float = 0.1
+    mask_max_time: float = 0.1
+    filter_p: float = 0.4
+    lowpass_hz: tuple[float, ...] = (2000.0, 3000.0)
+    highpass_hz: tuple[float, ...] = (500.0, 1000.0)
+    rolloff_db: tuple[int, ...] = (12, 24, 36)
+
+    def __post_init__(self) -> None:
+        key = "augmentation"
+        for name in ("noise_p", "room_ir_p", "mic_ir_p", "shift_p", "mask_batch_p", "filter_p"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{key}.{name}: a probability in [0, 1], got {value!r}")
+        for name in ("mask_max_freq", "mask_max_time"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"{key}.{name}: a fraction in [0, 1), got {value!r}")
+        if not self.snr_bands_db:
+            raise ConfigError(f"{key}.snr_bands_db: needs at least one [low, high, weight] row")
+        for i, band in enumerate(self.snr_bands_db):
+            if len(band) != 3 or band[0] > band[1] or band[2] < 0:
+                raise ConfigError(
+                    f"{key}.snr_bands_db[{i}]: expected [low dB, high dB, weight >= 0] with "
+                    f"low <= high, got {list(band)}"
+                )
+        if sum(band[2] for band in self.snr_bands_db) <= 0:
+            raise ConfigError(f"{key}.snr_bands_db: the weights sum to zero")
+        if not 0.0 <= self.shift_min_s <= self.shift_max_s:
+            raise ConfigError(
+                f"{key}.shift_min_s: need 0 <= shift_min_s <= shift_max_s, got "
+                f"{self.shift_min_s} and {self.shift_max_s}"
+            )
+        if self.preroll_s < 0:
+            raise ConfigError(f"{key}.preroll_s: must be >= 0, got {self.preroll_s}")
+        for name in ("lowpass_hz", "highpass_hz"):
+            band = getattr(self, name)
+            if len(band) != 2 or not 0 < band[0] <= band[1]:
+                raise ConfigError(f"{key}.{name}: expected [low Hz, high Hz], got {list(band)}")
+        rolloffs = tuple(self.rolloff_db)
+        expected = tuple(range(rolloffs[0], rolloffs[-1] + 1, 12)) if rolloffs else ()
+        if not rolloffs or rolloffs[0] <= 0 or rolloffs[0] % 12 or rolloffs != expected:
+            raise ConfigError(
+                f"{key}.rolloff_db: consecutive multiples of 12 dB/octave (zero-phase "
+                f"Butterworth orders), e.g. [12, 24, 36]; got {list(rolloffs)}"
+            )
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -176,7 +176,9 @@ def run_trials(db, model, indexed, held, by_source, noise, rng, options, log) ->
                     for length in QUERY_LENGTHS_S:
                         n = round((length - model.spec.audio.window_s) / hop_s) + 1
                         for method in METHODS:
-                            match = identify_vectors(db, vectors[:n], method=method, hop_s=hop_s)
+                            match = identify_vectors(
+                                db, vectors[:n], method=method, hop_s=hop_s, threshold="auto"
+                            )
                             trials.append(
                                 {
                                     "song": info.path.name,
@@ -188,6 +190,7 @@ def run_trials(db, model, indexed, held, by_source, noise, rng, options, log) ->
                                     "found": match.song.source if match.song else None,
                                     "offset_s": match.offset_s,
                                     "score": float(match.score),
+                                    "rejected": match.song is None,
                                     "song_hit": bool(
                                         song and match.song and match.song.id == song.id
                                     ),
@@ -230,15 +233,28 @@ def summarise(trials, options, db: FingerprintDB, model_sha, noise_kind, elapsed
                         "offset_accuracy": float(np.mean([t["offset_hit"] for t in rows])),
                         "queries": len(rows),
                     }
-    outsiders = {}
+    outsiders: dict[str, dict[str, dict[str, float]]] = {}
     for method in METHODS:
-        inside = [t["score"] for t in trials if t["in_database"] and t["method"] == method]
-        outside = [t["score"] for t in trials if not t["in_database"] and t["method"] == method]
-        outsiders[method] = {
-            "median_score_in_database": float(np.median(inside)) if inside else None,
-            "median_score_not_in_database": float(np.median(outside)) if outside else None,
-            "queries_not_in_database": len(outside),
-        }
+        outsiders[method] = {}
+        for length in QUERY_LENGTHS_S:
+            inside = [
+                t
+                for t in trials
+                if t["in_database"] and t["method"] == method and t["length_s"] == length
+            ]
+            outside = [
+                t
+                for t in trials
+                if not t["in_database"] and t["method"] == method and t["length_s"] == length
+            ]
+            if outside:
+                outsiders[method][str(length)] = {
+                    "false_match_rate": float(np.mean([not t["rejected"] for t in outside])),
+                    "rejected_in_database": float(np.mean([t["rejected"] for t in inside])),
+                    "median_score_in_database": float(np.median([t["score"] for t in inside])),
+                    "median_score_not_in_database": float(np.median([t["score"] for t in outside])),
+                    "queries_not_in_database": len(outside),
+                }
     return {
         "afp_version": __version__,
         "torch_version": torch.__version__,
@@ -280,9 +296,23 @@ def format_table(report: dict) -> str:
             ]
             lines.append(f"| {condition} | " + " | ".join(values) + " |")
         lines.append("")
-    lines.append("Median best score, songs in the database vs songs not in it:")
-    for method, stats in report["not_in_database"].items():
-        inside, outside = stats["median_score_in_database"], stats["median_score_not_in_database"]
-        if inside is not None and outside is not None:
-            lines.append(f"- {method}: {inside:.3f} vs {outside:.3f}")
+    outsiders = report["not_in_database"]
+    if any(outsiders.values()):
+        n = next(iter(next(iter(outsiders.values())).values()))["queries_not_in_database"]
+        lines.append(
+            f"Songs NOT in the database ({n} queries per cell, clean and babble 5 dB): "
+            "% wrongly matched / % of in-database queries rejected (calibrated threshold)"
+        )
+        lines.append("")
+        lines.append("| method | " + " | ".join(f"{x} s" for x in lengths) + " |")
+        lines.append("|---|" + "---|" * len(lengths))
+        for method, cells in outsiders.items():
+            values = [
+                f"{100 * cells[x]['false_match_rate']:.1f} / "
+                f"{100 * cells[x]['rejected_in_database']:.1f}"
+                if x in cells
+                else "-"
+                for x in lengths
+            ]
+            lines.append(f"| {method} | " + " | ".join(values) + " |")
     return "\n".join(lines)

@@ -20,11 +20,12 @@ import torch
 
 from afp_core.audio import AudioInfo, iter_audio_files, probe_audio, stream_audio, stream_windows
 from afp_core.checkpoint import Checkpoint, load_checkpoint
-from afp_core.config import IndexConfig
+from afp_core.config import AudioConfig, IndexConfig
 from afp_core.database import FingerprintDB, Song
 from afp_core.errors import AudioError, DatabaseError
 from afp_core.fileutil import file_sha256
 from afp_core.models import Fingerprinter, embed_windows
+from afp_core.search import METHODS, calibrate_threshold
 from afp_core.shipped import default_checkpoint_path, write_untrained_checkpoint
 from afp_core.tasks import TaskState
 
@@ -45,7 +46,7 @@ class IndexResult:
     duplicates: list[Path] = dataclasses.field(default_factory=list)
     skipped: list[Skipped] = dataclasses.field(default_factory=list)
     audio_s: float = 0.0
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0  # reading and extraction; index building not included
 
     def summary(self) -> str:
         """One line for the end of a run."""
@@ -90,8 +91,9 @@ def open_database_for_indexing(
         if model_path is None:
             model_path = write_untrained_checkpoint(Path(tmp) / "model.pt")
             on_notice(
-                "no trained model is shipped yet: using an untrained NAFP "
-                "(seeded random weights), which only finds mildly distorted excerpts"
+                "no trained model is shipped yet: using an untrained NAFP (seeded random "
+                "weights), which finds only clean excerpts on the 0.5 s window grid; "
+                "train one with `afp train`"
             )
         checkpoint = load_checkpoint(model_path)
         db = FingerprintDB.create(
@@ -229,7 +231,28 @@ def index_library(
         result.audio_s += info.duration_s
         task.advance(before + info.duration_s - task.done)
 
-    task.set_message("building the index")
-    db.commit(progress=lambda done, total: None, cancel=lambda: task.cancelled)
     result.elapsed_s = time.monotonic() - started
+    task.set_message("building the index")
+    committed = db.commit(progress=lambda done, total: None, cancel=lambda: task.cancelled)
+    if committed and len(db.songs("indexed")) >= 2:
+        task.set_message("calibrating the no-match threshold")
+        calibrate_thresholds(db, model.spec.audio)
     return result
+
+
+CALIBRATED_QUERY_S = (1, 2, 3, 4, 5, 10, 15)
+
+
+def calibrate_thresholds(db: FingerprintDB, audio: AudioConfig) -> None:
+    """Store "no match" thresholds for both decision rules and the protocol's query lengths.
+
+    Lengths longer than the longest song are left out (``'auto'`` then uses the longest
+    calibrated length below the query's).
+    """
+    longest = max(s.vector_count for s in db.songs("indexed"))
+    for seconds in CALIBRATED_QUERY_S:
+        n_windows = round((seconds - audio.window_s) / audio.hop_s) + 1
+        if n_windows > longest:
+            break
+        for method in METHODS:
+            calibrate_threshold(db, n_windows, method=method)

@@ -61,9 +61,20 @@ class TqdmProgress:
     """A ``ProgressCallback`` drawing one tqdm bar on stderr (command line)."""
 
     def __init__(self, unit: str = "it", description: str = "", scale: float = 1.0) -> None:
+        import sys
+
         from tqdm import tqdm
 
-        self._bar = tqdm(total=0, unit=unit, desc=description, dynamic_ncols=True, leave=True)
+        # in a log file every redraw is a new chunk of text: redraw rarely there
+        interval = 0.1 if sys.stderr.isatty() else 30.0
+        self._bar = tqdm(
+            total=0,
+            unit=unit,
+            desc=description,
+            dynamic_ncols=True,
+            leave=True,
+            mininterval=interval,
+        )
         self._scale = scale
 
     def __call__(self, done: float, total: float, message: str) -> None:
@@ -71,10 +82,9 @@ class TqdmProgress:
         total_units = round(total * self._scale, 1)
         if bar.total != total_units:
             bar.total = total_units
-        bar.n = round(done * self._scale, 1)
         if message:
             bar.set_postfix_str(message[-40:], refresh=False)
-        bar.refresh()
+        bar.update(round(done * self._scale, 1) - bar.n)
 
     def close(self) -> None:
         self._bar.close()

@@ -70,10 +70,24 @@ def test_identify_json_finds_song_and_offset(built_db, tmp_path, capsys, song, s
 
 def test_identify_vote_method_and_excerpt_options(built_db, song_library, capsys):
     args = ["identify", str(built_db), str(song_library[4]), "--json", "--method", "vote"]
+    args += ["--threshold", "0"]
     assert main([*args, "--start", "12", "--duration", "4"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["song"] == "song4"
     assert abs(record["offset_s"] - 12) <= 0.5
+
+
+def test_song_not_in_database_is_no_match(built_db, tmp_path, capsys):
+    unknown = tmp_path / "unknown.wav"
+    sf.write(unknown, synthesise_song(999, 10.0), 22050)
+    assert main(["identify", str(built_db), str(unknown), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["song"] is None and record["path"] is None
+    assert main(["info", str(built_db), "--json"]) == 0
+    thresholds = json.loads(capsys.readouterr().out)["search"]["thresholds"]
+    assert set(thresholds) == {"sequence", "vote"}
+    # 24 s songs: calibrated for 1, 2, 3, 4, 5, 10 and 15 s queries (1..29 windows)
+    assert sorted(int(n) for n in thresholds["sequence"]) == [1, 3, 5, 7, 9, 19, 29]
 
 
 def test_reindexing_skips_known_files(built_db, song_library, capsys):
@@ -138,6 +152,13 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, built_db):
     wrong = run_cli("index", str(tmp_path / "newdb"), str(short), "--model", str(bad_ckpt))
     assert wrong.returncode == 1
     assert wrong.stderr.count("\n") == 1 and "bad.pt" in wrong.stderr
+
+    no_audio = tmp_path / "no_audio"
+    no_audio.mkdir()
+    (no_audio / "notes.txt").write_text("nothing to index")
+    empty = run_cli("index", str(tmp_path / "db2"), str(no_audio))
+    assert empty.returncode == 1 and "no audio files found" in empty.stderr
+    assert not (tmp_path / "db2").exists()
 
     usage = run_cli("identify")
     assert usage.returncode == 2
