@@ -1,0 +1,716 @@
+"""A recording session: songs, the programs played, and the takes recorded.
+
+A session is a folder::
+
+    session.json                 what is below, and how it fits together
+    program/program.json         the music program (``rig_app.program``, its own format)
+    program/music.wav            the music track, 32-bit float
+    program/noise.wav            the noise track (absent for imported layouts)
+    takes/<label>.raw.wav        a take as recorded (or an absolute path elsewhere)
+    takes/<label>.aligned.wav    the take on the program clock: sample i = program sample i
+
+``session.json``::
+
+    {"format": "afp-rig-session", "version": 1,
+     "created": ISO time, "origin": "rig" | "authors-layout", "notes": str,
+     "songs": [{"title", "artist", "source", "file", "duration_s",
+                "loudness_before", "loudness_after"}],
+     "program": null | {"folder": "program", "program_file", "music_file", "noise_file",
+                        "sample_rate", "samples", "duration_s", "markers": [{"label",
+                        "position", "position_s"}], "songs": [{"title", "start_s", "end_s"}]},
+     "takes": [{"label", "raw_file", "aligned_file", "recording_rate",
+                "devices": {"music_out", "noise_out", "mic_in"},
+                "sample_rates": {"music_out", "noise_out", "mic_in"},
+                "speaker_distance_m", "notes", "xruns", "recorded_at",
+                "alignment": Alignment.to_dict() or null,
+                "ground_truth": [{"title", "program_start_s", "program_end_s",
+                                  "take_start_s", "take_end_s"}]}]}
+
+File names in it are relative to the session folder unless absolute (an imported take
+can stay where it is). Take labels are short slugs; the paper's are ``low``, ``mid``
+and ``high`` (speaker far, middle, close). ``Session.load`` checks the format, the
+version and that every file named exists, and says what is wrong in one line
+(``SessionError``). ``save`` replaces session.json atomically.
+
+``import_authors_layout`` turns the paper authors' published evaluation material (a CSV
+of song files in play order, the song files, and low.wav / mid.wav / high.wav) into a
+session; see its docstring for the assumptions. docs/session-format.md has the details.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from afp_core.audio import AUDIO_EXTENSIONS, load_audio, probe_audio, write_audio_atomic
+from afp_core.errors import AfpError
+from afp_core.fileutil import atomic_write_bytes
+from rig_app.align import Alignment, AlignmentError, align_without_markers
+from rig_app.program import Program, ProgramSong, build_program, load_program, write_program
+
+__all__ = [
+    "SESSION_FORMAT",
+    "SESSION_VERSION",
+    "TAKE_LABELS",
+    "Session",
+    "SessionError",
+    "SongEntry",
+    "SongRow",
+    "TakeEntry",
+    "import_authors_layout",
+    "read_song_list",
+]
+
+SESSION_FORMAT = "afp-rig-session"
+SESSION_VERSION = 1
+SESSION_FILE = "session.json"
+PROGRAM_DIR = "program"
+TAKES_DIR = "takes"
+TAKE_LABELS = ("low", "mid", "high")
+_LABEL = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+class SessionError(AfpError):
+    """A session folder or file is missing, corrupt or inconsistent."""
+
+
+@dataclass
+class SongEntry:
+    """A song of the session, as the program uses it."""
+
+    title: str
+    artist: str = ""
+    source: str = ""
+    file: str = ""
+    duration_s: float = 0.0
+    loudness_before: float | None = None
+    loudness_after: float | None = None
+
+
+@dataclass
+class TakeEntry:
+    """A recorded take and what is known about it."""
+
+    label: str
+    raw_file: str
+    recording_rate: int
+    aligned_file: str | None = None
+    devices: dict[str, str] = field(default_factory=dict)
+    sample_rates: dict[str, int] = field(default_factory=dict)
+    speaker_distance_m: float | None = None
+    notes: str = ""
+    xruns: int = 0
+    recorded_at: str = ""
+    alignment: dict[str, Any] | None = None
+    ground_truth: list[dict[str, Any]] = field(default_factory=list)
+
+    def load_alignment(self) -> Alignment | None:
+        """The take's alignment as an object (None when it was not aligned)."""
+        return None if self.alignment is None else Alignment.from_dict(self.alignment)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+@dataclass
+class Session:
+    """A session folder in memory; ``save`` writes session.json."""
+
+    folder: Path
+    songs: list[SongEntry] = field(default_factory=list)
+    program: dict[str, Any] | None = None
+    takes: list[TakeEntry] = field(default_factory=list)
+    created: str = ""
+    origin: str = "rig"
+    notes: str = ""
+
+    @property
+    def path(self) -> Path:
+        return self.folder / SESSION_FILE
+
+    # --- create, load, save ------------------------------------------------------------
+
+    @classmethod
+    def create(cls, folder: Path | str, origin: str = "rig") -> Session:
+        """A new, empty session in ``folder`` (created; it must not hold a session yet)."""
+        folder = Path(folder)
+        if (folder / SESSION_FILE).exists():
+            raise SessionError(f"{folder / SESSION_FILE}: a session already exists here")
+        if folder.exists() and not folder.is_dir():
+            raise SessionError(f"{folder}: exists and is not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        session = cls(folder=folder, created=_now(), origin=origin)
+        session.save()
+        return session
+
+    @classmethod
+    def load(cls, folder: Path | str) -> Session:
+        """Read and check ``folder``/session.json; ``SessionError`` says what is wrong."""
+        folder = Path(folder)
+        path = folder / SESSION_FILE
+        if not path.is_file():
+            raise SessionError(f"{path}: no such file (not a session folder)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise SessionError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SessionError(f"{path}: cannot read ({' '.join(str(exc).split())})") from None
+        session = cls._from_dict(data, folder, path)
+        session._check_files()
+        return session
+
+    @classmethod
+    def _from_dict(cls, data: Any, folder: Path, path: Path) -> Session:
+        if not isinstance(data, dict):
+            raise SessionError(f"{path}: expected a JSON object, found {type(data).__name__}")
+        if data.get("format") != SESSION_FORMAT:
+            raise SessionError(
+                f"{path}: not an {SESSION_FORMAT} file (format {data.get('format')!r})"
+            )
+        version = data.get("version")
+        if not isinstance(version, int) or version < 1:
+            raise SessionError(f"{path}: bad version {version!r}")
+        if version > SESSION_VERSION:
+            raise SessionError(
+                f"{path}: session version {version} is newer than this program reads "
+                f"({SESSION_VERSION}); update afp-rig"
+            )
+        try:
+            songs = [
+                SongEntry(
+                    title=str(s["title"]),
+                    artist=str(s.get("artist", "")),
+                    source=str(s.get("source", "")),
+                    file=str(s.get("file", "")),
+                    duration_s=float(s.get("duration_s", 0.0)),
+                    loudness_before=_opt_float(s.get("loudness_before")),
+                    loudness_after=_opt_float(s.get("loudness_after")),
+                )
+                for s in _list(data, "songs")
+            ]
+            program = data.get("program")
+            if program is not None and not isinstance(program, dict):
+                raise TypeError("'program' must be an object or null")
+            takes = [_take_from_dict(t, path) for t in _list(data, "takes")]
+        except KeyError as exc:
+            raise SessionError(f"{path}: malformed session (missing key {exc.args[0]!r})") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise SessionError(
+                f"{path}: malformed session ({' '.join(str(exc).split())})"
+            ) from None
+        labels = [t.label for t in takes]
+        if len(set(labels)) != len(labels):
+            raise SessionError(f"{path}: take labels repeat ({', '.join(labels)})")
+        return cls(
+            folder=folder,
+            songs=songs,
+            program=program,
+            takes=takes,
+            created=str(data.get("created", "")),
+            origin=str(data.get("origin", "rig")),
+            notes=str(data.get("notes", "")),
+        )
+
+    def _check_files(self) -> None:
+        named: list[tuple[str, str]] = []
+        if self.program is not None:
+            for key in ("program_file", "music_file", "noise_file"):
+                if self.program.get(key):
+                    named.append((f"program {key.replace('_', ' ')}", str(self.program[key])))
+        for take in self.takes:
+            named.append((f"take '{take.label}' raw file", take.raw_file))
+            if take.aligned_file:
+                named.append((f"take '{take.label}' aligned file", take.aligned_file))
+        for what, name in named:
+            if not self.resolve(name).is_file():
+                raise SessionError(f"{self.path}: {what} {name} is missing")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": SESSION_FORMAT,
+            "version": SESSION_VERSION,
+            "created": self.created,
+            "origin": self.origin,
+            "notes": self.notes,
+            "songs": [
+                {
+                    "title": s.title,
+                    "artist": s.artist,
+                    "source": s.source,
+                    "file": s.file,
+                    "duration_s": s.duration_s,
+                    "loudness_before": _finite_or_none(s.loudness_before),
+                    "loudness_after": _finite_or_none(s.loudness_after),
+                }
+                for s in self.songs
+            ],
+            "program": self.program,
+            "takes": [
+                {
+                    "label": t.label,
+                    "raw_file": t.raw_file,
+                    "aligned_file": t.aligned_file,
+                    "recording_rate": t.recording_rate,
+                    "devices": dict(t.devices),
+                    "sample_rates": dict(t.sample_rates),
+                    "speaker_distance_m": t.speaker_distance_m,
+                    "notes": t.notes,
+                    "xruns": t.xruns,
+                    "recorded_at": t.recorded_at,
+                    "alignment": t.alignment,
+                    "ground_truth": t.ground_truth,
+                }
+                for t in self.takes
+            ],
+        }
+
+    def save(self) -> Path:
+        """Write session.json atomically; returns its path."""
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+        return atomic_write_bytes(self.path, text.encode("utf-8"))
+
+    # --- contents ----------------------------------------------------------------------
+
+    def resolve(self, name: str) -> Path:
+        """A file named in the session, as a path (relative names are in the folder)."""
+        path = Path(name)
+        return path if path.is_absolute() else self.folder / path
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return path.resolve().relative_to(self.folder.resolve()).as_posix()
+        except ValueError:
+            return str(path.resolve())
+
+    def set_program(
+        self,
+        program: Program,
+        noise: np.ndarray | None = None,
+        songs: Sequence[SongEntry] | None = None,
+    ) -> None:
+        """Write the program (and noise) into the session and describe it; then ``save``.
+
+        ``songs`` default to what the program knows about its songs.
+        """
+        folder = self.folder / PROGRAM_DIR
+        json_path = write_program(folder, program, noise)
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+        self.program = {
+            "folder": PROGRAM_DIR,
+            "program_file": f"{PROGRAM_DIR}/{json_path.name}",
+            "music_file": f"{PROGRAM_DIR}/{data['music_file']}",
+            "noise_file": f"{PROGRAM_DIR}/{data['noise_file']}" if data["noise_file"] else None,
+            "sample_rate": program.sample_rate,
+            "samples": program.samples,
+            "duration_s": program.duration_s,
+            "markers": [
+                {
+                    "label": m.label,
+                    "position": m.position,
+                    "position_s": m.position / program.sample_rate,
+                }
+                for m in program.markers
+            ],
+            "songs": [
+                {"title": s.title, "start_s": s.start_s, "end_s": s.end_s} for s in program.songs
+            ],
+        }
+        if songs is None:
+            songs = [
+                SongEntry(
+                    title=s.title,
+                    artist=s.artist,
+                    source=s.source,
+                    file=s.source,
+                    duration_s=s.duration_s,
+                    loudness_before=s.loudness_before,
+                    loudness_after=s.loudness_after,
+                )
+                for s in program.songs
+            ]
+        self.songs = list(songs)
+        self.save()
+
+    def load_program(self) -> Program:
+        """The session's music program (with its audio)."""
+        if self.program is None:
+            raise SessionError(f"{self.path}: the session has no program yet")
+        return load_program(self.folder / str(self.program.get("folder", PROGRAM_DIR)))
+
+    def take(self, label: str) -> TakeEntry:
+        """The take labelled ``label``; ``SessionError`` if there is none."""
+        for take in self.takes:
+            if take.label == label:
+                return take
+        have = ", ".join(t.label for t in self.takes) or "none"
+        raise SessionError(f"{self.path}: no take labelled {label!r} (takes: {have})")
+
+    def add_take(
+        self,
+        label: str,
+        recording: np.ndarray | Path | str,
+        recording_rate: int | None = None,
+        *,
+        alignment: Alignment | None = None,
+        devices: dict[str, str] | None = None,
+        sample_rates: dict[str, int] | None = None,
+        speaker_distance_m: float | None = None,
+        notes: str = "",
+        xruns: int = 0,
+        replace: bool = False,
+    ) -> TakeEntry:
+        """Record a take in the session and ``save``.
+
+        ``recording`` is the audio (written to takes/<label>.raw.wav, needs
+        ``recording_rate``) or the path of an audio file already written (kept where it
+        is). The aligned audio in ``alignment`` (if any) goes to takes/<label>.aligned.wav
+        and its song intervals become the take's ground truth.
+        """
+        if not _LABEL.match(label):
+            raise SessionError(
+                f"{self.path}: take label {label!r} must be a short lower-case slug "
+                f"(e.g. {', '.join(TAKE_LABELS)})"
+            )
+        existing = [t for t in self.takes if t.label == label]
+        if existing and not replace:
+            raise SessionError(f"{self.path}: a take labelled {label!r} exists already")
+        takes_dir = self.folder / TAKES_DIR
+        takes_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(recording, np.ndarray):
+            if recording_rate is None:
+                raise ValueError("recording_rate is needed to write a recording")
+            raw_path = takes_dir / f"{label}.raw.wav"
+            write_audio_atomic(raw_path, recording, recording_rate, subtype="FLOAT")
+        else:
+            raw_path = Path(recording)
+            info = probe_audio(raw_path)
+            if recording_rate is not None and recording_rate != info.sample_rate:
+                raise SessionError(
+                    f"{raw_path}: recorded at {info.sample_rate} Hz, not {recording_rate} Hz"
+                )
+            recording_rate = info.sample_rate
+        aligned_file = None
+        ground_truth: list[dict[str, Any]] = []
+        if alignment is not None:
+            if alignment.aligned is not None:
+                aligned_path = takes_dir / f"{label}.aligned.wav"
+                write_audio_atomic(
+                    aligned_path, alignment.aligned, alignment.program_rate, subtype="FLOAT"
+                )
+                aligned_file = self._relative(aligned_path)
+            ground_truth = [
+                {
+                    "title": s.title,
+                    "program_start_s": s.program_start_s,
+                    "program_end_s": s.program_end_s,
+                    "take_start_s": s.take_start_s,
+                    "take_end_s": s.take_end_s,
+                }
+                for s in alignment.songs
+            ]
+        entry = TakeEntry(
+            label=label,
+            raw_file=self._relative(raw_path),
+            recording_rate=int(recording_rate),
+            aligned_file=aligned_file,
+            devices=dict(devices or {}),
+            sample_rates={k: int(v) for k, v in (sample_rates or {}).items()},
+            speaker_distance_m=speaker_distance_m,
+            notes=notes,
+            xruns=int(xruns),
+            recorded_at=_now(),
+            alignment=None if alignment is None else alignment.to_dict(),
+            ground_truth=ground_truth,
+        )
+        self.takes = [t for t in self.takes if t.label != label] + [entry]
+        self.save()
+        return entry
+
+
+def _list(data: dict[str, Any], key: str) -> list[Any]:
+    value = data[key]
+    if not isinstance(value, list):
+        raise TypeError(f"{key!r} must be a list")
+    return value
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _take_from_dict(data: Any, path: Path) -> TakeEntry:
+    if not isinstance(data, dict):
+        raise TypeError("every take must be an object")
+    label = str(data["label"])
+    alignment = data.get("alignment")
+    if alignment is not None:
+        try:
+            Alignment.from_dict(alignment, where=f"take '{label}'")
+        except AlignmentError as exc:
+            raise SessionError(f"{path}: {exc}") from None
+    distance = data.get("speaker_distance_m")
+    return TakeEntry(
+        label=label,
+        raw_file=str(data["raw_file"]),
+        recording_rate=int(data["recording_rate"]),
+        aligned_file=None if data.get("aligned_file") is None else str(data["aligned_file"]),
+        devices={str(k): str(v) for k, v in dict(data.get("devices") or {}).items()},
+        sample_rates={str(k): int(v) for k, v in dict(data.get("sample_rates") or {}).items()},
+        speaker_distance_m=None if distance is None else float(distance),
+        notes=str(data.get("notes", "")),
+        xruns=int(data.get("xruns", 0)),
+        recorded_at=str(data.get("recorded_at", "")),
+        alignment=alignment,
+        ground_truth=list(data.get("ground_truth") or []),
+    )
+
+
+# --- the authors' layout ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SongRow:
+    """One song of a play-order list: its file, title and artist."""
+
+    file: Path
+    title: str
+    artist: str = ""
+
+
+_FILE_HEADERS = ("file", "filename", "file_name", "path", "filepath", "audio", "wav", "song_file")
+_TITLE_HEADERS = ("title", "name", "song", "track", "song_name")
+_ARTIST_HEADERS = ("artist", "band", "performer", "singer")
+
+
+def read_song_list(csv_path: Path | str) -> list[SongRow]:
+    """Songs in play order from a CSV (or TSV/semicolon) list, header or not.
+
+    The file column is the one headed like a file name (file, filename, path, ...) or,
+    without such a header, the one whose cells most often name existing audio files.
+    Titles come from a title/name/song column if there is one, else from the file name;
+    artists from an artist column. Files are looked up as given, next to the CSV, then
+    by name anywhere below the CSV's folder. Blank lines and lines starting with '#' are
+    skipped. A file that cannot be found: ``SessionError`` naming the line.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise SessionError(f"{csv_path}: no such file")
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SessionError(f"{csv_path}: cannot read ({' '.join(str(exc).split())})") from None
+    lines = [
+        (number, line)
+        for number, line in enumerate(text.splitlines(), 1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not lines:
+        raise SessionError(f"{csv_path}: no songs listed")
+    try:
+        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(
+            "\n".join(line for _, line in lines[:20]), delimiters=",;\t|"
+        )
+    except csv.Error:
+        dialect = csv.excel
+    rows = [
+        (number, [cell.strip() for cell in row])
+        for (number, _), row in zip(
+            lines,
+            csv.reader(io.StringIO("\n".join(line for _, line in lines)), dialect),
+            strict=True,
+        )
+    ]
+    folder = csv_path.parent
+    first = [cell.lower() for cell in rows[0][1]]
+    has_header = not any(_looks_like_audio(cell, folder) for cell in rows[0][1]) and (
+        len(rows) == 1
+        or any(_looks_like_audio(cell, folder) for _, row in rows[1:] for cell in row)
+        or any(name in first for name in _FILE_HEADERS + _TITLE_HEADERS)
+    )
+    body = rows[1:] if has_header else rows
+    if not body:
+        raise SessionError(f"{csv_path}: no songs listed (only a header)")
+    width = max(len(row) for _, row in body)
+    file_col = _pick_column(first if has_header else [], _FILE_HEADERS)
+    if file_col is None:
+        counts = [
+            sum(_looks_like_audio(row[c], folder) for _, row in body if c < len(row))
+            for c in range(width)
+        ]
+        if max(counts) == 0:
+            raise SessionError(f"{csv_path}: no column names audio files")
+        file_col = counts.index(max(counts))
+    title_col = _pick_column(first if has_header else [], _TITLE_HEADERS, exclude=file_col)
+    artist_col = _pick_column(first if has_header else [], _ARTIST_HEADERS, exclude=file_col)
+    songs = []
+    for number, row in body:
+        if file_col >= len(row) or not row[file_col]:
+            raise SessionError(f"{csv_path}: line {number}: no file name in column {file_col + 1}")
+        name = row[file_col]
+        path = _find_file(name, folder)
+        if path is None:
+            raise SessionError(f"{csv_path}: line {number}: song file {name!r} not found")
+        title = row[title_col] if title_col is not None and title_col < len(row) else ""
+        artist = row[artist_col] if artist_col is not None and artist_col < len(row) else ""
+        songs.append(SongRow(file=path, title=title or path.stem, artist=artist))
+    return songs
+
+
+def _pick_column(header: list[str], names: Sequence[str], exclude: int | None = None) -> int | None:
+    for name in names:
+        for index, cell in enumerate(header):
+            if index != exclude and cell.replace(" ", "_") == name:
+                return index
+    return None
+
+
+def _looks_like_audio(cell: str, folder: Path) -> bool:
+    return Path(cell).suffix.lower() in AUDIO_EXTENSIONS or (
+        bool(cell) and (folder / cell).is_file()
+    )
+
+
+def _find_file(name: str, folder: Path) -> Path | None:
+    path = Path(name)
+    if path.is_absolute():
+        return path if path.is_file() else None
+    if (folder / path).is_file():
+        return folder / path
+    matches = sorted(p for p in folder.rglob(path.name) if p.is_file())
+    return matches[0] if matches else None
+
+
+def _find_recording(label: str, folder: Path) -> Path | None:
+    candidates = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.stem.lower() == label
+        and p.suffix.lower() in AUDIO_EXTENSIONS
+        and not p.name.startswith(".")
+    )
+    # Prefer the shallowest (the layout's own file over a copy in a subfolder).
+    candidates.sort(key=lambda p: len(p.relative_to(folder).parts))
+    return candidates[0] if candidates else None
+
+
+def import_authors_layout(
+    folder_or_csv: Path | str,
+    destination: Path | str,
+    *,
+    sample_rate: int = 16000,
+    min_song_s: float = 60.0,
+    labels: Sequence[str] = TAKE_LABELS,
+    segment_s: float = 30.0,
+    edge_margin_s: float = 10.0,
+    checkpoints: int = 5,
+    max_drift_ppm: float = 300.0,
+) -> Session:
+    """A session from the paper authors' published layout, takes aligned without markers.
+
+    The layout: a CSV listing the song files in play order (``read_song_list``), the song
+    files, and the recordings low.wav, mid.wav and high.wav (any audio suffix, found by
+    name below the folder). Assumptions, since the layout states none: the music program
+    is the songs concatenated in CSV order with no gaps and no markers; the songs are
+    used at the level they are stored at (the authors normalised them already, so no
+    gain is applied, but their loudness is measured and recorded); the program is built
+    at ``sample_rate`` (16 kHz keeps margin above the models' 8 kHz). Each recording is
+    aligned with ``align_without_markers``, so it may start before or after song 1 and
+    run at a slightly different clock. Recordings that are missing are skipped (noted in
+    the session); none at all is a ``SessionError``. Recordings stay where they are; the
+    aligned takes are written into ``destination``.
+    """
+    source = Path(folder_or_csv)
+    if source.is_dir():
+        lists = sorted(p for p in source.glob("*.csv") if p.is_file())
+        if len(lists) != 1:
+            found = ", ".join(p.name for p in lists) or "none"
+            raise SessionError(f"{source}: expected one CSV song list, found {found}")
+        csv_path, folder = lists[0], source
+    elif source.is_file():
+        csv_path, folder = source, source.parent
+    else:
+        raise SessionError(f"{source}: no such file or folder")
+    rows = read_song_list(csv_path)
+    recordings = {label: _find_recording(label, folder) for label in labels}
+    if not any(recordings.values()):
+        wanted = ", ".join(f"{label}.wav" for label in labels)
+        raise SessionError(f"{folder}: none of the recordings ({wanted}) found")
+
+    songs = [
+        ProgramSong(
+            audio=load_audio(row.file, sample_rate),
+            title=row.title,
+            artist=row.artist,
+            source=str(row.file),
+        )
+        for row in rows
+    ]
+    program = build_program(
+        songs,
+        sample_rate,
+        marker=None,
+        gap_s=0.0,
+        normalise=False,
+        min_song_s=min_song_s,
+    )
+    session = Session.create(destination, origin="authors-layout")
+    missing = [label for label, path in recordings.items() if path is None]
+    session.notes = f"imported from {csv_path}" + (
+        f"; recordings not found: {', '.join(missing)}" if missing else ""
+    )
+    session.set_program(
+        program,
+        songs=[
+            SongEntry(
+                title=row.title,
+                artist=row.artist,
+                source=str(row.file),
+                file=str(row.file),
+                duration_s=slot.duration_s,
+                loudness_before=slot.loudness_before,
+                loudness_after=slot.loudness_after,
+            )
+            for row, slot in zip(rows, program.songs, strict=True)
+        ],
+    )
+    for label, path in recordings.items():
+        if path is None:
+            continue
+        rate = probe_audio(path).sample_rate
+        alignment = align_without_markers(
+            load_audio(path, rate),
+            rate,
+            program.music,
+            program.sample_rate,
+            songs=program.songs,
+            name=str(path),
+            segment_s=segment_s,
+            edge_margin_s=edge_margin_s,
+            checkpoints=checkpoints,
+            max_drift_ppm=max_drift_ppm,
+        )
+        session.add_take(
+            label,
+            path,
+            rate,
+            alignment=alignment,
+            notes="authors' recording, aligned without markers",
+        )
+    return session
