@@ -55,7 +55,13 @@ import numpy as np
 from afp_core import __version__
 from afp_core.config import IndexConfig, from_dict, to_dict
 from afp_core.errors import AfpError, Cancelled, DatabaseError
-from afp_core.fileutil import atomic_path, file_sha256
+from afp_core.fileutil import (
+    atomic_path,
+    check_document,
+    file_sha256,
+    one_line,
+    read_json_object,
+)
 
 FORMAT = "afp-database"
 FORMAT_VERSION = 1
@@ -225,7 +231,7 @@ class FingerprintDB:
             building.replace(path)
         except OSError as exc:
             shutil.rmtree(building, ignore_errors=True)
-            raise DatabaseError(f"{path}: cannot create database ({_first_line(exc)})") from None
+            raise DatabaseError(f"{path}: cannot create database ({one_line(exc)})") from None
         return cls.open(path)
 
     @classmethod
@@ -615,7 +621,7 @@ class FingerprintDB:
         try:
             vectors = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise DatabaseError(f"{file}: unreadable staging file ({_first_line(exc)})") from None
+            raise DatabaseError(f"{file}: unreadable staging file ({one_line(exc)})") from None
         if vectors.shape != (song.vector_count, self.dim) or vectors.dtype != np.float32:
             raise DatabaseError(
                 f"{file}: staging file holds {vectors.dtype} {vectors.shape}, expected "
@@ -789,7 +795,7 @@ class FingerprintDB:
                 yield conn
         except sqlite3.DatabaseError as exc:
             raise DatabaseError(
-                f"{self.path / CATALOGUE}: catalogue error ({_first_line(exc)})"
+                f"{self.path / CATALOGUE}: catalogue error ({one_line(exc)})"
             ) from None
 
     @contextlib.contextmanager
@@ -807,7 +813,7 @@ class FingerprintDB:
                 yield False
                 return
             raise DatabaseError(
-                f"{self.path}: cannot write to the database ({_first_line(exc)})"
+                f"{self.path}: cannot write to the database ({one_line(exc)})"
             ) from None
         with handle:
             try:
@@ -833,7 +839,7 @@ class FingerprintDB:
                 conn.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
                 raise DatabaseError(
-                    f"{self.path / CATALOGUE}: not a valid catalogue ({_first_line(exc)})"
+                    f"{self.path / CATALOGUE}: not a valid catalogue ({one_line(exc)})"
                 ) from None
         return meta, rows
 
@@ -940,21 +946,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     file = path / MANIFEST
     if not file.is_file():
         raise DatabaseError(f"{path}: not an afp database (no {MANIFEST})")
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatabaseError(f"{file}: corrupt manifest ({_first_line(exc)})") from None
-    if not isinstance(manifest, dict):
-        raise DatabaseError(f"{file}: corrupt manifest (not a JSON object)")
-    if manifest.get("format") != FORMAT:
-        raise DatabaseError(
-            f"{file}: not an afp database manifest (format {manifest.get('format')!r})"
-        )
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise DatabaseError(
-            f"{file}: database format version {version!r}; this afp reads version {FORMAT_VERSION}"
-        )
+    manifest = read_json_object(file, DatabaseError)
+    check_document(manifest, FORMAT, FORMAT_VERSION, file, DatabaseError, "format_version")
     dim = manifest.get("dim")
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise DatabaseError(f"{file}: corrupt manifest (dim {dim!r})")
@@ -975,11 +968,6 @@ def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     with atomic_path(path / MANIFEST) as tmp:
         tmp.write_text(text, encoding="utf-8")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _size(path: Path) -> int:

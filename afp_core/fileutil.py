@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 1 << 20
 
@@ -60,3 +62,46 @@ def _fsync(path: Path) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically; returns the path."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's text folded onto one line (for one-line user errors)."""
+    if isinstance(exc, KeyError):
+        return f"missing key {exc.args[0]!r}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def read_json_object(path: Path, error: type[Exception]) -> dict:
+    """The JSON object in ``path``; anything else raises ``error`` with a one-line reason."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read ({one_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def check_document(
+    data: Any,
+    fmt: str,
+    version: int,
+    where: str | Path,
+    error: type[Exception],
+    version_key: str = "version",
+) -> int:
+    """Check a versioned document's format tag and version (1..``version``); returns it."""
+    if not isinstance(data, dict):
+        raise error(f"{where}: expected a JSON object, found {type(data).__name__}")
+    if data.get("format") != fmt:
+        raise error(f"{where}: not an {fmt} file (format {data.get('format')!r})")
+    found = data.get(version_key)
+    if isinstance(found, bool) or not isinstance(found, int) or found < 1:
+        raise error(f"{where}: bad {version_key} {found!r}")
+    if found > version:
+        raise error(f"{where}: {fmt} version {found} is newer than this afp reads ({version})")
+    return found

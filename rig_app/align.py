@@ -61,6 +61,7 @@ from scipy import ndimage, signal
 
 from afp_core.audio import resample
 from afp_core.errors import AfpError
+from afp_core.fileutil import check_document
 from rig_app.markers import (
     SweepSpec,
     analytic_template,
@@ -270,12 +271,7 @@ class Alignment:
     @classmethod
     def from_dict(cls, data: Any, where: str = "alignment") -> Alignment:
         """Inverse of ``to_dict``; ``AlignmentError`` naming ``where`` if malformed."""
-        if not isinstance(data, dict) or data.get("format") != ALIGNMENT_FORMAT:
-            found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise AlignmentError(f"{where}: not an {ALIGNMENT_FORMAT} record ({found!r})")
-        version = data.get("version")
-        if not isinstance(version, int) or not 1 <= version <= ALIGNMENT_VERSION:
-            raise AlignmentError(f"{where}: unsupported alignment version {version!r}")
+        check_document(data, ALIGNMENT_FORMAT, ALIGNMENT_VERSION, where, AlignmentError)
         try:
             return cls(
                 method=str(data["method"]),

@@ -39,7 +39,7 @@ from scipy import ndimage
 
 from afp_core.audio import load_audio, resample, write_audio_atomic
 from afp_core.errors import AfpError
-from afp_core.fileutil import atomic_write_bytes
+from afp_core.fileutil import atomic_write_bytes, check_document, one_line, read_json_object
 from rig_app.markers import SweepSpec
 
 __all__ = [
@@ -221,7 +221,7 @@ class Program:
     @classmethod
     def from_dict(cls, data: dict[str, Any], music: np.ndarray, where: str = "program") -> Program:
         """Inverse of ``to_dict``; ``where`` names the source in ``ProgramError`` messages."""
-        _check_format(data, PROGRAM_FORMAT, PROGRAM_VERSION, where)
+        check_document(data, PROGRAM_FORMAT, PROGRAM_VERSION, where, ProgramError)
         try:
             rate = int(data["sample_rate"])
             if int(data["samples"]) != len(music):
@@ -264,30 +264,12 @@ class Program:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProgramError(
-                f"{where}: malformed program description ({_describe(exc)})"
+                f"{where}: malformed program description ({one_line(exc)})"
             ) from None
 
 
 def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, KeyError):
-        return f"missing key {exc.args[0]!r}"
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _check_format(data: Any, fmt: str, version: int, where: str) -> None:
-    if not isinstance(data, dict):
-        raise ProgramError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    if data.get("format") != fmt:
-        raise ProgramError(f"{where}: not an {fmt} file (format {data.get('format')!r})")
-    found = data.get("version")
-    if not isinstance(found, int) or found < 1:
-        raise ProgramError(f"{where}: bad version {found!r}")
-    if found > version:
-        raise ProgramError(f"{where}: version {found} is newer than this program reads ({version})")
 
 
 # --- loudness -------------------------------------------------------------------------
@@ -740,15 +722,8 @@ def write_program(folder: Path | str, program: Program, noise: np.ndarray | None
 
 def _read_program_json(folder: Path) -> dict[str, Any]:
     path = folder / PROGRAM_FILE
-    if not path.is_file():
-        raise ProgramError(f"{path}: no such file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ProgramError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProgramError(f"{path}: cannot read ({_describe(exc)})") from None
-    _check_format(data, PROGRAM_FORMAT, PROGRAM_VERSION, str(path))
+    data = read_json_object(path, ProgramError)
+    check_document(data, PROGRAM_FORMAT, PROGRAM_VERSION, path, ProgramError)
     return data
 
 

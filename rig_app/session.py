@@ -54,7 +54,7 @@ import numpy as np
 
 from afp_core.audio import AUDIO_EXTENSIONS, load_audio, probe_audio, write_audio_atomic
 from afp_core.errors import AfpError
-from afp_core.fileutil import atomic_write_bytes
+from afp_core.fileutil import atomic_write_bytes, check_document, read_json_object
 from rig_app.align import Alignment, AlignmentError, align_without_markers
 from rig_app.program import Program, ProgramSong, build_program, load_program, write_program
 
@@ -165,32 +165,14 @@ class Session:
         path = folder / SESSION_FILE
         if not path.is_file():
             raise SessionError(f"{path}: no such file (not a session folder)")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise SessionError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SessionError(f"{path}: cannot read ({' '.join(str(exc).split())})") from None
+        data = read_json_object(path, SessionError)
         session = cls._from_dict(data, folder, path)
         session._check_files()
         return session
 
     @classmethod
     def _from_dict(cls, data: Any, folder: Path, path: Path) -> Session:
-        if not isinstance(data, dict):
-            raise SessionError(f"{path}: expected a JSON object, found {type(data).__name__}")
-        if data.get("format") != SESSION_FORMAT:
-            raise SessionError(
-                f"{path}: not an {SESSION_FORMAT} file (format {data.get('format')!r})"
-            )
-        version = data.get("version")
-        if not isinstance(version, int) or version < 1:
-            raise SessionError(f"{path}: bad version {version!r}")
-        if version > SESSION_VERSION:
-            raise SessionError(
-                f"{path}: session version {version} is newer than this program reads "
-                f"({SESSION_VERSION}); update afp-rig"
-            )
+        check_document(data, SESSION_FORMAT, SESSION_VERSION, path, SessionError)
         try:
             songs = [
                 SongEntry(
