@@ -20,13 +20,14 @@ import numpy as np
 import torch
 
 from afp_core import __version__
-from afp_core.audio import probe_audio
+from afp_core.audio import AudioInfo, iter_audio_files, probe_audio
 from afp_core.augment import make_babble, mix_at_snr
-from afp_core.database import FingerprintDB
+from afp_core.database import FingerprintDB, Song
 from afp_core.devdata import INSTALL_HINT, find_dev_music, find_dev_speech
 from afp_core.errors import AfpError, AudioError
 from afp_core.fileutil import atomic_write_text, file_sha256
 from afp_core.indexing import index_library, open_database_for_indexing
+from afp_core.models import Fingerprinter
 from afp_core.query import embed_audio, load_query
 from afp_core.search import identify_vectors
 from afp_core.tasks import TaskState, TqdmProgress
@@ -63,8 +64,6 @@ def run_demo_job(options: DemoOptions) -> dict:
     music = list(options.library) if options.library else find_dev_music()
     if not music:
         raise AfpError(INSTALL_HINT)
-    from afp_core.audio import iter_audio_files
-
     candidates = []
     for path in iter_audio_files(music):
         try:
@@ -124,7 +123,7 @@ def run_demo_job(options: DemoOptions) -> dict:
 
     by_source = {song.source: song for song in db.songs()}
     started = time.monotonic()
-    trials = run_trials(db, model, indexed, held, by_source, noise, rng, options, log)
+    trials = run_trials(db, model, indexed, held, by_source, noise, rng, options)
     elapsed = time.monotonic() - started
     report = summarise(trials, options, db, checkpoint.sha256, noise_kind, elapsed)
     report["indexing"] = {
@@ -150,7 +149,16 @@ def make_pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     return (pink / np.sqrt(np.mean(pink**2))).astype(np.float32)
 
 
-def run_trials(db, model, indexed, held, by_source, noise, rng, options, log) -> list[dict]:
+def run_trials(
+    db: FingerprintDB,
+    model: Fingerprinter,
+    indexed: list[AudioInfo],
+    held: list[AudioInfo],
+    by_source: dict[str, Song],
+    noise: np.ndarray,
+    rng: np.random.Generator,
+    options: DemoOptions,
+) -> list[dict]:
     """One record per (excerpt, condition, query length, method)."""
     sample_rate = model.spec.audio.sample_rate
     hop_s = model.spec.audio.hop_s
@@ -210,7 +218,14 @@ def run_trials(db, model, indexed, held, by_source, noise, rng, options, log) ->
     return trials
 
 
-def summarise(trials, options, db: FingerprintDB, model_sha, noise_kind, elapsed) -> dict:
+def summarise(
+    trials: list[dict],
+    options: DemoOptions,
+    db: FingerprintDB,
+    model_sha: str,
+    noise_kind: str,
+    elapsed: float,
+) -> dict:
     """Accuracy per (method, condition, length) for indexed songs; scores of outsiders."""
     results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     conditions = [condition_name(s) for s in SNRS_DB]
