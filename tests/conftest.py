@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+# PulseAudio virtual devices (music_out, noise_out, mic_in) for the rig's capture tests
+pytest_plugins = ["tests.rig_fixtures"]
+
 
 def synthesise_song(seed: int, duration_s: float, sample_rate: int = 22050) -> np.ndarray:
     """A 'song': a random melody of harmonic notes over a random bass line and clicks.
