@@ -27,9 +27,11 @@ def test_demo_runs_end_to_end_and_writes_report(tmp_path, song_library, untraine
     clean = report["results"]["sequence"]["clean"]
     assert set(clean) == {"1", "2", "3", "5", "10"}
     assert all(cell["queries"] == 4 for cell in clean.values())
-    assert report["not_in_database"]["sequence"]["10"]["queries_not_in_database"] == 4
+    assert set(report["results"]["vote"]) == {"clean", "15 dB", "10 dB", "5 dB", "0 dB"}
+    # two songs kept out, each queried clean and at 5 dB
+    assert report["not_in_database"]["sequence"]["10"]["queries"] == 4
     markdown = (tmp_path / "out" / "report.md").read_text()
-    assert "| babble 0 dB |" in markdown or "| clean |" in markdown
+    assert "| clean |" in markdown and "| 0 dB |" in markdown and "NOT in the database" in markdown
 
     # run again: the database is reused, nothing is extracted twice
     again = run_demo_job(options)
