@@ -1,7 +1,9 @@
 """rig_app: the recording rig for the paper's real-world evaluation protocol (paper §3).
 
-Qt-free logic only: alignment markers (``markers``), the music and noise programs
-(``program``), aligning recorded takes to the program clock (``align``) and the session
-folder that ties songs, program and takes together (``session``). The GUI and the command
-line wrap these modules; nothing here imports Qt or opens an audio device.
+Qt-free logic: alignment markers (``markers``), the music and noise programs
+(``program``), song import (``songs``), audio devices and take capture (``devices``,
+``capture``, ``virtual_devices``), aligning recorded takes to the program clock
+(``align``) and the session folder that ties songs, program and takes together
+(``session``). ``rig_app.ui`` (PySide6) and ``rig_app.cli`` (``afp-rig``) wrap them; only
+``rig_app.ui`` imports Qt.
 """

@@ -1,0 +1,505 @@
+"""The ``afp-rig`` command: the recording rig's app, and every step of it without a display.
+
+``afp-rig`` alone opens the app. The sub-commands run the paper's protocol (§3) step by
+step: ``new`` session, add ``songs``, build the ``program``, ``record`` the low/mid/high
+takes (each aligned as soon as it is recorded), ``align`` again, or ``import-authors`` the
+paper authors' published recordings. A user error prints one line ``afp-rig: error: ...``
+and exits 1; usage errors exit 2; Ctrl-C stops at the next safe point, keeps what was done
+and exits 130 (a second Ctrl-C quits at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from afp_core import __version__
+from afp_core.errors import AfpError, Cancelled
+
+EPILOG = "Exit status: 0 success, 1 error (one line on stderr), 2 bad usage, 130 interrupted."
+PROG = "afp-rig"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except empty ones and where the help states its own."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, "") or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rig_app.session import TAKE_LABELS
+    from rig_app.songs import MIN_DURATION_S
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Recording rig for the paper's real-world evaluation protocol: songs, "
+        "a loudness-normalised music program with alignment markers, a noise program, and "
+        "takes recorded at three speaker distances, aligned to the program. Without a "
+        "command, opens the app.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    fmt = _HelpFormatter
+
+    p = sub.add_parser(
+        "app",
+        help="open the app (the default without a command)",
+        description="Open the recording rig's window, with SESSION_DIR open if given.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    p.add_argument("session", metavar="SESSION_DIR", type=Path, nargs="?", help="session folder")
+
+    p = sub.add_parser(
+        "devices",
+        help="list the audio devices",
+        description="List the audio devices PortAudio sees, with their index, host API, "
+        "input/output channels and default sample rate. Devices are named in `record` by "
+        "name, a unique part of the name, or index.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per device per line")
+
+    p = sub.add_parser(
+        "new",
+        help="create an empty session folder",
+        description="Create a new session in SESSION_DIR (created if missing; it must not "
+        "hold a session yet). See docs/session-format.md.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    p.add_argument("session", metavar="SESSION_DIR", type=Path, help="new session folder")
+    p.add_argument("--notes", default="", help="free text stored with the session")
+
+    p = sub.add_parser(
+        "songs",
+        help="add songs by URL, file or folder",
+        description="Add each ITEM to the session's songs (SESSION_DIR/songs): a URL is "
+        "downloaded with yt-dlp (best audio, converted to FLAC), a file is copied (or "
+        "converted), a folder adds every audio file below it. Songs already there (same "
+        "audio, same URL or video id) are reported as duplicates. A failed item is "
+        "reported with its reason and the others are still added.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
+    p.add_argument("items", metavar="ITEM", nargs="+", help="URLs, audio files or folders")
+    p.add_argument(
+        "--min-duration",
+        type=float,
+        default=MIN_DURATION_S,
+        help="refuse songs shorter than this many seconds",
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "program",
+        help="build the music (and noise) program from the session's songs",
+        description="Normalise the session's songs to the target loudness (BS.1770), join "
+        "them with sweep markers at the start, between songs and at the end, and write "
+        "program/music.wav and program/program.json. With --noise, also write "
+        "program/noise.wav: the clips shuffled, crossfaded and looped to the program's "
+        "length, at the music's loudness plus --noise-level-db, silent around the markers. "
+        "Replaces the session's previous program.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
+    p.add_argument("--target-lufs", type=float, default=-23.0, help="song loudness (LUFS)")
+    p.add_argument(
+        "--on-overload",
+        choices=["lower-gain", "limit"],
+        default="lower-gain",
+        help="a song whose peak would pass the ceiling: lower its gain (it plays quieter, "
+        "noted) or limit its peaks (look-ahead limiter)",
+    )
+    p.add_argument(
+        "--peak-ceiling", type=float, default=-1.0, help="highest true peak allowed (dBFS)"
+    )
+    p.add_argument("--gap", type=float, default=1.0, help="silence around each marker (s)")
+    p.add_argument(
+        "--noise",
+        type=Path,
+        nargs="+",
+        metavar="PATH",
+        help="noise clips: audio files or folders of them (default: no noise program)",
+    )
+    p.add_argument(
+        "--noise-level-db",
+        type=float,
+        default=0.0,
+        help="noise loudness relative to the music's (dB)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="shuffle of the noise clips")
+    p.add_argument("--sample-rate", type=int, default=48000, help="program sample rate (Hz)")
+    p.add_argument(
+        "--min-song-s", type=float, default=60.0, help="refuse songs shorter than this (s)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "record",
+        help="record a take (play the program, record the microphone), then align it",
+        description="Play the session's music program on --music-out (and its noise program "
+        "on --noise-out) while recording --mic, store the take as takes/LABEL.raw.wav and "
+        "align it to the program (offset, drift, residual at every marker). The paper's "
+        "takes: low (speaker far, least distorted), mid, high (speaker close). Ctrl-C ends "
+        "the take early and keeps it.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
+    p.add_argument(
+        "--label",
+        required=True,
+        choices=TAKE_LABELS,
+        help="which take: low (speaker far), mid, high (speaker close)",
+    )
+    p.add_argument(
+        "--music-out", required=True, help="output device for the music (name, part, index)"
+    )
+    p.add_argument(
+        "--noise-out",
+        help="output device for the noise program (omit when the noise plays elsewhere)",
+    )
+    p.add_argument("--mic", required=True, help="input device (name, part of it, or index)")
+    p.add_argument("--distance", type=float, help="speaker distance in metres (stored)")
+    p.add_argument("--notes", default="", help="free text stored with the take")
+    p.add_argument(
+        "--sample-rate",
+        type=int,
+        help="recording rate in Hz (default: the program's; another rate plays it resampled)",
+    )
+    p.add_argument("--lead-in", type=float, default=1.0, help="silence before the program (s)")
+    p.add_argument("--tail", type=float, default=2.0, help="recording after the program (s)")
+    p.add_argument("--replace", action="store_true", help="replace a take of this label")
+    p.add_argument("--no-align", action="store_true", help="store the take without aligning")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "align",
+        help="align the session's takes to the program again",
+        description="Align each take (or the one labelled --label) to the program: find the "
+        "markers, fit offset and drift, resample the take onto the program clock "
+        "(takes/LABEL.aligned.wav) and check the residual at every marker. A program "
+        "without markers (an imported layout) is aligned by correlation with the music.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
+    p.add_argument("--label", help="only this take (default: every take)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "import-authors",
+        help="make a session from the paper authors' published layout",
+        description="Read a CSV of song files in play order (or a folder holding one), the "
+        "songs and the low/mid/high recordings, and write a new session in SESSION_DIR: the "
+        "program is the songs joined without gaps or markers, and each recording is aligned "
+        "to it by correlation. See docs/session-format.md for the assumptions.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    p.add_argument("source", metavar="CSV_OR_FOLDER", type=Path, help="song list or folder")
+    p.add_argument("session", metavar="SESSION_DIR", type=Path, help="new session folder")
+    p.add_argument("--sample-rate", type=int, default=16000, help="program sample rate (Hz)")
+    p.add_argument(
+        "--min-song-s", type=float, default=60.0, help="refuse songs shorter than this (s)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "app"
+    if command == "app" and not hasattr(args, "session"):
+        args.session = None
+    try:
+        return COMMANDS[command](args)
+    except Cancelled as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; finished work is kept", file=sys.stderr)
+        return 130
+    except AfpError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+@contextlib.contextmanager
+def _interrupt_cancels(task: Any) -> Iterator[None]:
+    """The first Ctrl-C cancels ``task`` (it stops at a safe point), the second quits."""
+    presses = 0
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        nonlocal presses
+        presses += 1
+        if presses > 1:
+            raise KeyboardInterrupt
+        task.cancel()
+        print(
+            f"\n{PROG}: stopping at the next safe point (Ctrl-C again to quit at once)",
+            file=sys.stderr,
+        )
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+    except ValueError:  # not the main thread: leave Ctrl-C as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool, unit: str, description: str) -> Iterator[Any]:
+    """A TaskState drawing a tqdm bar (none with ``quiet``) that Ctrl-C cancels."""
+    from afp_core.tasks import TaskState, TqdmProgress
+
+    bar = None if quiet else TqdmProgress(unit=unit, description=description)
+    task = TaskState(bar)
+    try:
+        with _interrupt_cancels(task):
+            yield task
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _open(folder: Path) -> Any:
+    from rig_app.session import Session
+
+    return Session.load(folder)
+
+
+def run_app(args: argparse.Namespace) -> int:
+    from rig_app.ui.main_window import run_app as start
+
+    return start(args.session)
+
+
+def run_devices(args: argparse.Namespace) -> int:
+    from rig_app.devices import list_devices
+
+    devices = list_devices()
+    for device in devices:
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "index": device.index,
+                        "name": device.name,
+                        "hostapi": device.hostapi,
+                        "inputs": device.max_input_channels,
+                        "outputs": device.max_output_channels,
+                        "default_samplerate": device.default_samplerate,
+                    }
+                )
+            )
+        else:
+            print(device.describe())
+    if not devices and not args.json:
+        print(f"{PROG}: no audio devices found", file=sys.stderr)
+    return 0
+
+
+def run_new(args: argparse.Namespace) -> int:
+    from rig_app.session import Session
+
+    session = Session.create(args.session)
+    if args.notes:
+        session.notes = args.notes
+        session.save()
+    print(f"{session.folder}: new session")
+    return 0
+
+
+def run_songs(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from rig_app.ui.state import add_session_songs, format_duration
+
+    session = _open(args.session)
+    with _progress(args.quiet, "song", "adding songs") as task:
+        results = add_session_songs(
+            task, session, args.items, min_duration_s=args.min_duration, timeout_s=args.timeout
+        )
+    failed = 0
+    for result in results:
+        if result.ok and result.song is not None:
+            song = result.song
+            print(f"added: {song.title} ({format_duration(song.duration_s)}) from {result.item}")
+        elif result.duplicate:
+            tqdm.write(f"duplicate: {result.error}", file=sys.stderr)
+        else:
+            failed += 1
+            tqdm.write(f"failed: {result.error}", file=sys.stderr)
+    added = sum(r.ok for r in results)
+    duplicates = sum(r.duplicate for r in results)
+    print(
+        f"{session.folder}: {added} added, {duplicates} duplicate(s), {failed} failed; "
+        f"the session has {len(session.songs)} songs"
+    )
+    return 1 if failed else 0
+
+
+def run_program(args: argparse.Namespace) -> int:
+    from afp_core.audio import iter_audio_files
+    from rig_app.ui.state import ProgramOptions, build_session_program, format_duration
+
+    session = _open(args.session)
+    noise = tuple(iter_audio_files(args.noise)) if args.noise else ()
+    if args.noise and not noise:
+        raise AfpError(f"{', '.join(map(str, args.noise))}: no noise audio files found")
+    options = ProgramOptions(
+        target_lufs=args.target_lufs,
+        on_overload="limit" if args.on_overload == "limit" else "lower_gain",
+        peak_ceiling_db=args.peak_ceiling,
+        gap_s=args.gap,
+        noise_files=noise,
+        noise_level_db=args.noise_level_db,
+        seed=args.seed,
+        sample_rate=args.sample_rate,
+        min_song_s=args.min_song_s,
+    )
+    with _progress(args.quiet, "step", "building the program") as task:
+        view = build_session_program(task, session, options)
+    for slot in view.songs:
+        before = "—" if slot.loudness_before is None else f"{slot.loudness_before:.1f}"
+        after = "—" if slot.loudness_after is None else f"{slot.loudness_after:.1f}"
+        print(
+            f"  {slot.index + 1:>3}  {format_duration(slot.start_s):>9}  "
+            f"{format_duration(slot.duration_s):>8}  {before:>6} -> {after:>6} LUFS  {slot.title}"
+        )
+    for note in view.notes:
+        print(f"note: {note}")
+    noise_text = (
+        f", noise at {options.noise_level_db:+g} dB re music" if view.has_noise else ", no noise"
+    )
+    print(
+        f"{session.folder}: program {format_duration(view.duration_s)} at {view.sample_rate} Hz, "
+        f"{len(view.songs)} songs, {view.marker_count} markers{noise_text}"
+    )
+    return 0
+
+
+def run_record(args: argparse.Namespace) -> int:
+    from rig_app.ui.state import TakeSettings, format_duration, record_session_take
+
+    session = _open(args.session)
+    settings = TakeSettings(
+        label=args.label,
+        music_out=args.music_out,
+        mic_in=args.mic,
+        noise_out=args.noise_out,
+        sample_rate=args.sample_rate,
+        speaker_distance_m=args.distance,
+        notes=args.notes,
+        lead_in_s=args.lead_in,
+        tail_s=args.tail,
+        replace=args.replace,
+    )
+    with _progress(args.quiet, "s", f"recording {args.label}") as task:
+        result = record_session_take(task, session, settings)
+    problems = ([result.error] if result.error else []) + list(result.notes)
+    if result.xrun_total:
+        problems.append(f"{result.xrun_total} buffer under/overruns ({_xruns(result.xruns)})")
+    print(
+        f"{result.path}: {format_duration(result.duration_s)} recorded at {result.sample_rate} "
+        f"Hz ({result.ended_by})" + (f"; {'; '.join(problems)}" if problems else "")
+    )
+    if result.frames == 0:
+        raise AfpError(f"{result.path}: nothing was recorded ({result.error or result.ended_by})")
+    if task.cancelled:
+        print(f"{PROG}: stopped; the take is stored unaligned (run: {PROG} align)", file=sys.stderr)
+        return 130
+    if args.no_align:
+        return 1 if result.error else 0
+    refused = _align(session, [args.label], args.quiet)
+    return 1 if refused or result.error else 0
+
+
+def _xruns(xruns: dict[str, int]) -> str:
+    return ", ".join(f"{key} {count}" for key, count in xruns.items() if count)
+
+
+def run_align(args: argparse.Namespace) -> int:
+    session = _open(args.session)
+    labels = [args.label] if args.label else [take.label for take in session.takes]
+    if args.label:
+        session.take(args.label)  # says which takes there are
+    if not labels:
+        raise AfpError(f"{session.path}: no takes to align")
+    return 1 if _align(session, labels, args.quiet) else 0
+
+
+def _align(session: Any, labels: Sequence[str], quiet: bool) -> int:
+    """Align the takes, one line each; returns how many were refused."""
+    from rig_app.ui.state import align_session_take, describe_alignment
+
+    refused = 0
+    for label in labels:
+        with _progress(quiet, "step", f"aligning {label}") as task:
+            try:
+                alignment = align_session_take(task, session, label)
+            except Cancelled:
+                raise
+            except AfpError as exc:
+                refused += 1
+                print(f"{PROG}: error: take '{label}' not aligned: {exc}", file=sys.stderr)
+                continue
+        xruns = session.take(label).xruns
+        print(f"{label}: {describe_alignment(alignment, xruns)}")
+    return refused
+
+
+def run_import_authors(args: argparse.Namespace) -> int:
+    from rig_app.session import import_authors_layout
+    from rig_app.ui.state import describe_alignment, format_duration
+
+    print(f"{PROG}: importing {args.source} (aligning the recordings takes a while)")
+    session = import_authors_layout(
+        args.source, args.session, sample_rate=args.sample_rate, min_song_s=args.min_song_s
+    )
+    duration = float((session.program or {}).get("duration_s", 0.0))
+    print(
+        f"{session.folder}: {len(session.songs)} songs, program "
+        f"{format_duration(duration)}, {len(session.takes)} takes"
+    )
+    for take in session.takes:
+        if take.alignment is not None:
+            print(f"{take.label}: {describe_alignment(take.alignment, take.xruns)}")
+    if session.notes:
+        print(f"note: {session.notes}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "app": run_app,
+    "devices": run_devices,
+    "new": run_new,
+    "songs": run_songs,
+    "program": run_program,
+    "record": run_record,
+    "align": run_align,
+    "import-authors": run_import_authors,
+}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""The main window: session bar on top, page list on the left, the page, a status bar."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QSize, Qt, QThreadPool
+from PySide6.QtGui import QCloseEvent
+from PySide6.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from afp_core.errors import AfpError
+from afp_core.fileutil import one_line
+from rig_app.session import Session
+from rig_app.ui.pages import Page
+from rig_app.ui.pages.program import ProgramPage
+from rig_app.ui.pages.record import RecordPage
+from rig_app.ui.pages.songs import SongsPage
+from rig_app.ui.state import RigState
+
+__all__ = ["MainWindow", "find_binding_problem", "run_app"]
+
+_PROBE_CALLS = 200
+
+
+def find_binding_problem() -> str | None:
+    """Why this PySide6 build cannot run the app here, in one line (None when it can).
+
+    PySide6 6.12.0's stable-ABI wheel drops a reference to None on every call of a method
+    returning nothing. From Python 3.12 on None is immortal and that is harmless; on 3.11
+    None's count reaches zero after some thousands of calls and Python aborts
+    ("deallocating None"), typically minutes into a recording.
+    """
+    if sys.version_info >= (3, 12):
+        return None
+    probe = QObject()
+    before = sys.getrefcount(None)
+    for _ in range(_PROBE_CALLS):
+        probe.setObjectName("probe")
+    lost = before - sys.getrefcount(None)
+    if lost < _PROBE_CALLS // 2:
+        return None
+    import PySide6
+
+    python = ".".join(map(str, sys.version_info[:3]))
+    return (
+        f"PySide6 {PySide6.__version__} loses a reference to None on every call under Python "
+        f"{python}, which crashes the app after a while; install another version "
+        "(pip install 'pyside6-essentials==6.11.3') or use Python 3.12+"
+    )
+
+
+class MainWindow(QMainWindow):
+    """The rig's window; ``open_session``/``new_session`` work without dialogs too."""
+
+    def __init__(self, state: RigState | None = None) -> None:
+        super().__init__()
+        self.state = state or RigState()
+        self.setWindowTitle("afp-rig — recording rig")
+
+        self.new_button = QPushButton("New session…")
+        self.new_button.clicked.connect(self._on_new_clicked)
+        self.open_button = QPushButton("Open session folder…")
+        self.open_button.clicked.connect(self._on_open_clicked)
+        self.folder_label = QLabel()
+        self.folder_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        bar = QHBoxLayout()
+        bar.addWidget(self.new_button)
+        bar.addWidget(self.open_button)
+        bar.addSpacing(12)
+        bar.addWidget(self.folder_label, 1)
+
+        self.songs_page = SongsPage(self.state)
+        self.program_page = ProgramPage(self.state)
+        self.record_page = RecordPage(self.state)
+        self.pages: list[Page] = [self.songs_page, self.program_page, self.record_page]
+        self.page_list = QListWidget()
+        self.stack = QStackedWidget()
+        for page in self.pages:
+            self.page_list.addItem(page.title)
+            self.stack.addWidget(page)
+            page.status.connect(self.show_status)
+        self.page_list.setFixedWidth(120)
+        self.page_list.setStyleSheet("QListWidget::item { padding: 6px 8px; }")
+        self.page_list.currentRowChanged.connect(self.stack.setCurrentIndex)
+        self.page_list.setCurrentRow(0)
+
+        body = QHBoxLayout()
+        body.addWidget(self.page_list)
+        body.addWidget(self.stack, 1)
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.addLayout(bar)
+        layout.addLayout(body, 1)
+        self.setCentralWidget(central)
+
+        self.state.session_changed.connect(self._on_session_changed)
+        self.state.busy_changed.connect(self._on_busy_changed)
+        self._on_session_changed(self.state.session)
+        self.statusBar().showMessage("Ready")
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        return QSize(1100, 760)
+
+    # --- sessions --------------------------------------------------------------------------
+
+    def open_session(self, folder: Path | str) -> str | None:
+        """Open the session in ``folder``; returns the error message, None on success."""
+        try:
+            self.state.open_session(folder)
+        except AfpError as exc:
+            return self._error(one_line(exc))
+        self.show_status(f"Opened {folder}")
+        return None
+
+    def new_session(self, folder: Path | str) -> str | None:
+        """Create a session in ``folder``; returns the error message, None on success."""
+        try:
+            self.state.create_session(folder)
+        except (AfpError, OSError) as exc:
+            return self._error(one_line(exc))
+        self.show_status(f"Created a new session in {folder}")
+        return None
+
+    def show_page(self, title: str) -> Page:
+        """Switch to the page called ``title`` and return it."""
+        for index, page in enumerate(self.pages):
+            if page.title == title:
+                self.page_list.setCurrentRow(index)
+                return page
+        raise KeyError(title)
+
+    def show_status(self, message: str) -> None:
+        self.statusBar().showMessage(message)
+
+    def _error(self, message: str) -> str:
+        self.show_status(message)
+        return message
+
+    def _on_new_clicked(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "New session: choose or create an empty folder"
+        )
+        if folder:
+            error = self.new_session(folder)
+            if error:
+                QMessageBox.warning(self, "New session", error)
+
+    def _on_open_clicked(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a session folder")
+        if folder:
+            error = self.open_session(folder)
+            if error:
+                QMessageBox.warning(self, "Open session", error)
+
+    def _on_session_changed(self, session: Session | None) -> None:
+        if session is None:
+            self.folder_label.setText("No session open")
+            self.setWindowTitle("afp-rig — recording rig")
+        else:
+            self.folder_label.setText(f"Session: {session.folder}")
+            self.setWindowTitle(f"afp-rig — {session.folder.name}")
+
+    def _on_busy_changed(self, busy: bool) -> None:
+        self.new_button.setEnabled(not busy)
+        self.open_button.setEnabled(not busy)
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt's name
+        self.record_page.shutdown()
+        for page in self.pages:
+            page.cancel_jobs()
+        QThreadPool.globalInstance().waitForDone(10_000)
+        super().closeEvent(event)
+
+
+def run_app(session: Path | str | None = None, argv: Sequence[str] | None = None) -> int:
+    """Start the application (optionally with a session open); returns its exit status."""
+    problem = find_binding_problem()
+    if problem is not None:
+        raise AfpError(problem)
+    app = QApplication.instance() or QApplication(list(argv or sys.argv[:1]))
+    app.setApplicationName("afp-rig")
+    window = MainWindow()
+    window.resize(window.sizeHint())
+    if session is not None:
+        error = window.open_session(session)
+        if error:
+            QMessageBox.warning(window, "Open session", error)
+    window.show()
+    return int(app.exec())

@@ -1,0 +1,547 @@
+"""The application's Qt-free model and the jobs its views (and the command line) run.
+
+``RigState`` holds the open session and plain-callback events (napari's evented model
+without Qt): views subscribe and redraw, and never keep their own copy of the data.
+
+The jobs are ordinary functions ``job(task, ...)`` taking an ``afp_core.tasks.TaskState``
+first, so ``rig_app.ui.workers.Worker`` runs them on a thread and ``rig_app.cli`` runs
+them with a tqdm bar. They only glue the logic modules together (``songs``, ``program``,
+``capture``, ``align``, ``session``); every rule about audio lives there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from afp_core.audio import load_audio, resample
+from afp_core.errors import AfpError
+from afp_core.tasks import TaskState
+from rig_app.align import Alignment, align_take, align_without_markers
+from rig_app.capture import TakeConfig, TakeRecorder, TakeResult
+from rig_app.devices import find_device
+from rig_app.program import (
+    Overload,
+    Program,
+    ProgramSlot,
+    ProgramSong,
+    build_noise_program,
+    build_program,
+    load_noise_track,
+)
+from rig_app.session import PROGRAM_DIR, TAKES_DIR, Session, SessionError, SongEntry
+from rig_app.songs import MIN_DURATION_S, SONGS_DIR, SongResult, add_songs, load_songs
+
+__all__ = [
+    "Event",
+    "Overview",
+    "ProgramOptions",
+    "ProgramView",
+    "RigState",
+    "TakeSettings",
+    "add_session_songs",
+    "align_session_take",
+    "build_session_program",
+    "describe_alignment",
+    "format_duration",
+    "load_program_view",
+    "make_overview",
+    "program_is_stale",
+    "record_session_take",
+    "songs_folder",
+    "sync_session_songs",
+    "take_path",
+]
+
+OVERVIEW_COLUMNS = 1600
+
+
+class Event:
+    """Callbacks called in order with the event's arguments (on the caller's thread)."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[..., None]] = []
+
+    def connect(self, callback: Callable[..., None]) -> None:
+        if callback not in self._callbacks:
+            self._callbacks.append(callback)
+
+    def disconnect(self, callback: Callable[..., None]) -> None:
+        if callback in self._callbacks:
+            self._callbacks.remove(callback)
+
+    def emit(self, *args: Any) -> None:
+        for callback in list(self._callbacks):
+            callback(*args)
+
+
+class RigState:
+    """The open session and what changed in it. Mutated on the GUI thread only."""
+
+    def __init__(self) -> None:
+        self.session: Session | None = None
+        self.session_changed = Event()  # (session | None)
+        self.songs_changed = Event()  # ()
+        self.program_changed = Event()  # ()
+        self.takes_changed = Event()  # ()
+        self.busy_changed = Event()  # (busy: bool)
+        self._jobs = 0
+
+    @property
+    def busy(self) -> bool:
+        return self._jobs > 0
+
+    def open_session(self, folder: Path | str) -> Session:
+        """Load the session in ``folder`` and make it current (``SessionError`` if not)."""
+        session = Session.load(folder)
+        self._set(session)
+        return session
+
+    def create_session(self, folder: Path | str) -> Session:
+        """Create a new session in ``folder`` and make it current."""
+        session = Session.create(folder)
+        self._set(session)
+        return session
+
+    def close_session(self) -> None:
+        self._set(None)
+
+    def _set(self, session: Session | None) -> None:
+        if self.busy:
+            raise AfpError("wait for the running job to end (or cancel it) first")
+        self.session = session
+        self.session_changed.emit(session)
+
+    def begin_job(self) -> None:
+        self._jobs += 1
+        if self._jobs == 1:
+            self.busy_changed.emit(True)
+
+    def end_job(self) -> None:
+        self._jobs = max(0, self._jobs - 1)
+        if self._jobs == 0:
+            self.busy_changed.emit(False)
+
+
+def format_duration(seconds: float) -> str:
+    """``m:ss.s`` below an hour, ``h:mm:ss`` above."""
+    if not math.isfinite(seconds):
+        return "—"
+    if seconds >= 3600:
+        hours, rest = divmod(round(seconds), 3600)
+        return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}:{rest:04.1f}"
+
+
+# --- songs --------------------------------------------------------------------------------
+
+
+def songs_folder(session: Session) -> Path:
+    """Where the session keeps its song files (``songs.json`` lists them)."""
+    return session.folder / SONGS_DIR
+
+
+def sync_session_songs(session: Session) -> list[SongEntry]:
+    """Make ``session.songs`` the songs folder's list (in its order) and save.
+
+    Loudness measured by an earlier program build is kept for songs still there. A
+    session without a songs folder (e.g. an imported layout) keeps its list.
+    """
+    folder = songs_folder(session)
+    songs = load_songs(folder)
+    if not songs and not (folder / "songs.json").is_file():
+        return session.songs
+    known = {entry.file: entry for entry in session.songs}
+    entries = []
+    for song in songs:
+        entry = song.to_song_entry(folder, relative_to=session.folder)
+        old = known.get(entry.file)
+        if old is not None:
+            entry.loudness_before, entry.loudness_after = old.loudness_before, old.loudness_after
+        entries.append(entry)
+    session.songs = entries
+    session.save()
+    return entries
+
+
+def add_session_songs(
+    task: TaskState,
+    session: Session,
+    items: Sequence[str | Path],
+    *,
+    min_duration_s: float = MIN_DURATION_S,
+    timeout_s: float = 30.0,
+) -> list[SongResult]:
+    """Add URLs, files and folders to the session's songs; one result per item.
+
+    The session's song list is brought up to date even when the work is cancelled or
+    interrupted, so every song that made it into the folder is listed.
+    """
+    try:
+        return add_songs(
+            items,
+            songs_folder(session),
+            task,
+            min_duration_s=min_duration_s,
+            timeout_s=timeout_s,
+        )
+    finally:
+        sync_session_songs(session)
+
+
+# --- the program --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgramOptions:
+    """How to build the music and noise programs (see ``rig_app.program``)."""
+
+    target_lufs: float = -23.0
+    on_overload: Overload = "lower_gain"
+    peak_ceiling_db: float = -1.0
+    gap_s: float = 1.0
+    noise_files: tuple[Path, ...] = ()
+    noise_level_db: float = 0.0
+    seed: int = 0
+    sample_rate: int = 48000
+    min_song_s: float = 60.0
+
+
+@dataclass
+class Overview:
+    """Per-column minimum and maximum of the tracks, for a waveform overview."""
+
+    duration_s: float
+    music_min: np.ndarray
+    music_max: np.ndarray
+    noise_min: np.ndarray | None = None
+    noise_max: np.ndarray | None = None
+
+
+@dataclass
+class ProgramView:
+    """What the Program page shows about the session's program."""
+
+    sample_rate: int
+    samples: int
+    duration_s: float
+    markers: list[tuple[str, float]]
+    songs: list[ProgramSlot]
+    notes: list[str]
+    target_lufs: float | None
+    has_noise: bool
+    overview: Overview
+    stale: bool = False
+
+    @property
+    def marker_count(self) -> int:
+        return len(self.markers)
+
+
+def make_overview(x: np.ndarray, columns: int = OVERVIEW_COLUMNS) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum and maximum of ``x`` in ``columns`` equal slices (fewer for short ``x``)."""
+    x = np.asarray(x, dtype=np.float32)
+    columns = max(1, min(columns, len(x)))
+    if not len(x):
+        return np.zeros(1, np.float32), np.zeros(1, np.float32)
+    edges = np.linspace(0, len(x), columns + 1).astype(np.int64)
+    return np.minimum.reduceat(x, edges[:-1]), np.maximum.reduceat(x, edges[:-1])
+
+
+def _view(program: Program, noise: np.ndarray | None, session: Session) -> ProgramView:
+    music_min, music_max = make_overview(program.music)
+    noise_min = noise_max = None
+    if noise is not None:
+        noise_min, noise_max = make_overview(noise)
+    return ProgramView(
+        sample_rate=program.sample_rate,
+        samples=program.samples,
+        duration_s=program.duration_s,
+        markers=[(m.label, m.position / program.sample_rate) for m in program.markers],
+        songs=list(program.songs),
+        notes=list(program.notes),
+        target_lufs=program.target_lufs,
+        has_noise=noise is not None,
+        overview=Overview(program.duration_s, music_min, music_max, noise_min, noise_max),
+        stale=program_is_stale(session),
+    )
+
+
+def program_is_stale(session: Session) -> bool:
+    """True when the session's songs changed since its program was built."""
+    if session.program is None:
+        return False
+    built = [str(song.get("title")) for song in session.program.get("songs", [])]
+    return built != [song.title for song in session.songs]
+
+
+def build_session_program(
+    task: TaskState, session: Session, options: ProgramOptions
+) -> ProgramView:
+    """Build the music (and noise) program from the session's songs and store it.
+
+    Cancelling stops before anything is written: the session keeps its old program.
+    """
+    entries = list(session.songs)
+    if not entries:
+        raise SessionError(f"{session.path}: the session has no songs yet; add some first")
+    rate = options.sample_rate
+    steps = 2 * len(entries) + (1 if options.noise_files else 0) + 1
+    task.set_total(steps, "loading songs")
+    songs = []
+    for entry in entries:
+        task.check_cancelled()
+        path = session.resolve(entry.file)
+        songs.append(
+            ProgramSong(
+                audio=load_audio(path, rate),
+                title=entry.title,
+                artist=entry.artist,
+                source=entry.source,
+            )
+        )
+        task.advance(1, f"loaded {entry.title}")
+    task.check_cancelled()
+    task.set_message(f"normalising {len(songs)} songs to {options.target_lufs:g} LUFS")
+    program = build_program(
+        songs,
+        rate,
+        gap_s=options.gap_s,
+        target_lufs=options.target_lufs,
+        peak_ceiling_db=options.peak_ceiling_db,
+        on_overload=options.on_overload,
+        min_song_s=options.min_song_s,
+    )
+    del songs
+    task.advance(len(entries), "program built")
+    noise = None
+    if options.noise_files:
+        task.check_cancelled()
+        task.set_message("building the noise program")
+        noise = build_noise_program(
+            list(options.noise_files),
+            program.samples,
+            rate,
+            level_db_relative_to_music=options.noise_level_db,
+            music_loudness_lufs=options.target_lufs,
+            seed=options.seed,
+            quiet_ranges=program.marker_ranges(),
+            peak_ceiling_db=options.peak_ceiling_db,
+        )
+        task.advance(1, "noise program built")
+    task.check_cancelled()  # the last chance: from here on the program is written whole
+    task.set_message("writing the program")
+    updated = [
+        replace(entry, loudness_before=slot.loudness_before, loudness_after=slot.loudness_after)
+        for entry, slot in zip(entries, program.songs, strict=True)
+    ]
+    session.set_program(program, noise, songs=updated)
+    task.advance(1, "program written")
+    return _view(program, noise, session)
+
+
+def load_program_view(task: TaskState, session: Session) -> ProgramView | None:
+    """The session's program as the Program page shows it (None when it has none)."""
+    if session.program is None:
+        return None
+    task.set_total(2, "loading the program")
+    program = session.load_program()
+    task.advance(1)
+    folder = session.folder / str(session.program.get("folder", PROGRAM_DIR))
+    noise = load_noise_track(folder)
+    task.advance(1)
+    return _view(program, noise, session)
+
+
+# --- takes --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TakeSettings:
+    """A take to record: label, devices (names or indices) and what to note about it.
+
+    ``noise_out`` None plays the music only (e.g. the noise comes from another player).
+    ``sample_rate`` None records at the program's rate; another rate plays the program
+    resampled to it.
+    """
+
+    label: str
+    music_out: str | int
+    mic_in: str | int
+    noise_out: str | int | None = None
+    sample_rate: int | None = None
+    speaker_distance_m: float | None = None
+    notes: str = ""
+    lead_in_s: float = 1.0
+    tail_s: float = 2.0
+    replace: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # more TakeConfig fields
+
+
+def take_path(session: Session, label: str) -> Path:
+    """Where a take of ``label`` is recorded."""
+    return session.folder / TAKES_DIR / f"{label}.raw.wav"
+
+
+def record_session_take(
+    task: TaskState,
+    session: Session,
+    settings: TakeSettings,
+    on_recorder: Callable[[TakeRecorder], None] | None = None,
+) -> TakeResult:
+    """Play the session's program and record a take; the take is stored unaligned.
+
+    ``on_recorder`` gets the recorder before it starts (a view polls its level, position
+    and xruns). Cancelling the task stops the take early and keeps it, like ``stop``.
+    Whatever was recorded is stored in the session (``replace`` an existing take of the
+    same label); align it with ``align_session_take``.
+    """
+    label = settings.label
+    if not settings.replace and any(t.label == label for t in session.takes):
+        raise SessionError(f"{session.path}: a take labelled {label!r} exists already")
+    out = take_path(session, label)
+    if out.exists() and not settings.replace:
+        raise SessionError(f"{out}: exists already (an earlier, unstored take?); replace it")
+    # a wrong device name should not cost the wait for a long program to load
+    find_device(settings.music_out, "output")
+    find_device(settings.mic_in, "input")
+    if settings.noise_out is not None:
+        find_device(settings.noise_out, "output")
+    task.set_total(0, "loading the program")
+    program = session.load_program()
+    noise = None
+    if settings.noise_out is not None:
+        assert session.program is not None
+        noise = load_noise_track(session.folder / str(session.program.get("folder", PROGRAM_DIR)))
+        if noise is None:
+            raise SessionError(
+                f"{session.path}: the program has no noise track; record without a noise output"
+            )
+    rate = settings.sample_rate or program.sample_rate
+    music = resample(program.music, program.sample_rate, rate)
+    if noise is not None:
+        noise = resample(noise, program.sample_rate, rate)
+    task.check_cancelled()
+    config = TakeConfig(
+        music_out=settings.music_out,
+        noise_out=settings.noise_out,
+        mic_in=settings.mic_in,
+        sample_rate=rate,
+        label=label,
+        lead_in_s=settings.lead_in_s,
+        tail_s=settings.tail_s,
+        **settings.extra,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    recorder = TakeRecorder(config, music, noise, out, overwrite=settings.replace)
+    del music, noise
+    if on_recorder is not None:
+        on_recorder(recorder)
+    task.set_total(recorder.total_s, f"recording {label}")
+    recorder.start()
+    reported = 0.0
+    try:
+        while not recorder.wait(0.1):
+            if task.cancelled:
+                recorder.stop(wait=False)
+            now = recorder.recorded_s
+            if now > reported:
+                task.advance(now - reported, f"{label}: {now:.0f} s of {recorder.total_s:.0f} s")
+                reported = now
+    except BaseException:
+        recorder.abort()
+        raise
+    result = recorder.result
+    assert result is not None
+    if result.frames > 0:
+        if settings.replace:
+            (out.parent / f"{label}.aligned.wav").unlink(missing_ok=True)
+        session.add_take(
+            label,
+            result.path,
+            result.sample_rate,
+            devices=result.devices,
+            sample_rates=result.sample_rates,
+            speaker_distance_m=settings.speaker_distance_m,
+            notes=settings.notes,
+            xruns=result.xrun_total,
+            replace=True,
+        )
+    return result
+
+
+def align_session_take(task: TaskState, session: Session, label: str) -> Alignment:
+    """Align a stored take to the program and store the alignment and aligned audio.
+
+    A program with markers uses ``align_take``; one without (an imported layout) uses
+    ``align_without_markers``. A take that cannot be aligned: ``AlignmentError`` saying
+    why; the take stays stored as it was.
+    """
+    take = session.take(label)
+    task.set_total(3, f"aligning {label}: loading")
+    program = session.load_program()
+    path = session.resolve(take.raw_file)
+    recording = load_audio(path, take.recording_rate)
+    task.advance(1, f"aligning {label}: finding the markers")
+    task.check_cancelled()
+    if program.marker_spec is not None:
+        alignment = align_take(recording, take.recording_rate, program, name=str(path))
+    else:
+        alignment = align_without_markers(
+            recording,
+            take.recording_rate,
+            program.music,
+            program.sample_rate,
+            songs=program.songs,
+            name=str(path),
+        )
+    del recording
+    task.advance(1, f"aligning {label}: storing")
+    task.check_cancelled()
+    stored = session.add_take(
+        label,
+        path,
+        take.recording_rate,
+        alignment=alignment,
+        devices=take.devices,
+        sample_rates=take.sample_rates,
+        speaker_distance_m=take.speaker_distance_m,
+        notes=take.notes,
+        xruns=take.xruns,
+        replace=True,
+    )
+    if take.recorded_at:
+        stored.recorded_at = take.recorded_at  # aligning again does not make it a new take
+        session.save()
+    task.advance(1, f"{label} aligned")
+    return alignment
+
+
+def describe_alignment(alignment: Alignment | dict[str, Any], xruns: int = 0) -> str:
+    """One line: offset, drift, residual, SNR and whether the take can be used."""
+    if isinstance(alignment, dict):
+        alignment = Alignment.from_dict(alignment)
+    verdict = "ok" if alignment.ok and not xruns else "FLAGGED"
+    reasons = list(alignment.notes) if not alignment.ok else []
+    if xruns:
+        reasons.append(f"{xruns} buffer under/overruns while recording")
+    text = (
+        f"offset {alignment.offset_s * 1000:.2f} ms, drift {alignment.drift_ppm:+.1f} ppm, "
+        f"max residual {_ms(alignment.max_residual_ms)}, min SNR {_db(alignment.min_snr_db)}: "
+        f"{verdict}"
+    )
+    return text + (f" ({'; '.join(reasons)})" if reasons else "")
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3f} ms" if math.isfinite(value) else "—"
+
+
+def _db(value: float) -> str:
+    return f"{value:.1f} dB" if math.isfinite(value) else "—"

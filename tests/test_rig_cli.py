@@ -1,0 +1,220 @@
+"""The ``afp-rig`` command end to end on a temporary session (no display needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from afp_core.errors import Cancelled
+from afp_core.tasks import TaskState
+from rig_app import cli
+from rig_app.program import synthesize_song
+from rig_app.session import Session
+
+pytest_plugins = ["tests.rig_fixtures"]
+
+RATE = 16000
+COMMANDS = ("app", "devices", "new", "songs", "program", "record", "align", "import-authors")
+
+
+def _library(folder: Path, seconds: float = 2.0) -> Path:
+    folder.mkdir(parents=True)
+    for index, title in enumerate(("One", "Two", "Three")):
+        sf.write(folder / f"Band - {title}.wav", synthesize_song(seconds, RATE, seed=index), RATE)
+    (folder / "broken.wav").write_text("not audio\n")
+    return folder
+
+
+def _noise(path: Path) -> Path:
+    sf.write(path, 0.1 * np.random.default_rng(0).standard_normal(2 * RATE), RATE)
+    return path
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_command_explains_every_option(capsys):
+    parser = cli.build_parser()
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([command, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert "Exit status" in text
+        sub = parser._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+        for action in sub._actions:
+            assert action.help, f"{command}: {action.dest} has no help"
+
+
+def test_no_command_opens_the_app(monkeypatch):
+    from rig_app.ui import main_window
+
+    opened: list[object] = []
+    monkeypatch.setattr(main_window, "run_app", lambda session: opened.append(session) or 0)
+    assert cli.main([]) == 0
+    assert cli.main(["app", "somewhere"]) == 0
+    assert opened == [None, Path("somewhere")]
+
+
+def test_new_songs_program_end_to_end(tmp_path, capsys):
+    session_dir = tmp_path / "session"
+    library = _library(tmp_path / "library")
+
+    code, out, _ = _run(capsys, "new", session_dir, "--notes", "living room")
+    assert code == 0 and "new session" in out
+    assert Session.load(session_dir).notes == "living room"
+
+    code, out, err = _run(capsys, "songs", session_dir, library, "--min-duration", 1, "--quiet")
+    assert code == 1  # one item failed, the others were added
+    assert out.count("added: ") == 3
+    assert "3 added, 0 duplicate(s), 1 failed; the session has 3 songs" in out
+    assert "failed: " in err and "broken.wav" in err
+
+    code, out, err = _run(
+        capsys, "songs", session_dir, library / "Band - Two.wav", "--min-duration", 1, "--quiet"
+    )
+    assert code == 0 and "duplicate: " in err and "0 added, 1 duplicate(s)" in out
+
+    noise = _noise(tmp_path / "noise.wav")
+    code, out, err = _run(
+        capsys,
+        "program",
+        session_dir,
+        "--min-song-s",
+        1,
+        "--noise",
+        noise,
+        "--noise-level-db",
+        -6,
+        "--gap",
+        0.5,
+        "--quiet",
+    )
+    assert code == 0, err
+    assert "3 songs, 4 markers, noise at -6 dB re music" in out
+    assert out.count("LUFS") == 3
+    session = Session.load(session_dir)
+    assert session.program is not None and session.program["noise_file"] == "program/noise.wav"
+    assert [song.loudness_after is not None for song in session.songs] == [True] * 3
+
+
+def test_user_errors_are_one_line_with_exit_1(tmp_path, capsys):
+    code, out, err = _run(capsys, "program", tmp_path)
+    assert code == 1 and out == ""
+    assert err.startswith("afp-rig: error: ") and err.count("\n") == 1
+    assert "not a session folder" in err
+
+    assert _run(capsys, "new", tmp_path / "s")[0] == 0
+    code, _, err = _run(capsys, "new", tmp_path / "s")
+    assert code == 1 and "already exists" in err
+    code, _, err = _run(capsys, "program", tmp_path / "s", "--quiet")
+    assert code == 1 and "no songs yet" in err
+    code, _, err = _run(capsys, "align", tmp_path / "s", "--label", "low")
+    assert code == 1 and "no take labelled 'low'" in err
+    code, _, err = _run(capsys, "import-authors", tmp_path / "missing", tmp_path / "t")
+    assert code == 1 and "no such file or folder" in err
+
+
+def test_cancel_exits_130(tmp_path, capsys, monkeypatch):
+    from rig_app.ui import state
+
+    def cancelled(*args, **kwargs):
+        raise Cancelled("cancelled by the user; finished work is kept")
+
+    monkeypatch.setattr(state, "add_session_songs", cancelled)
+    Session.create(tmp_path / "s")
+    code, _, err = _run(capsys, "songs", tmp_path / "s", tmp_path, "--quiet")
+    assert code == 130 and "finished work is kept" in err
+
+
+def test_first_ctrl_c_cancels_the_task_and_the_second_quits():
+    task = TaskState()
+    with cli._interrupt_cancels(task):
+        os.kill(os.getpid(), signal.SIGINT)
+        assert task.cancelled
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_adding_songs_keeps_what_was_added(tmp_path):
+    """A real process: SIGINT once the first songs are in; exit 130, the rest kept."""
+    session_dir = tmp_path / "session"
+    Session.create(session_dir)
+    library = tmp_path / "library"
+    library.mkdir()
+    for index in range(40):
+        sf.write(library / f"song {index:02d}.wav", synthesize_song(2.0, RATE, seed=index), RATE)
+    command = [sys.executable, "-m", "rig_app.cli", "songs", str(session_dir), str(library)]
+    process = subprocess.Popen(
+        [*command, "--min-duration", "1", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    songs_json = session_dir / "songs" / "songs.json"
+    deadline = 60.0
+    while deadline > 0 and process.poll() is None:
+        if songs_json.is_file() and json.loads(songs_json.read_text())["songs"]:
+            break
+        deadline -= 0.05
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    kept = Session.load(session_dir).songs
+    assert process.returncode == 130, err
+    assert "finished work is kept" in err
+    assert 0 < len(kept) < 40
+    assert not list((session_dir / "songs").glob(".incoming-*"))
+
+
+def test_devices_record_and_align_through_virtual_devices(virtual_devices, tmp_path, capsys):
+    code, out, _ = _run(capsys, "devices", "--json")
+    names = [json.loads(line)["name"] for line in out.splitlines()]
+    assert code == 0 and virtual_devices.mic_in in names
+
+    session_dir = tmp_path / "session"
+    assert _run(capsys, "new", session_dir)[0] == 0
+    library = _library(tmp_path / "library", seconds=1.5)
+    _run(capsys, "songs", session_dir, library, "--min-duration", 1, "--quiet")
+    noise = _noise(tmp_path / "noise.wav")
+    code, _, err = _run(
+        capsys, "program", session_dir, "--min-song-s", 1, "--gap", 0.5, "--noise", noise, "--quiet"
+    )
+    assert code == 0, err
+
+    record = ["record", session_dir, "--label", "high", "--music-out", virtual_devices.music_out]
+    record += ["--noise-out", virtual_devices.noise_out, "--mic", virtual_devices.mic_in]
+    record += ["--distance", 0.5, "--notes", "close", "--lead-in", 0.5, "--tail", 1, "--quiet"]
+    code, out, err = _run(capsys, *record)
+    assert code == 0, err
+    assert "(finished)" in out and "high: offset " in out and ": ok" in out
+    take = Session.load(session_dir).take("high")
+    assert take.alignment is not None and take.alignment["ok"]
+    assert take.speaker_distance_m == 0.5 and take.notes == "close"
+    assert take.devices == {
+        "mic_in": virtual_devices.mic_in,
+        "music_out": virtual_devices.music_out,
+        "noise_out": virtual_devices.noise_out,
+    }
+
+    code, _, err = _run(capsys, *record)
+    assert code == 1 and "exists already" in err  # --replace is needed
+
+    code, out, err = _run(capsys, "align", session_dir, "--quiet")
+    assert code == 0, err
+    assert out.startswith("high: offset ")
+    assert Session.load(session_dir).take("high").recorded_at == take.recorded_at

@@ -1,0 +1,305 @@
+"""The rig app offscreen: workers, and each page doing its real job through them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("PySide6")
+
+from afp_core.errors import AfpError
+from afp_core.tasks import TaskState
+from rig_app.program import synthesize_song
+from rig_app.session import Session
+from rig_app.ui import state as state_module
+from rig_app.ui.main_window import MainWindow, find_binding_problem
+from rig_app.ui.state import ProgramOptions, add_session_songs, build_session_program
+from rig_app.ui.workers import TaskPanel, Worker
+
+pytest_plugins = ["tests.rig_fixtures"]
+
+RATE = 16000
+JOB_MS = 60_000
+
+
+def _write_library(folder: Path, seconds: float = 3.0) -> Path:
+    """Three short songs ('Artist - Title.wav'), one quiet with loud hits, and a bad file."""
+    folder.mkdir(parents=True)
+    for index, title in enumerate(("Alpha", "Beta", "Gamma")):
+        audio = synthesize_song(seconds, RATE, seed=index)
+        if title == "Gamma":  # normalising it would clip: its gain must be lowered
+            audio = 0.1 * audio
+            audio[RATE // 2 :: RATE] = 0.3
+        sf.write(folder / f"Band {index} - {title}.wav", audio, RATE)
+    (folder / "broken.wav").write_text("not audio at all\n")
+    return folder
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Path:
+    return _write_library(tmp_path / "library")
+
+
+@pytest.fixture
+def window(qtbot) -> MainWindow:
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.resize(1100, 760)
+    window.show()
+    yield window
+    for page in window.pages:
+        page.cancel_jobs()
+        qtbot.waitUntil(lambda page=page: not page.workers, timeout=JOB_MS)
+
+
+def _session_with_songs(folder: Path, library: Path) -> Session:
+    session = Session.create(folder)
+    results = add_session_songs(TaskState(), session, [library], min_duration_s=1.0)
+    assert sum(r.ok for r in results) == 3
+    return session
+
+
+# --- workers ------------------------------------------------------------------------------
+
+
+def test_this_pyside6_build_can_run_the_app():
+    assert find_binding_problem() is None
+
+
+def _count_to(task: TaskState, n: int) -> int:
+    task.set_total(n, "counting")
+    for i in range(n):
+        task.check_cancelled()
+        task.advance(1, f"at {i + 1}")
+    return n
+
+
+def test_worker_reports_progress_then_its_result(qtbot):
+    worker = Worker(_count_to, 5)
+    progress: list[tuple[float, float, str]] = []
+    worker.progress.connect(lambda *args: progress.append(args))
+    with (
+        qtbot.waitSignal(worker.finished, timeout=JOB_MS) as result,
+        qtbot.waitSignal(worker.done, timeout=JOB_MS),
+    ):
+        worker.start()
+    assert result.args == [5]
+    assert progress[-1] == (5.0, 5.0, "at 5")
+
+
+def _fail(task: TaskState, exc: Exception) -> None:
+    raise exc
+
+
+def test_worker_turns_errors_into_one_line_and_logs_bugs(qtbot, caplog):
+    worker = Worker(_fail, AfpError("song.wav: not audio\n(details)"))
+    with qtbot.waitSignal(worker.errored, timeout=JOB_MS) as blocker:
+        worker.start()
+    assert blocker.args == ["song.wav: not audio (details)"]
+
+    worker = Worker(_fail, ValueError("bad\nvalue"))
+    with (
+        caplog.at_level(logging.ERROR, logger="rig_app.ui.workers"),
+        qtbot.waitSignal(worker.errored, timeout=JOB_MS) as blocker,
+    ):
+        worker.start()
+    assert blocker.args == ["unexpected error: ValueError: bad value"]
+    assert "Traceback" in caplog.text
+
+
+def _wait_for_cancel(task: TaskState, started: threading.Event) -> str:
+    started.set()
+    while True:
+        task.check_cancelled()
+        threading.Event().wait(0.01)
+
+
+def test_cancel_ends_a_worker_with_the_cancelled_signal(qtbot):
+    started = threading.Event()
+    worker = Worker(_wait_for_cancel, started)
+    panel = TaskPanel()
+    qtbot.addWidget(panel)
+    panel.bind(worker)
+    finished: list[object] = []
+    worker.finished.connect(finished.append)
+    with qtbot.waitSignal(worker.cancelled, timeout=JOB_MS):
+        worker.start()
+        assert started.wait(10)
+        panel.cancel_button.click()
+    qtbot.waitUntil(lambda: panel.worker is None)
+    assert not finished
+    assert "cancelled" in panel.message.text()
+    assert not panel.cancel_button.isVisible()
+
+
+# --- window and pages ---------------------------------------------------------------------
+
+
+def test_every_page_builds_and_shows(window, qtbot, tmp_path):
+    for title in ("Songs", "Program", "Record"):
+        page = window.show_page(title)
+        assert page.isVisible()
+        assert window.stack.currentWidget() is page
+    qtbot.waitUntil(lambda: not window.record_page.workers, timeout=JOB_MS)
+    assert "No session" in window.folder_label.text()
+    assert not window.songs_page.add_files_button.isEnabled()
+
+    error = window.open_session(tmp_path / "nowhere")
+    assert error is not None and "not a session folder" in error
+    assert window.new_session(tmp_path / "s1") is None
+    assert "s1" in window.folder_label.text()
+    assert window.songs_page.add_files_button.isEnabled()
+    assert "already exists" in window.new_session(tmp_path / "s1")
+
+
+def test_songs_page_adds_files_in_a_worker_and_reports_each_item(window, qtbot, library):
+    assert window.new_session(library.parent / "session") is None
+    page = window.songs_page
+    page.min_duration.setValue(1.0)
+    again = library / "Band 1 - Beta.wav"
+    with qtbot.waitSignal(page.job_done, timeout=JOB_MS):
+        worker = page.add_items([str(library), str(again)])
+        assert worker is not None
+    assert page.table.rowCount() == 3
+    titles = sorted(page.table.item(row, 0).text() for row in range(3))
+    assert titles == ["Alpha", "Beta", "Gamma"]
+    assert page.table.item(0, 1).text().startswith("Band")
+    lines = [page.results.item(i).text() for i in range(page.results.count())]
+    assert sum(line.startswith("added:") for line in lines) == 3
+    failed = [line for line in lines if line.startswith("failed:")]
+    assert len(failed) == 1 and "broken.wav" in failed[0] and "\n" not in failed[0]
+    assert any(line.startswith("duplicate:") and "Beta" in line for line in lines)
+    assert "3 added, 1 duplicate(s), 1 failed" in page.results_title.text()
+    assert len(Session.load(window.state.session.folder).songs) == 3
+    assert page.add_files_button.isEnabled()
+
+
+def test_program_page_builds_in_a_worker_and_shows_the_summary(window, qtbot, library, tmp_path):
+    session = _session_with_songs(tmp_path / "session", library)
+    noise = tmp_path / "noise.wav"
+    sf.write(noise, 0.1 * np.random.default_rng(0).standard_normal(2 * RATE), RATE)
+    assert window.open_session(session.folder) is None
+    page = window.show_page("Program")
+    page.min_song.setValue(1.0)
+    page.add_noise_files([noise])
+    page.noise_level.setValue(-6.0)
+    assert page.options().noise_files == (noise,)
+    with qtbot.waitSignal(page.job_done, timeout=JOB_MS):
+        page.build()
+    view = page.view
+    assert view is not None and view.marker_count == 4 and view.has_noise
+    assert page.facts["Markers"].text().startswith("4 sweeps")
+    assert page.facts["Songs"].text().startswith("3")
+    assert "gain lowered" in page.notes.text()
+    assert page.table.rowCount() == 3
+    assert page.table.item(0, 3).text() != "—"  # loudness before
+    assert page.overview.has_data
+    stored = Session.load(session.folder)
+    assert stored.program is not None and stored.program["noise_file"] == "program/noise.wav"
+    assert all(song.loudness_after is not None for song in stored.songs)
+    songs_page = window.show_page("Songs")
+    assert songs_page.table.item(0, 4).text().endswith("LUFS")
+
+    other = MainWindow()  # opening the session again shows the stored program
+    qtbot.addWidget(other)
+    with qtbot.waitSignal(other.program_page.job_done, timeout=JOB_MS):
+        assert other.open_session(session.folder) is None
+    assert other.program_page.view.marker_count == 4
+
+
+def test_program_build_cancelled_midway_writes_nothing(
+    window, qtbot, library, tmp_path, monkeypatch
+):
+    session = _session_with_songs(tmp_path / "session", library)
+    entered, release = threading.Event(), threading.Event()
+    real_load = state_module.load_audio
+
+    def slow_load(path, rate):
+        entered.set()
+        release.wait(10)
+        return real_load(path, rate)
+
+    monkeypatch.setattr(state_module, "load_audio", slow_load)
+    assert window.open_session(session.folder) is None
+    page = window.show_page("Program")
+    page.min_song.setValue(1.0)
+    worker = page.build()
+    assert worker is not None
+    assert entered.wait(10)
+    with qtbot.waitSignal(worker.cancelled, timeout=JOB_MS):
+        page.panel.cancel_button.click()
+        release.set()
+    qtbot.waitUntil(lambda: not page.workers, timeout=JOB_MS)
+    assert page.view is None
+    assert not (session.folder / "program").exists()
+    assert Session.load(session.folder).program is None
+    assert page.build_button.isEnabled()
+
+
+def test_record_page_records_aligns_and_stores_a_take(
+    virtual_devices, window, qtbot, library, tmp_path
+):
+    session = Session.create(tmp_path / "session")
+    short = _write_library(tmp_path / "short", seconds=1.5)
+    add_session_songs(TaskState(), session, [short], min_duration_s=1.0)
+    noise = tmp_path / "noise.wav"
+    sf.write(noise, 0.1 * np.random.default_rng(0).standard_normal(2 * RATE), RATE)
+    options = ProgramOptions(gap_s=0.5, min_song_s=1.0, noise_files=(noise,), noise_level_db=-10)
+    build_session_program(TaskState(), session, options)
+    assert window.open_session(session.folder) is None
+    page = window.show_page("Record")
+    qtbot.waitUntil(lambda: page.mic_in.count() > 0 and not page.workers, timeout=JOB_MS)
+    assert page.music_out.currentData() == virtual_devices.music_out
+    assert page.noise_out.currentData() == virtual_devices.noise_out
+    assert page.mic_in.currentData() == virtual_devices.mic_in
+    page.lead_in.setValue(0.5)
+    page.tail.setValue(1.0)
+    page.rows["mid"].radio.setChecked(True)
+    page.rows["mid"].distance.setValue(1.25)
+    page.rows["mid"].notes.setText("test room")
+    levels: list[float] = []
+    page.timer.timeout.connect(lambda: levels.append(page.meter.level_db))
+
+    assert page.record() is not None
+    assert page.stop_button.isEnabled() and not page.record_button.isEnabled()
+    qtbot.waitUntil(lambda: not page.workers, timeout=JOB_MS)
+    assert page.last_alignment is not None, (page.take_message.text(), page.result_message.text())
+    assert page.result_fields["Quality"].text() == "ok"
+    assert page.result_fields["Drift"].text().endswith("ppm")
+    assert page.anchors.rowCount() == 4
+    assert "finished" in page.progress.format()
+    assert page.xruns.text() == "xruns: 0"
+    assert max(levels) > -60.0  # the meter followed the microphone while recording
+    assert page.rows["mid"].status.text().count("aligned: ok") == 1
+    take = Session.load(session.folder).take("mid")
+    assert take.alignment is not None and take.alignment["ok"]
+    assert take.speaker_distance_m == 1.25 and take.notes == "test room"
+    assert take.devices["noise_out"] == virtual_devices.noise_out
+    assert (session.folder / take.aligned_file).is_file()
+    assert page.record_button.isEnabled()
+
+    first = page.last_alignment
+    assert page.align_button.isEnabled()
+    with qtbot.waitSignal(page.job_done, timeout=JOB_MS):
+        page.align_button.click()
+    assert page.last_alignment is not first and page.last_alignment.ok
+    assert Session.load(session.folder).take("mid").recorded_at == take.recorded_at
+
+
+def test_record_page_without_a_program_says_what_to_do(window, tmp_path):
+    assert window.new_session(tmp_path / "session") is None
+    page = window.show_page("Record")
+    assert "Build the program first" in page.hint.text()
+    assert not page.record_button.isEnabled()
+    page.noise_out.setCurrentIndex(0)
+    assert page.settings() is None or page.settings().noise_out is None
+    assert page.rows["low"].radio.isChecked()
+    assert page.rows["high"].status.text() == "not recorded"
