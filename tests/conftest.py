@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+
+# Qt without a display: every test, however it is started
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 # PulseAudio virtual devices (music_out, noise_out, mic_in) for the rig's capture tests
 pytest_plugins = ["tests.rig_fixtures"]
