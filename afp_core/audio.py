@@ -181,6 +181,9 @@ def _stream(info: AudioInfo, sample_rate: int, block_s: float) -> Iterator[np.nd
                     f"{path}: decoding failed after {where:.2f} s ({_reason(exc)})"
                 ) from None
             n = len(frames)
+            if not np.isfinite(frames).all():
+                where = done / info.sample_rate
+                raise AudioError(f"{path}: NaN or infinite samples after {where:.2f} s")
             done += n
             last = n < block
             mono = _downmix(frames)

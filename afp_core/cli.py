@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m", type=int, default=32, help="IVF-PQ sub-quantisers (new database)")
     p.add_argument("--nbits", type=int, default=8, help="bits per sub-quantiser (new database)")
     p.add_argument("--nlist", type=int, default=256, help="IVF coarse centroids (new database)")
-    p.add_argument("--nprobe", type=int, default=4, help="IVF lists visited per search")
+    p.add_argument(
+        "--nprobe",
+        type=int,
+        help="IVF lists visited per search, saved in the database (default: 4 for a new one)",
+    )
     p.add_argument(
         "--min-train-vectors",
         type=int,
@@ -180,7 +184,7 @@ def run_index(args: argparse.Namespace) -> int:
         m=args.m,
         nbits=args.nbits,
         nlist=args.nlist,
-        nprobe=args.nprobe,
+        nprobe=args.nprobe or IndexConfig.nprobe,
         min_train_vectors=args.min_train_vectors,
     )
     files = list(iter_audio_files(args.paths))
@@ -188,8 +192,9 @@ def run_index(args: argparse.Namespace) -> int:
         names = ", ".join(str(p) for p in args.paths)
         raise AfpError(f"{names}: no audio files found (looked for {_extensions()})")
     db, checkpoint = open_database_for_indexing(args.db, args.model, config, on_notice=notice)
-    if args.nprobe != db.nprobe:
+    if args.nprobe is not None and args.nprobe != db.nprobe:
         db.nprobe = args.nprobe
+        db.save_search_settings(nprobe=args.nprobe)
     model = checkpoint.model.to(args.device)
     progress = None if args.quiet else TqdmProgress(unit="s", description="indexing")
     try:

@@ -88,7 +88,10 @@ def run_demo_job(options: DemoOptions) -> dict:
     # Query songs the model never trained on when the checkpoint names them; songs kept
     # out of the database come from the same pool.
     unseen = unseen_titles(checkpoint)
-    pool = [i for i in candidates if i.path.stem in unseen] or candidates
+    pool = [i for i in candidates if i.path.stem in unseen]
+    from_unseen = len(pool) >= 3
+    if not from_unseen:
+        pool = candidates
     rng = np.random.default_rng(options.seed)
     order = rng.permutation(len(pool))
     held_n = min(options.held_out, len(pool) // 3)
@@ -104,7 +107,7 @@ def run_demo_job(options: DemoOptions) -> dict:
         )
     log(
         f"indexing {len(indexed)} songs into {out / 'db'}; queries from "
-        f"{'songs the model did not train on' if unseen else 'all songs'}, "
+        f"{'songs the model did not train on' if from_unseen else 'all songs'}, "
         f"{len(held)} of them kept out of the database"
     )
     with _progress(options, "s", "indexing") as progress:
@@ -129,13 +132,20 @@ def run_demo_job(options: DemoOptions) -> dict:
         noise = make_pink_noise(120 * sample_rate, np.random.default_rng(options.seed))
         noise_kind = "pink noise"
 
-    by_source = {song.source: song for song in db.songs("indexed")}
+    # by content, not path: a database built earlier from copies elsewhere still matches
+    by_checksum = {song.checksum: song for song in db.songs("indexed")}
     in_pool = {i.path for i in pool}
     queries = [
-        QuerySong(i, by_source.get(str(i.path.resolve())))
+        QuerySong(i, song)
         for i in indexed
-        if i.path in in_pool and str(i.path.resolve()) in by_source
-    ] + [QuerySong(i, None) for i in held]
+        if i.path in in_pool and (song := by_checksum.get(file_sha256(i.path))) is not None
+    ]
+    if not queries:
+        raise AfpError(
+            f"{out / 'db'}: none of the query songs is in the database "
+            "(--songs too small for the songs the model did not train on?)"
+        )
+    queries += [QuerySong(i, None) for i in held]
     settings = dataclasses.replace(SETTINGS, excerpts_per_song=options.excerpts, seed=options.seed)
     started = time.monotonic()
     with _progress(options, "excerpt", "querying") as progress:
@@ -151,7 +161,11 @@ def run_demo_job(options: DemoOptions) -> dict:
         "model": {"sha256": checkpoint.sha256, "spec": checkpoint.spec.to_dict()},
         "database": db.info(),
         "noise": noise_kind,
-        "query_songs": {"in_database": len(queries) - len(held), "not_in_database": len(held)},
+        "query_songs": {
+            "in_database": len(queries) - len(held),
+            "not_in_database": len(held),
+            "unseen_in_training": from_unseen,
+        },
         "query_time_s": round(time.monotonic() - started, 1),
         "indexing": {
             "added": len(result.added),
@@ -163,9 +177,10 @@ def run_demo_job(options: DemoOptions) -> dict:
         **summary,
     }
     header = (
-        f"afp demo: {len(indexed)} songs in the database, queries from "
-        f"{len(queries) - len(held)} of them and {len(held)} songs not in it; "
-        f"noise: {noise_kind}\n\n"
+        f"afp demo: {report['database']['songs']} songs in the database, queries from "
+        f"{len(queries) - len(held)} of them"
+        f"{' (songs the model did not train on)' if from_unseen else ''} and {len(held)} "
+        f"songs not in it; noise: {noise_kind}\n\n"
     )
     tables = header + format_accuracy_tables(summary)
     print(tables)

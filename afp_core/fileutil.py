@@ -39,6 +39,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         tmp.replace(target)
+        _fsync(target.parent)  # the rename itself must survive a power cut
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -219,14 +219,19 @@ def index_library(
             task.advance(before + info.duration_s - task.done)
             continue
         title, artist = read_tags(info.path)
-        song = db.stage_song(
-            title=title,
-            artist=artist,
-            source=str(info.path.resolve()),
-            duration_s=info.duration_s,
-            checksum=checksum,
-            vectors=vectors,
-        )
+        try:
+            song = db.stage_song(
+                title=title,
+                artist=artist,
+                source=str(info.path.resolve()),
+                duration_s=info.duration_s,
+                checksum=checksum,
+                vectors=vectors,
+            )
+        except DatabaseError as exc:  # e.g. another process staged the same song meanwhile
+            skip(info.path, f"{info.path}: {exc}")
+            task.advance(before + info.duration_s - task.done)
+            continue
         result.added.append(song)
         result.audio_s += info.duration_s
         task.advance(before + info.duration_s - task.done)

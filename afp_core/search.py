@@ -189,7 +189,7 @@ def identify_vectors(
     else:
         match = search_majority_vote(db, queries, k=k, hop_s=hop_s)
     if threshold == "auto":
-        threshold = stored_threshold(db, method, len(queries))
+        threshold = stored_threshold(db, method, len(queries), k=k)
     if threshold is not None and (match.song is None or match.score < threshold):
         return dataclasses.replace(match, song=None, offset_s=None)
     return match
@@ -214,7 +214,8 @@ def calibrate_threshold(
     scores, i.e. about ``1 - quantile`` false matches for unknown songs: an estimate from
     the database's own song pairs, rough for a database of few songs. Clean spans are
     smoother than recorded queries, so this errs on the high (safe) side. With ``save``,
-    the value is stored in the manifest under ``search.thresholds[method][n_windows]``.
+    the value is stored in the manifest under ``search.thresholds[method]`` together with
+    the ``k`` and ``nprobe`` it was measured with (scores depend on both).
     """
     if method not in METHODS:
         raise ConfigError(f"method: {method!r} is not one of {', '.join(METHODS)}")
@@ -242,18 +243,27 @@ def calibrate_threshold(
     threshold = float(np.quantile(impostor, quantile))
     if save:
         thresholds: dict[str, Any] = db.search_settings.get("thresholds", {})
-        thresholds.setdefault(method, {})[str(n_windows)] = threshold
+        entry = thresholds.get(method, {})
+        if entry.get("k") != k or entry.get("nprobe") != db.nprobe:
+            entry = {"k": k, "nprobe": db.nprobe, "by_windows": {}}
+        entry["by_windows"][str(n_windows)] = threshold
+        thresholds[method] = entry
         db.save_search_settings(thresholds=thresholds)
     return threshold
 
 
-def stored_threshold(db: FingerprintDB, method: str, n_windows: int) -> float | None:
+def stored_threshold(db: FingerprintDB, method: str, n_windows: int, k: int = 4) -> float | None:
     """The calibrated threshold for ``method`` and queries of ``n_windows`` windows.
 
     Impostor scores fall as queries get longer, so the value calibrated for the longest
-    length <= n_windows is used (safe: higher than the exact one); None if there is none.
+    length <= n_windows is used (safe: higher than the exact one). None when there is
+    none, or when it was measured with another ``k`` or nprobe: a vote fraction out of
+    4 neighbours means nothing out of 10.
     """
-    table = db.search_settings.get("thresholds", {}).get(method, {})
+    entry = db.search_settings.get("thresholds", {}).get(method, {})
+    if entry.get("k") != k or entry.get("nprobe") != db.nprobe:
+        return None
+    table = entry.get("by_windows", {})
     lengths = sorted(int(key) for key in table if int(key) <= n_windows)
     return float(table[str(lengths[-1])]) if lengths else None
 

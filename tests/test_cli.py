@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 
 from afp_core.cli import main
+from afp_core.database import FingerprintDB
 from tests.conftest import synthesise_song
 
 
@@ -87,7 +88,17 @@ def test_song_not_in_database_is_no_match(built_db, tmp_path, capsys):
     thresholds = json.loads(capsys.readouterr().out)["search"]["thresholds"]
     assert set(thresholds) == {"sequence", "vote"}
     # 24 s songs: calibrated for 1, 2, 3, 4, 5, 10 and 15 s queries (1..29 windows)
-    assert sorted(int(n) for n in thresholds["sequence"]) == [1, 3, 5, 7, 9, 19, 29]
+    sequence = thresholds["sequence"]
+    assert (sequence["k"], sequence["nprobe"]) == (4, FingerprintDB.open(built_db).nprobe)
+    assert sorted(int(n) for n in sequence["by_windows"]) == [1, 3, 5, 7, 9, 19, 29]
+
+
+def test_threshold_applies_only_to_the_k_it_was_calibrated_with(built_db, tmp_path, capsys):
+    unknown = tmp_path / "unknown.wav"
+    sf.write(unknown, synthesise_song(999, 10.0), 22050)
+    assert main(["identify", str(built_db), str(unknown), "--json", "-k", "10"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["song"] is not None  # no threshold known for k=10: nothing rejected
 
 
 def test_reindexing_skips_known_files(built_db, song_library, capsys):
@@ -105,14 +116,18 @@ def test_bad_files_are_skipped_with_reasons(tmp_path, song_library, untrained_ch
     sf.write(library / "short.wav", np.zeros(4000, np.float32), 8000)
     data = (library / "good.wav").read_bytes()
     (library / "truncated.ogg").write_bytes(data[:300])
+    nan = np.zeros(16000, np.float32)
+    nan[9000] = np.nan
+    sf.write(library / "nan.wav", nan, 8000, subtype="FLOAT")
     db = tmp_path / "db"
     code = main(["index", str(db), str(library), "--model", str(untrained_checkpoint), "--quiet"])
     captured = capsys.readouterr()
     assert code == 0
     skipped = [line for line in captured.err.splitlines() if line.startswith("skipped: ")]
-    assert len(skipped) == 4, captured.err
+    assert len(skipped) == 5, captured.err
     assert any("short.wav" in line and "shorter than one" in line for line in skipped)
-    assert "added 1 songs" in captured.out and "4 skipped" in captured.out
+    assert any("nan.wav" in line and "NaN or infinite" in line for line in skipped)
+    assert "added 1 songs" in captured.out and "5 skipped" in captured.out
     assert "Traceback" not in captured.err
 
 

@@ -97,3 +97,12 @@ def test_summary_counts_hits_with_standard_error():
     assert summary["not_in_database"]["sequence"]["1"]["false_match_rate"] == 0.5
     table = format_accuracy_tables(summary)
     assert "| clean | 50.0 ±25.0 |" in table and "50.0 / 25.0" in table
+
+
+def test_tables_render_when_only_outsiders_were_queried():
+    settings = dataclasses.replace(SETTINGS, methods=("vote",), lengths_s=(1,))
+    outsider = make_trial(in_database=False, method="vote", song_hit=False, offset_hit=False)
+    summary = summarise_trials([outsider, dataclasses.replace(outsider, found=None)], settings)
+    assert summary["results"] == {}
+    table = format_accuracy_tables(summary)
+    assert "| majority vote | 50.0 / - |" in table

@@ -202,7 +202,9 @@ def test_calibrated_threshold_separates_known_from_unknown(
     n = 10
     threshold = calibrate_threshold(db, n_windows=n, method="sequence", trials=100)
     manifest = json.loads((tmp_path / "db" / "manifest.json").read_text())
-    assert manifest["search"]["thresholds"]["sequence"][str(n)] == pytest.approx(threshold)
+    stored = manifest["search"]["thresholds"]["sequence"]
+    assert stored["by_windows"][str(n)] == pytest.approx(threshold)
+    assert (stored["k"], stored["nprobe"]) == (4, db.nprobe)
     reopened = FingerprintDB.open(tmp_path / "db")
     assert reopened.search_threshold == "auto"
     assert stored_threshold(reopened, "sequence", 12) == pytest.approx(threshold)
