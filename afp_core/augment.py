@@ -107,7 +107,7 @@ class Augmenter:
     """The baseline or proposed pipeline applied to one training excerpt at a time.
 
     Built once per data-loader worker. ``make_pair(excerpt, rng)`` takes an excerpt of
-    ``excerpt_length`` samples (pre-roll, shift margin, window, shift margin), cuts the
+    ``excerpt_length`` samples (pre-roll, margin, window, margin), cuts the
     clean anchor from its middle and returns it with the positive: the excerpt through
     background noise, room IR, microphone IR and (proposed) low/high-pass filters, cut at
     the anchor's position, shifted with ``shift_p``. All randomness comes from ``rng``:
@@ -129,6 +129,7 @@ class Augmenter:
         mic_ir_files: Sequence[Path] = (),
         sample_rate: int = 8000,
         window: int = 8000,
+        margin_s: float = 0.0,
     ) -> None:
         import audiomentations as am
 
@@ -138,6 +139,9 @@ class Augmenter:
         self.preroll = round(config.preroll_s * sample_rate)
         self.max_shift = round(config.shift_max_s * sample_rate)
         self.min_shift = round(config.shift_min_s * sample_rate)
+        # Audio kept on each side of the anchor: the largest shift, or more on request
+        # (validation shifts queries by 0.2 s whatever the training range).
+        self.margin = max(self.max_shift, round(margin_s * sample_rate))
         self.noise = None
         if noise_files and config.noise_p > 0:
             noise_paths = [str(p) for p in noise_files]
@@ -175,13 +179,13 @@ class Augmenter:
 
     @property
     def excerpt_length(self) -> int:
-        """Samples an excerpt must have: pre-roll + shift margin + window + shift margin."""
-        return self.preroll + 2 * self.max_shift + self.window
+        """Samples an excerpt must have: pre-roll + margin + window + margin."""
+        return self.preroll + 2 * self.margin + self.window
 
     @property
     def anchor_offset(self) -> int:
         """Where the anchor window starts inside an excerpt."""
-        return self.preroll + self.max_shift
+        return self.preroll + self.margin
 
     def draw_shift(self, rng: np.random.Generator) -> int:
         """0, or with ``shift_p`` a shift of ``shift_min_s``-``shift_max_s`` either way."""
@@ -213,8 +217,8 @@ class Augmenter:
             )
         if shift is None:
             shift = self.draw_shift(rng)
-        elif abs(shift) > self.max_shift:
-            raise ValueError(f"shift {shift} exceeds the margin of {self.max_shift} samples")
+        elif abs(shift) > self.margin:
+            raise ValueError(f"shift {shift} exceeds the margin of {self.margin} samples")
         seed = int(rng.integers(2**63))
         distorted = self.distort(excerpt, seed)
         start = self.anchor_offset
