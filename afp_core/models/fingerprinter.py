@@ -88,7 +88,8 @@ def embed_windows(
     try:
         with torch.inference_mode():
             for start in range(0, n, batch_size):
-                chunk = np.ascontiguousarray(windows[start : start + batch_size], np.float32)
+                # a copy only when needed: torch refuses to wrap read-only or strided views
+                chunk = np.require(windows[start : start + batch_size], np.float32, ["C", "W"])
                 batch = torch.from_numpy(chunk).to(device)
                 out[start : start + len(chunk)] = model(batch).float().cpu().numpy()
     finally:
