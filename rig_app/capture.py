@@ -983,14 +983,18 @@ def record_take(
     task: TaskState | None = None,
     *,
     overwrite: bool = False,
+    on_recorder: Callable[[TakeRecorder], None] | None = None,
 ) -> TakeResult:
     """Record a take and block until it is over; progress in seconds through ``task``.
 
     Cancelling the task ends the take early like ``stop`` (the file is kept and the
     result says ``stopped``). A lost device or a full disk end the take too: check
-    ``result.ended_by`` and ``result.error``.
+    ``result.ended_by`` and ``result.error``. ``on_recorder`` receives the recorder
+    before it starts (a GUI polls its level and xruns, or stops/aborts it).
     """
     recorder = TakeRecorder(config, music, noise, out_path, overwrite=overwrite)
+    if on_recorder is not None:
+        on_recorder(recorder)
     task = task or TaskState()
     task.set_total(recorder.total_s, f"recording {config.label}")
     recorder.start()

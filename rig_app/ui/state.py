@@ -23,7 +23,7 @@ from afp_core.audio import load_audio, resample
 from afp_core.errors import AfpError
 from afp_core.tasks import TaskState
 from rig_app.align import Alignment, align_take, align_without_markers
-from rig_app.capture import TakeConfig, TakeRecorder, TakeResult
+from rig_app.capture import TakeConfig, TakeRecorder, TakeResult, record_take
 from rig_app.devices import find_device
 from rig_app.program import (
     Overload,
@@ -439,26 +439,9 @@ def record_session_take(
         **settings.extra,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    recorder = TakeRecorder(config, music, noise, out, overwrite=settings.replace)
-    del music, noise
-    if on_recorder is not None:
-        on_recorder(recorder)
-    task.set_total(recorder.total_s, f"recording {label}")
-    recorder.start()
-    reported = 0.0
-    try:
-        while not recorder.wait(0.1):
-            if task.cancelled:
-                recorder.stop(wait=False)
-            now = recorder.recorded_s
-            if now > reported:
-                task.advance(now - reported, f"{label}: {now:.0f} s of {recorder.total_s:.0f} s")
-                reported = now
-    except BaseException:
-        recorder.abort()
-        raise
-    result = recorder.result
-    assert result is not None
+    result = record_take(
+        config, music, noise, out, task, overwrite=settings.replace, on_recorder=on_recorder
+    )
     if result.frames > 0:
         if settings.replace:
             (out.parent / f"{label}.aligned.wav").unlink(missing_ok=True)
