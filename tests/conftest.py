@@ -40,6 +40,21 @@ def synthesise_song(seed: int, duration_s: float, sample_rate: int = 22050) -> n
     return (0.8 * out / np.max(np.abs(out))).astype(np.float32)
 
 
+def random_walk_vectors(
+    rng: np.random.Generator, n: int, dim: int, step: float = 0.5
+) -> np.ndarray:
+    """A random walk of unit vectors: consecutive windows correlated, like real fingerprints."""
+    noise = rng.standard_normal((n, dim)) * step / np.sqrt(dim)
+    out = np.empty((n, dim), np.float32)
+    v = rng.standard_normal(dim)
+    v /= np.linalg.norm(v)
+    for t in range(n):
+        v = v + noise[t]
+        v /= np.linalg.norm(v)
+        out[t] = v
+    return out
+
+
 @pytest.fixture(scope="session")
 def song_library(tmp_path_factory) -> list[Path]:
     """Six 24 s songs in several formats, in a folder with a sub-folder."""

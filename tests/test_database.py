@@ -16,6 +16,7 @@ import pytest
 from afp_core.config import IndexConfig
 from afp_core.database import DuplicateSong, FingerprintDB, Song
 from afp_core.errors import AfpError, Cancelled, DatabaseError
+from tests.conftest import random_walk_vectors
 
 MODEL = {"name": "nafp", "spec": {"width": 0.25}, "checkpoint_sha256": "ab" * 32}
 # Small IVF-PQ that trains in about a second: IVF-PQ from 3000 vectors on.
@@ -31,17 +32,7 @@ def _one_faiss_thread() -> Iterator[None]:
     faiss.omp_set_num_threads(before)
 
 
-def make_song(rng: np.random.Generator, n: int, dim: int, step: float = 0.5) -> np.ndarray:
-    """A random walk of unit vectors: consecutive windows correlated, like real fingerprints."""
-    noise = rng.standard_normal((n, dim)) * step / np.sqrt(dim)
-    out = np.empty((n, dim), np.float32)
-    v = rng.standard_normal(dim)
-    v /= np.linalg.norm(v)
-    for t in range(n):
-        v = v + noise[t]
-        v /= np.linalg.norm(v)
-        out[t] = v
-    return out
+make_song = random_walk_vectors
 
 
 def checksum(i: int) -> str:

@@ -22,6 +22,7 @@ from afp_core.search import (
     search_offset_consistent,
     stored_threshold,
 )
+from tests.conftest import random_walk_vectors
 
 MODEL = {"name": "nafp", "spec": {}, "checkpoint_sha256": "ab" * 32}
 DIM = 64
@@ -38,16 +39,7 @@ def _one_faiss_thread() -> Iterator[None]:
 
 
 def make_song(rng: np.random.Generator, n: int, dim: int = DIM, step: float = 0.5) -> np.ndarray:
-    """A random walk of unit vectors: consecutive windows correlated, like real fingerprints."""
-    noise = rng.standard_normal((n, dim)) * step / np.sqrt(dim)
-    out = np.empty((n, dim), np.float32)
-    v = rng.standard_normal(dim)
-    v /= np.linalg.norm(v)
-    for t in range(n):
-        v = v + noise[t]
-        v /= np.linalg.norm(v)
-        out[t] = v
-    return out
+    return random_walk_vectors(rng, n, dim, step)
 
 
 def noisy(rng: np.random.Generator, vectors: np.ndarray, sigma: float) -> np.ndarray:
