@@ -7,7 +7,7 @@ Trains two models from the same config, seed and step budget, one with the basel
 augmentation pipeline and one with the proposed low/high-pass addition (each run resumes
 if it was interrupted), then evaluates both under the baseline protocol: a database of all
 the development music, queries cut from the songs both runs held out (their test split),
-speech babble from the held-out speech prompts at 0/5/10/15 dB, queries of 1-5 s, a hit =
+speech babble from the test split of the training noise at 0/5/10/15 dB, queries of 1-5 s, a hit =
 right song with offset within ±500 ms. Prints a table shaped like paper Table 3.
 """
 
@@ -23,8 +23,8 @@ import torch
 
 from afp_core.audio import probe_audio
 from afp_core.augment import make_babble
-from afp_core.checkpoint import load_checkpoint
-from afp_core.devdata import find_dev_music, find_dev_speech
+from afp_core.devdata import find_dev_music
+from afp_core.fileutil import file_sha256
 from afp_core.indexing import index_library, open_database_for_indexing
 from afp_core.protocols.baseline import (
     BaselineSettings,
@@ -33,8 +33,8 @@ from afp_core.protocols.baseline import (
     summarise_trials,
 )
 from afp_core.tasks import TaskState, TqdmProgress
-from afp_core.training.config import load_train_config
-from afp_core.training.data import split_items
+from afp_core.training.config import TrainConfig, load_train_config
+from afp_core.training.data import prepare_training_data
 from afp_core.training.trainer import train
 
 PIPELINES = ("baseline", "proposed")
@@ -42,37 +42,32 @@ SNRS = (0.0, 5.0, 10.0, 15.0)
 LENGTHS = (1, 2, 3, 5)
 
 
-def train_arm(config_path: Path, pipeline: str, epochs: int, out: Path) -> Path:
+def arm_config(config_path: Path, pipeline: str, epochs: int, out: Path) -> TrainConfig:
     config = load_train_config(config_path)
-    config = dataclasses.replace(
+    return dataclasses.replace(
         config,
         augmentation=dataclasses.replace(config.augmentation, pipeline=pipeline),
         training=dataclasses.replace(config.training, epochs=epochs, max_minutes=0.0),
         output=str(out / pipeline),
     )
-    resume = (out / pipeline / "train-state.pt").exists()
-    result = train(config, out=out / pipeline, resume=resume)
-    return Path(result.checkpoint)
 
 
-def evaluate_arm(checkpoint_path: Path, out: Path, excerpts: int, seed: int) -> dict:
-    checkpoint = load_checkpoint(checkpoint_path)
-    data = checkpoint.meta["config"]["data"]
-    songs = find_dev_music()
-    test_titles = set(checkpoint.meta["data"]["test_titles"])
+def train_arm(config: TrainConfig, out: Path) -> Path:
+    resume = (out / "train-state.pt").exists()
+    return Path(train(config, out=out, resume=resume).checkpoint)
+
+
+def evaluate_arm(config: TrainConfig, checkpoint_path: Path, out: Path, excerpts: int) -> dict:
+    # the exact test songs and test noise clips of the split the run trained with
+    data = prepare_training_data(config)
+    test_songs = [song.ref.path for song in data.songs.test]
     db, checkpoint = open_database_for_indexing(out / "db", checkpoint_path)
     with TqdmProgress(unit="s", description=f"indexing ({out.name})") as progress:
-        index_library(db, checkpoint.model, songs, task=TaskState(progress))
-    by_source = {s.source: s for s in db.songs("indexed")}
-    queries = [
-        QuerySong(probe_audio(p), by_source[str(p.resolve())])
-        for p in songs
-        if p.stem in test_titles and str(p.resolve()) in by_source
-    ]
-    speech = split_items(
-        find_dev_speech(), data["noise_val_share"], data["noise_test_share"], data["split_seed"]
-    ).test
-    noise = make_babble(list(speech), 120.0, 8000, np.random.default_rng(seed))
+        index_library(db, checkpoint.model, find_dev_music(), task=TaskState(progress))
+    by_checksum = {s.checksum: s for s in db.songs("indexed")}
+    queries = [QuerySong(probe_audio(p), by_checksum[file_sha256(p)]) for p in test_songs]
+    seed = config.training.seed
+    noise = make_babble(list(data.noise.test), 120.0, 8000, np.random.default_rng(seed))
     settings = BaselineSettings(
         lengths_s=LENGTHS, snrs_db=SNRS, excerpts_per_song=excerpts, seed=seed
     )
@@ -89,14 +84,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="equal budget for both arms")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--excerpts", type=int, default=10, help="excerpts per test song")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     summaries = {}
     for pipeline in PIPELINES:
-        checkpoint = train_arm(args.config, pipeline, args.epochs, args.out)
-        summaries[pipeline] = evaluate_arm(
-            checkpoint, args.out / pipeline, args.excerpts, args.seed
-        )
+        config = arm_config(args.config, pipeline, args.epochs, args.out)
+        checkpoint = train_arm(config, args.out / pipeline)
+        summaries[pipeline] = evaluate_arm(config, checkpoint, args.out / pipeline, args.excerpts)
     print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads, no GPU")
     for method in ("vote", "sequence"):
         print(f"\nTop-1 hit rate % ({method}), {args.epochs} epochs each, config {args.config}")
