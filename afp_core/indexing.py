@@ -20,7 +20,7 @@ import torch
 
 from afp_core.audio import AudioInfo, iter_audio_files, probe_audio, stream_audio, stream_windows
 from afp_core.checkpoint import Checkpoint, load_checkpoint
-from afp_core.config import AudioConfig, IndexConfig
+from afp_core.config import IndexConfig
 from afp_core.database import FingerprintDB, Song
 from afp_core.errors import AudioError, DatabaseError
 from afp_core.fileutil import file_sha256
@@ -241,23 +241,28 @@ def index_library(
     committed = db.commit(progress=lambda done, total: None, cancel=lambda: task.cancelled)
     if committed and len(db.songs("indexed")) >= 2:
         task.set_message("calibrating the no-match threshold")
-        calibrate_thresholds(db, model.spec.audio)
+        calibrate_thresholds(db, model, device)
     return result
 
 
 CALIBRATED_QUERY_S = (1, 2, 3, 4, 5, 10, 15)
 
 
-def calibrate_thresholds(db: FingerprintDB, audio: AudioConfig) -> None:
+def calibrate_thresholds(
+    db: FingerprintDB, model: Fingerprinter, device: str | torch.device = "cpu"
+) -> None:
     """Store "no match" thresholds for both decision rules and the protocol's query lengths.
 
     Lengths longer than the longest song are left out (``'auto'`` then uses the longest
-    calibrated length below the query's).
+    calibrated length below the query's). Spans of digital silence are not used: every
+    song's silence has the same fingerprint, which says nothing about the song.
     """
+    audio = model.spec.audio
+    silence = embed_windows(model, np.zeros((1, audio.window), np.float32), device=device)
     longest = max(s.vector_count for s in db.songs("indexed"))
     for seconds in CALIBRATED_QUERY_S:
         n_windows = round((seconds - audio.window_s) / audio.hop_s) + 1
         if n_windows > longest:
             break
         for method in METHODS:
-            calibrate_threshold(db, n_windows, method=method)
+            calibrate_threshold(db, n_windows, method=method, uninformative=silence)

@@ -204,6 +204,7 @@ def calibrate_threshold(
     quantile: float = 0.99,
     seed: int = 0,
     save: bool = True,
+    uninformative: np.ndarray | None = None,
 ) -> float:
     """Estimate the "not in database" threshold for queries of ``n_windows`` windows.
 
@@ -216,6 +217,11 @@ def calibrate_threshold(
     smoother than recorded queries, so this errs on the high (safe) side. With ``save``,
     the value is stored in the manifest under ``search.thresholds[method]`` together with
     the ``k`` and ``nprobe`` it was measured with (scores depend on both).
+
+    ``uninformative``: fingerprints that carry no identity, (m, dim), e.g. the model's
+    fingerprint of digital silence, which every song's silent intro or tail shares. A span
+    containing one is drawn again (up to 20 times): otherwise the few trials that land in
+    silence score ~1.0 against other songs and set the high quantile by themselves.
     """
     if method not in METHODS:
         raise ConfigError(f"method: {method!r} is not one of {', '.join(METHODS)}")
@@ -235,10 +241,14 @@ def calibrate_threshold(
     for trial, pick in enumerate(picks):
         song = songs[pick]
         assert song.first_vector_id is not None
-        start = int(rng.integers(0, song.vector_count - n_windows + 1))
-        ids = np.arange(n_windows) + song.first_vector_id + start
-        query = db.reconstruct(ids)
-        query /= np.linalg.norm(query, axis=1, keepdims=True)
+        for _ in range(20):
+            start = int(rng.integers(0, song.vector_count - n_windows + 1))
+            ids = np.arange(n_windows) + song.first_vector_id + start
+            query = db.reconstruct(ids)
+            query /= np.linalg.norm(query, axis=1, keepdims=True)
+            # PQ-rebuilt copies of the same vector agree to ~0.95 cosine
+            if uninformative is None or float((query @ uninformative.T).max()) < 0.9:
+                break
         impostor[trial] = search(db, query, k=k, exclude_song=song.id).score
     threshold = float(np.quantile(impostor, quantile))
     if save:

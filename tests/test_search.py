@@ -249,3 +249,18 @@ def test_exclude_song_removes_it_from_results(
         assert vote.candidates and all(c.song.id != 5 for c in vote.candidates)
     # Excluding with a selector must not silently fall back to nprobe 1.
     assert faiss.extract_index_ivf(ivf_db.index).nprobe == ivf_db.nprobe == 4
+
+
+def test_calibration_ignores_spans_every_song_shares(tmp_path: Path) -> None:
+    # every song ends in the same "silence" vectors: without care, trials landing there
+    # score ~1.0 against the other songs and set the high quantile by themselves
+    rng = np.random.default_rng(5)
+    silence = rng.standard_normal(DIM).astype(np.float32)
+    silence /= np.linalg.norm(silence)
+    songs = [np.vstack([make_song(rng, 60), np.tile(silence, (15, 1))]) for _ in range(8)]
+    db = build(tmp_path / "db", songs, IndexConfig())
+    naive = calibrate_threshold(db, n_windows=3, trials=200, save=False)
+    careful = calibrate_threshold(
+        db, n_windows=3, trials=200, save=False, uninformative=silence[None]
+    )
+    assert naive > 0.99 and careful < 0.9, (naive, careful)
