@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from afp_core import __version__
@@ -154,19 +154,32 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_guarded(prog: str, command: Callable[[], int], interrupted: str) -> int:
+    """Run a command under the exit-status contract shared by ``afp`` and ``afp-rig``.
+
+    A user error prints one line ``PROG: error: ...`` and gives 1; a cancel or Ctrl-C
+    prints ``interrupted`` (or the cancel message) and gives 130, keeping finished work.
+    """
     try:
-        return COMMANDS[args.command](args)
+        return command()
     except Cancelled as exc:
-        print(f"afp: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("afp: interrupted; finished work is kept, run again to resume", file=sys.stderr)
+        print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130
     except AfpError as exc:
-        print(f"afp: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(
+        "afp",
+        lambda: COMMANDS[args.command](args),
+        "interrupted; finished work is kept, run again to resume",
+    )
 
 
 def run_index(args: argparse.Namespace) -> int:

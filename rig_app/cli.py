@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from afp_core import __version__
+from afp_core.cli import run_guarded
 from afp_core.errors import AfpError, Cancelled
 
 EPILOG = "Exit status: 0 success, 1 error (one line on stderr), 2 bad usage, 130 interrupted."
@@ -227,17 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "app"
     if command == "app" and not hasattr(args, "session"):
         args.session = None
-    try:
-        return COMMANDS[command](args)
-    except Cancelled as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; finished work is kept", file=sys.stderr)
-        return 130
-    except AfpError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+    return run_guarded(PROG, lambda: COMMANDS[command](args), "interrupted; finished work is kept")
 
 
 @contextlib.contextmanager
