@@ -1,0 +1,172 @@
+"""What the evaluation protocols run: anything that turns audio into (song, offset) answers.
+
+Two kinds sit behind this one interface: the neural engine (a checkpoint and its faiss
+database, ``NeuralRecogniser``) and the landmark baseline (``afp_core.landmark``). A
+protocol analyses a stretch of audio once (``analyse``) and then asks for answers on
+many queries cut from it (``identify``), so that back-to-back queries of several lengths
+do not pay for the fingerprints again.
+
+``open_recogniser(db_dir)`` opens either kind from its database folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from afp_core.database import MANIFEST, FingerprintDB, Song
+from afp_core.errors import ConfigError, DatabaseError
+from afp_core.fileutil import read_json_object
+from afp_core.query import embed_audio
+from afp_core.search import METHODS, Match, identify_vectors
+
+
+@runtime_checkable
+class Recogniser(Protocol):
+    """The evaluation-facing side of a fingerprinting system.
+
+    - ``kind``: "neural" or "landmark" (reports and tables say which)
+    - ``methods``: the decision rules ``identify`` accepts, the default first
+    - ``sample_rate``: the rate ``analyse`` expects
+    - ``min_query_s``: the shortest query it can answer
+    """
+
+    kind: str
+    methods: tuple[str, ...]
+    sample_rate: int
+    min_query_s: float
+
+    def describe(self) -> dict[str, Any]:
+        """Everything a report must record to be reproduced (model, database, settings)."""
+        ...
+
+    def songs(self) -> list[Song]:
+        """The songs of the catalogue that can be answered."""
+        ...
+
+    def analyse(self, audio: np.ndarray) -> Any:
+        """Fingerprint mono ``audio`` at ``sample_rate`` once; opaque to the caller."""
+        ...
+
+    def identify(self, analysis: Any, start_s: float, length_s: float, method: str) -> Match:
+        """The answer for the query [start_s, start_s + length_s) of the analysed audio."""
+        ...
+
+
+class NeuralRecogniser:
+    """A checkpoint with the faiss database built from it.
+
+    ``analyse`` embeds every window (hop ``audio.hop_s``) once; a query starting at a
+    multiple of the hop then reuses those vectors exactly as if it had been cut and
+    embedded on its own (the window grid starts at the query's first sample).
+    """
+
+    kind = "neural"
+    methods: tuple[str, ...] = METHODS
+
+    def __init__(
+        self,
+        db: FingerprintDB,
+        checkpoint: Any,
+        *,
+        k: int = 4,
+        device: str | torch.device = "cpu",
+        batch_size: int = 256,
+    ) -> None:
+        db.check_model(_describe_model(checkpoint))
+        self.db = db
+        self.checkpoint = checkpoint
+        self.model = checkpoint.model
+        self.k = k
+        self.device = device
+        self.batch_size = batch_size
+        audio = self.model.spec.audio
+        self.sample_rate = audio.sample_rate
+        self.hop_s = audio.hop_s
+        self.window_s = audio.window_s
+        self.min_query_s = audio.window_s
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "database": str(self.db.path),
+            "database_info": self.db.info(),
+            "checkpoint": str(self.checkpoint.path),
+            "checkpoint_sha256": self.checkpoint.sha256,
+            "model": self.checkpoint.spec.to_dict(),
+            "trained": self.checkpoint.meta.get("trained"),
+            "k": self.k,
+            "nprobe": self.db.nprobe,
+        }
+
+    def songs(self) -> list[Song]:
+        return self.db.songs(status="indexed")
+
+    def analyse(self, audio: np.ndarray) -> np.ndarray:
+        """(n_windows, dim) vectors of ``audio``, window i starting at i * hop."""
+        return embed_audio(self.model, audio, batch_size=self.batch_size, device=self.device)
+
+    def identify(self, analysis: np.ndarray, start_s: float, length_s: float, method: str) -> Match:
+        first = round(start_s / self.hop_s)
+        if abs(first * self.hop_s - start_s) > 1e-6:
+            raise ConfigError(
+                f"query start {start_s:g} s is not on the {self.hop_s:g} s window grid"
+            )
+        n = int(np.floor((length_s - self.window_s) / self.hop_s + 1e-9)) + 1
+        if n < 1 or first + n > len(analysis):
+            raise ConfigError(
+                f"query [{start_s:g}, {start_s + length_s:g}) s is outside the analysed audio"
+            )
+        return identify_vectors(
+            self.db, analysis[first : first + n], method=method, k=self.k, hop_s=self.hop_s
+        )
+
+
+def _describe_model(checkpoint: Any) -> dict[str, Any]:
+    from afp_core.indexing import describe_model
+
+    return describe_model(checkpoint)
+
+
+def database_kind(db_dir: Path) -> str:
+    """"neural" or "landmark", from the folder's manifest; ``DatabaseError`` if neither."""
+    file = Path(db_dir) / MANIFEST
+    if not file.is_file():
+        raise DatabaseError(f"{db_dir}: not a fingerprint database (no {MANIFEST})")
+    fmt = read_json_object(file, DatabaseError).get("format")
+    if fmt == "afp-database":
+        return "neural"
+    if fmt == "afp-landmark-database":
+        return "landmark"
+    raise DatabaseError(f"{db_dir}: not a fingerprint database (format {fmt!r})")
+
+
+def open_recogniser(
+    db_dir: Path | str,
+    checkpoint_path: Path | None = None,
+    *,
+    k: int = 4,
+    device: str | torch.device = "cpu",
+) -> Recogniser:
+    """The recogniser stored in ``db_dir``.
+
+    A neural database answers with its own model.pt, or with ``checkpoint_path`` when
+    that is the same model (any other is refused before work starts). A landmark database
+    needs no checkpoint and refuses one.
+    """
+    db_dir = Path(db_dir)
+    kind = database_kind(db_dir)
+    if kind == "landmark":
+        if checkpoint_path is not None:
+            raise ConfigError(f"{db_dir}: a landmark database takes no checkpoint")
+        from afp_core.landmark import LandmarkDB, LandmarkRecogniser
+
+        return LandmarkRecogniser(LandmarkDB.open(db_dir))
+    from afp_core.indexing import load_database_model
+
+    db = FingerprintDB.open(db_dir)
+    checkpoint = load_database_model(db, checkpoint_path)
+    return NeuralRecogniser(db, checkpoint, k=k, device=device)
