@@ -21,7 +21,7 @@ from afp_core.database import MANIFEST, FingerprintDB, Song
 from afp_core.errors import ConfigError, DatabaseError
 from afp_core.fileutil import read_json_object
 from afp_core.query import embed_audio
-from afp_core.search import METHODS, Match, identify_vectors
+from afp_core.search import METHODS, Match, identify_vectors, stored_threshold
 
 
 @runtime_checkable
@@ -53,6 +53,10 @@ class Recogniser(Protocol):
 
     def identify(self, analysis: Any, start_s: float, length_s: float, method: str) -> Match:
         """The answer for the query [start_s, start_s + length_s) of the analysed audio."""
+        ...
+
+    def threshold(self, method: str, length_s: float) -> float | None:
+        """The calibrated "no match" score for this rule and query length (None: none)."""
         ...
 
 
@@ -124,6 +128,10 @@ class NeuralRecogniser:
             self.db, analysis[first : first + n], method=method, k=self.k, hop_s=self.hop_s
         )
 
+    def threshold(self, method: str, length_s: float) -> float | None:
+        n = int(np.floor((length_s - self.window_s) / self.hop_s + 1e-9)) + 1
+        return stored_threshold(self.db, method, n, k=self.k)
+
 
 def _describe_model(checkpoint: Any) -> dict[str, Any]:
     from afp_core.indexing import describe_model
@@ -132,7 +140,7 @@ def _describe_model(checkpoint: Any) -> dict[str, Any]:
 
 
 def database_kind(db_dir: Path) -> str:
-    """"neural" or "landmark", from the folder's manifest; ``DatabaseError`` if neither."""
+    """ "neural" or "landmark", from the folder's manifest; ``DatabaseError`` if neither."""
     file = Path(db_dir) / MANIFEST
     if not file.is_file():
         raise DatabaseError(f"{db_dir}: not a fingerprint database (no {MANIFEST})")

@@ -37,6 +37,8 @@ class ModelEntry:
     description: str
     arch_config: type
     frontend_config: type
+    # what the front-end computes, for listings and checkpoints ("log-mel 256 x 32")
+    frontend_name: str
     build: Callable[[ModelSpec], Fingerprinter]
 
 
@@ -175,6 +177,7 @@ register_model(
         "with div-enc projection, log-mel 256 x 32 input",
         arch_config=NAFPConfig,
         frontend_config=LogMelConfig,
+        frontend_name="log-mel 256 x 32",
         build=_build_nafp,
     )
 )
