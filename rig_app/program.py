@@ -90,6 +90,9 @@ class ProgramSong:
     sample_rate: int | None = None  # None: already at the program's rate
     artist: str = ""
     source: str = ""
+    # where ``audio`` starts inside the original song (an excerpt), so that an evaluation
+    # knows the true offset of a query in the song the database holds
+    source_start_s: float = 0.0
 
 
 @dataclass
@@ -129,6 +132,7 @@ class ProgramSlot:
     gain_db: float = 0.0
     limited: bool = False
     note: str = ""
+    source_start_s: float = 0.0
 
     @property
     def start_s(self) -> float:
@@ -212,6 +216,7 @@ class Program:
                     "gain_db": s.gain_db,
                     "limited": s.limited,
                     "note": s.note,
+                    "source_start_s": s.source_start_s,
                 }
                 for s in self.songs
             ],
@@ -246,6 +251,7 @@ class Program:
                     gain_db=float(s.get("gain_db", 0.0)),
                     limited=bool(s.get("limited", False)),
                     note=str(s.get("note", "")),
+                    source_start_s=float(s.get("source_start_s", 0.0)),
                 )
                 for s in data["songs"]
             ]
@@ -507,6 +513,7 @@ def build_program(
                 gain_db=result.gain_db,
                 limited=result.limited,
                 note=result.note,
+                source_start_s=song.source_start_s,
             )
         )
         if sweep is not None:

@@ -17,7 +17,8 @@ A session is a folder::
                 "loudness_before", "loudness_after"}],
      "program": null | {"folder": "program", "program_file", "music_file", "noise_file",
                         "sample_rate", "samples", "duration_s", "markers": [{"label",
-                        "position", "position_s"}], "songs": [{"title", "start_s", "end_s"}]},
+                        "position", "position_s"}], "songs": [{"title", "start_s", "end_s",
+                                                      "source_start_s"}]},
      "takes": [{"label", "raw_file", "aligned_file", "recording_rate",
                 "devices": {"music_out", "noise_out", "mic_in"},
                 "sample_rates": {"music_out", "noise_out", "mic_in"},
@@ -310,7 +311,13 @@ class Session:
                 for m in program.markers
             ],
             "songs": [
-                {"title": s.title, "start_s": s.start_s, "end_s": s.end_s} for s in program.songs
+                {
+                    "title": s.title,
+                    "start_s": s.start_s,
+                    "end_s": s.end_s,
+                    "source_start_s": s.source_start_s,
+                }
+                for s in program.songs
             ],
         }
         if songs is None:

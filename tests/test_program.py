@@ -164,7 +164,10 @@ def test_noise_clip_problems_name_the_clip(tmp_path: Path) -> None:
 
 
 def test_write_and_load_program(tmp_path: Path) -> None:
-    program = build_program(make_songs(2), RATE, min_song_s=1)
+    songs = make_songs(2)
+    songs[1].source_start_s = 42.5  # an excerpt: the evaluation's true offsets start there
+    program = build_program(songs, RATE, min_song_s=1)
+    assert [s.source_start_s for s in program.songs] == [0.0, 42.5]
     noise = build_noise_program([pink(3.0, 1)], program.samples, RATE, 0.0)
     json_path = write_program(tmp_path / "prog", program, noise)
     data = json.loads(json_path.read_text())
