@@ -4,7 +4,8 @@ Format (``torch.save`` of a plain dict, readable with ``weights_only=True``)::
 
     {"format": "afp-checkpoint", "format_version": 1,
      "model": ModelSpec.to_dict(), "state_dict": {name: tensor},
-     "meta": {"afp_version", "torch_version", "created", ...caller's metadata}}
+     "meta": {"afp_version", "torch_version", "created", "frontend",
+              ...caller's metadata}}
 
 Loading always uses ``weights_only=True``: a checkpoint is someone else's pickle, and
 only tensors and plain containers are accepted. Every problem with a file is a one-line
@@ -27,10 +28,11 @@ import numpy as np
 import torch
 
 import afp_core
+from afp_core.config import to_dict
 from afp_core.errors import CheckpointError, ConfigError
 from afp_core.fileutil import atomic_path, file_sha256
 from afp_core.models.fingerprinter import Fingerprinter
-from afp_core.models.registry import ModelSpec, build_model
+from afp_core.models.registry import ModelSpec, build_model, get_model_entry
 
 FORMAT = "afp-checkpoint"
 FORMAT_VERSION = 1
@@ -60,13 +62,15 @@ def save_checkpoint(
 
     ``meta`` may hold plain values (str, int, float, bool, None, lists, dicts with string
     keys, tensors); numpy scalars and arrays, tuples and paths are converted. The
-    afp/torch versions and the creation time (UTC, ISO 8601) are added.
+    afp/torch versions, the creation time (UTC, ISO 8601) and the front-end the model
+    needs (``describe_frontend``: what ``afp info`` shows) are added.
     """
     path = Path(path)
     stamp = {
         "afp_version": afp_core.__version__,
         "torch_version": torch.__version__,  # a str subclass: _plain_meta makes it a str
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "frontend": describe_frontend(model.spec),
     }
     plain_meta = _plain_meta({**(meta or {}), **stamp}, "meta")
     payload = {
@@ -81,6 +85,20 @@ def save_checkpoint(
     with atomic_path(path) as tmp, tmp.open("wb") as handle:
         torch.save(payload, handle)
     return path
+
+
+def describe_frontend(spec: ModelSpec) -> dict[str, Any]:
+    """The front-end a model needs: ``{"name", "sample_rate", "window_s", "config"}``.
+
+    ``name`` is the registry's ``frontend_name`` ("log-mel 256 x 32"), ``config`` the
+    front-end's settings; queries and indexed audio must go through exactly this.
+    """
+    return {
+        "name": get_model_entry(spec.name).frontend_name,
+        "sample_rate": spec.audio.sample_rate,
+        "window_s": spec.audio.window_s,
+        "config": to_dict(spec.frontend),
+    }
 
 
 def load_checkpoint(

@@ -64,6 +64,179 @@ class NAFPConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ResNetSTAConfig:
+    """ResNet+STA encoder and div-enc projection (paper §4.1; ``afp_core.models.resnet_sta``).
+
+    A stride-2 stem, then ``len(channels)`` stages of ``blocks[i]`` residual blocks with
+    ``channels[i]`` channels (every stage after the first halves both axes), each block
+    ending in a spectro-temporal attention mask; global average pooling gives
+    ``round(channels[-1] * width)`` features for the projection. ``width`` multiplies every
+    channel count: 1.0 is the paper-sized model (~20.0 M parameters), 0.25 a CPU-sized one.
+    """
+
+    width: float = 1.0
+    channels: tuple[int, ...] = (64, 128, 256, 512, 1024)
+    blocks: tuple[int, ...] = (2, 2, 1, 1, 1)
+    attention_kernel: int = 3
+    dim: int = 128
+    proj_hidden: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0 < self.width < float("inf"):  # also rejects NaN
+            raise ConfigError(f"arch.width: must be a positive number, got {self.width!r}")
+        if not self.channels or any(c <= 0 for c in self.channels):
+            raise ConfigError(f"arch.channels: positive integers, got {list(self.channels)}")
+        if len(self.blocks) != len(self.channels) or any(b <= 0 for b in self.blocks):
+            raise ConfigError(
+                f"arch.blocks: one positive block count per stage ({len(self.channels)} "
+                f"stages in arch.channels), got {list(self.blocks)}"
+            )
+        if self.attention_kernel <= 0 or self.attention_kernel % 2 == 0:
+            raise ConfigError(
+                f"arch.attention_kernel: must be a positive odd integer, got "
+                f"{self.attention_kernel!r}"
+            )
+        for key in ("dim", "proj_hidden"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(
+                    f"arch.{key}: must be a positive integer, got {getattr(self, key)!r}"
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class KaldiFbankConfig:
+    """Kaldi-style log mel filterbank of BEATs (notes §1; ``afp_core.features.KaldiFbank``).
+
+    Kaldi's ``compute-fbank-feats`` definitions with snip edges, per-frame DC removal,
+    pre-emphasis, a Povey window, an FFT of the next power of two, the power spectrum,
+    triangular filters on Kaldi's mel scale, natural log floored at float32 epsilon and no
+    dither. ``high_freq`` <= 0 counts down from the Nyquist frequency (Kaldi's
+    convention: 0 is Nyquist). The waveform is scaled by ``scale`` first (BEATs feeds
+    16-bit sample values) and the result normalised as BEATs does:
+    ``(fbank - mean) / (2 * std)`` with its AudioSet statistics. At 8 kHz a 1 s window
+    gives 98 frames of 128 bins.
+    """
+
+    n_mels: int = 128
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    preemphasis: float = 0.97
+    low_freq: float = 20.0
+    high_freq: float = 0.0
+    scale: float = 32768.0
+    mean: float = 15.41663
+    std: float = 6.55582
+
+    def __post_init__(self) -> None:
+        if self.n_mels <= 0:
+            raise ConfigError(f"frontend.n_mels: must be a positive integer, got {self.n_mels!r}")
+        for key in ("frame_length_ms", "frame_shift_ms", "scale", "std"):
+            value = getattr(self, key)
+            if not 0 < value < float("inf"):
+                raise ConfigError(f"frontend.{key}: must be a positive number, got {value!r}")
+        if not 0 <= self.preemphasis <= 1:
+            raise ConfigError(f"frontend.preemphasis: must be in [0, 1], got {self.preemphasis!r}")
+        if self.low_freq < 0:
+            raise ConfigError(f"frontend.low_freq: must be >= 0 Hz, got {self.low_freq!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BEATsConfig:
+    """BEATs transformer encoder and div-enc projection (paper §4.1; ``afp_core.models.beats``).
+
+    The defaults are the official BEATs_iter3+ sizes (~90.3 M parameters): 16 x 16 fbank
+    patches embedded to ``conv_dim``, projected to ``embed_dim``, a convolutional
+    positional embedding (``conv_pos`` taps in ``conv_pos_groups`` groups), ``layers``
+    post-LN (deep-norm) transformer layers of ``heads`` heads and ``ffn_dim`` feed-forward
+    units with a gated, bucketed relative position bias (``num_buckets``,
+    ``max_distance``). The patch tokens are averaged and the div-enc projection maps the
+    ``embed_dim`` vector to ``dim`` (``embed_dim`` must be a multiple of ``dim``).
+
+    Regularisation as in BEATs: ``dropout`` (residual branches), ``attention_dropout``,
+    ``layerdrop`` (each layer skipped with this probability in training) and
+    ``layer_grad_decay`` (gradients scaled by it at the input of every layer; the official
+    checkpoint's setting is 0.6, with ``layerdrop`` 0.05 and no dropout).
+
+    ``pretrained``: path of an official BEATs checkpoint (``{'cfg', 'model'}``) whose
+    encoder weights initialise a fresh training run; building the model never reads it.
+    ``freeze_encoder``: the encoder is not trained (no gradients, always in eval mode):
+    only the projection learns.
+    """
+
+    dim: int = 128
+    proj_hidden: int = 32
+    layers: int = 12
+    embed_dim: int = 768
+    heads: int = 12
+    ffn_dim: int = 3072
+    conv_dim: int = 512
+    patch: int = 16
+    conv_pos: int = 128
+    conv_pos_groups: int = 16
+    num_buckets: int = 320
+    max_distance: int = 800
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    layerdrop: float = 0.0
+    layer_grad_decay: float = 1.0
+    pretrained: str | None = None
+    freeze_encoder: bool = False
+
+    def __post_init__(self) -> None:
+        for key in (
+            "dim",
+            "proj_hidden",
+            "layers",
+            "embed_dim",
+            "heads",
+            "ffn_dim",
+            "conv_dim",
+            "patch",
+            "conv_pos",
+            "conv_pos_groups",
+            "num_buckets",
+            "max_distance",
+        ):
+            if getattr(self, key) <= 0:
+                raise ConfigError(
+                    f"arch.{key}: must be a positive integer, got {getattr(self, key)!r}"
+                )
+        if self.embed_dim % self.heads:
+            raise ConfigError(
+                f"arch.heads: embed_dim {self.embed_dim} is not divisible by {self.heads} heads"
+            )
+        if self.embed_dim % self.conv_pos_groups:
+            raise ConfigError(
+                f"arch.conv_pos_groups: embed_dim {self.embed_dim} is not divisible by "
+                f"{self.conv_pos_groups} groups"
+            )
+        if self.embed_dim % self.dim:
+            raise ConfigError(
+                f"arch.dim: embed_dim {self.embed_dim} is not divisible by dim={self.dim} "
+                "(the projection splits the encoder output into dim equal slices)"
+            )
+        if self.num_buckets < 4:
+            raise ConfigError(f"arch.num_buckets: at least 4, got {self.num_buckets!r}")
+        if self.max_distance <= self.num_buckets // 4:
+            # distances below num_buckets // 4 have exact buckets; the log-spaced ones
+            # above need room up to max_distance
+            raise ConfigError(
+                f"arch.max_distance: must exceed num_buckets // 4 = {self.num_buckets // 4}, "
+                f"got {self.max_distance!r}"
+            )
+        for key in ("dropout", "attention_dropout", "layerdrop"):
+            value = getattr(self, key)
+            if not 0 <= value < 1:
+                raise ConfigError(f"arch.{key}: a probability in [0, 1), got {value!r}")
+        if not 0 < self.layer_grad_decay <= 1:
+            raise ConfigError(
+                f"arch.layer_grad_decay: must be in (0, 1], got {self.layer_grad_decay!r}"
+            )
+        if self.pretrained is not None and not self.pretrained.strip():
+            raise ConfigError("arch.pretrained: an empty path (use null for no checkpoint)")
+
+
+@dataclasses.dataclass(frozen=True)
 class IndexConfig:
     """faiss IVF-PQ parameters; defaults from paper Table 1 (m=32 x 8 bits, nprobe 4)."""
 

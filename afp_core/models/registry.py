@@ -17,16 +17,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from afp_core.config import AudioConfig, LogMelConfig, NAFPConfig, from_dict, to_dict
+from afp_core.config import (
+    AudioConfig,
+    BEATsConfig,
+    KaldiFbankConfig,
+    LogMelConfig,
+    NAFPConfig,
+    ResNetSTAConfig,
+    from_dict,
+    to_dict,
+)
 from afp_core.errors import ConfigError
 from afp_core.features import LogMel
+from afp_core.models.beats import build_beats, initialise_beats
 from afp_core.models.fingerprinter import Fingerprinter
 from afp_core.models.nafp import NAFPEncoder
 from afp_core.models.projection import DivEncProjection
+from afp_core.models.resnet_sta import build_resnet_sta
 
 # Widened to unions as architectures with other configs are registered.
-FrontendConfig = LogMelConfig
-ArchConfig = NAFPConfig
+FrontendConfig = LogMelConfig | KaldiFbankConfig
+ArchConfig = NAFPConfig | ResNetSTAConfig | BEATsConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +51,10 @@ class ModelEntry:
     # what the front-end computes, for listings and checkpoints ("log-mel 256 x 32")
     frontend_name: str
     build: Callable[[ModelSpec], Fingerprinter]
+    # Optional start-of-training step (e.g. loading pre-trained encoder weights):
+    # ``initialise(model, note)``. The trainer calls it for a fresh run only; building a
+    # model never does, so that a checkpoint can be rebuilt where such files are absent.
+    initialise: Callable[[Fingerprinter, Callable[[str], None]], None] | None = None
 
 
 MODELS: dict[str, ModelEntry] = {}
@@ -143,6 +158,13 @@ def build_model(spec: ModelSpec, seed: int | None = None) -> Fingerprinter:
         return entry.build(spec)
 
 
+def initialise_model(model: Fingerprinter, note: Callable[[str], None] | None = None) -> None:
+    """Run the model entry's ``initialise`` step, if it has one (fresh training runs only)."""
+    entry = get_model_entry(model.spec.name)
+    if entry.initialise is not None:
+        entry.initialise(model, note or (lambda text: None))
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameter elements (shared parameters counted once)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
@@ -179,5 +201,35 @@ register_model(
         frontend_config=LogMelConfig,
         frontend_name="log-mel 256 x 32",
         build=_build_nafp,
+    )
+)
+
+
+# --- ResNet+STA (afp_core.models.resnet_sta) ---
+register_model(
+    ModelEntry(
+        name="resnet_sta",
+        description="ResNet with spectro-temporal attention in every block (20.0 M parameters "
+        "at width 1) with div-enc projection, log-mel 256 x 32 input",
+        arch_config=ResNetSTAConfig,
+        frontend_config=LogMelConfig,
+        frontend_name="log-mel 256 x 32",
+        build=build_resnet_sta,
+    )
+)
+
+
+# --- BEATs (afp_core.models.beats) ---
+register_model(
+    ModelEntry(
+        name="beats",
+        description="BEATs transformer encoder (90.3 M parameters at the official size) "
+        "with div-enc projection, Kaldi fbank 128 x 98 input; arch.pretrained: official "
+        "BEATs weights",
+        arch_config=BEATsConfig,
+        frontend_config=KaldiFbankConfig,
+        frontend_name="kaldi fbank 128 x 98",
+        build=build_beats,
+        initialise=initialise_beats,
     )
 )

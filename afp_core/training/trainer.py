@@ -48,7 +48,13 @@ from afp_core.augment import apply_spec_masks
 from afp_core.checkpoint import save_checkpoint
 from afp_core.errors import AfpError, CheckpointError, ConfigError
 from afp_core.fileutil import atomic_path, atomic_write_text
-from afp_core.models import Fingerprinter, build_model, count_parameters, embed_windows
+from afp_core.models import (
+    Fingerprinter,
+    build_model,
+    count_parameters,
+    embed_windows,
+    initialise_model,
+)
 from afp_core.tasks import TaskState
 from afp_core.training.config import TrainConfig
 from afp_core.training.data import (
@@ -212,15 +218,21 @@ class Trainer:
 
     # --- set-up ---------------------------------------------------------------------------
 
-    def _setup(self) -> None:
+    def _setup(self, fresh: bool = True) -> None:
         cfg = self.config.training
         if self.dist.world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             torch.distributed.init_process_group(backend)
+        # The model before the data, so that a fresh run's initialisation (pre-trained
+        # weights, model.arch.pretrained) fails before any long preparation. A resumed run
+        # takes its weights from the state instead: the initialisation files need not exist.
+        self.model = build_model(self.config.model, seed=cfg.seed)
+        if fresh:
+            initialise_model(self.model, self._note)
+        self.model.to(self.device)
         self.data = self._data or prepare_training_data(
             self.config, on_note=self._note, rank=self.dist.rank, world=self.dist.world
         )
-        self.model = build_model(self.config.model, seed=cfg.seed).to(self.device)
         spec = self.config.model
         n_freq, n_time = self.model.frontend.output_shape(spec.audio.window)
         self.batch_spec = BatchSpec(
@@ -257,7 +269,9 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_module = nn.parallel.DistributedDataParallel(self.step_module, device_ids=ids)
         self.lr = cfg.effective_lr()
-        self.optimizer = Lamb(self.model.parameters(), lr=self.lr, weight_decay=cfg.weight_decay)
+        # frozen parts (model.arch.freeze_encoder) have requires_grad False: not optimised
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = Lamb(trainable, lr=self.lr, weight_decay=cfg.weight_decay)
         self.scheduler = WarmupCosine(
             self.optimizer, self.total_steps, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps
         )
@@ -323,7 +337,7 @@ class Trainer:
         state = load_train_state(state_path) if resume else None
         if state is not None:
             _check_same_config(state["config"], self.config.to_dict())
-        self._setup()
+        self._setup(fresh=state is None)
         if state is not None:
             self._restore(state)
             self._note(
@@ -388,7 +402,8 @@ class Trainer:
             f"{d['mic_irs']['train']} microphone IRs for training"
         )
         self._note(
-            f"{self.config.model.name} with {count_parameters(self.model):,} parameters on "
+            f"{self.config.model.name} with {count_parameters(self.model):,} parameters"
+            f"{_trained_share(self.model)} on "
             f"{self.device}; {cfg.epochs} epochs x {self.steps_per_epoch} steps of 2N="
             f"{2 * cfg.batch_size}, lr {self.lr:.3g} -> {cfg.min_lr:g}"
         )
@@ -605,6 +620,12 @@ def retrieval_top1(
         nearest = np.argmax(vectors @ clean.T, axis=1)
         found.append(float(np.mean(nearest == np.arange(len(clean)))))
     return found[0], found[1]
+
+
+def _trained_share(model: nn.Module) -> str:
+    """A note of how many parameters train, when some are frozen; else empty."""
+    trained = count_parameters(model, trainable_only=True)
+    return "" if trained == count_parameters(model) else f" ({trained:,} trained)"
 
 
 def _pick_device(name: str, dist: Distributed) -> torch.device:
