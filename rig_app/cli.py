@@ -188,6 +188,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", type=float, default=2.0, help="recording after the program (s)")
     p.add_argument("--replace", action="store_true", help="replace a take of this label")
     p.add_argument("--no-align", action="store_true", help="store the take without aligning")
+    p.add_argument(
+        "--virtual-room",
+        nargs="?",
+        const="",
+        metavar="ROOM_JSON",
+        help="play the program through a virtual room (rig_app.room; the default room, or "
+        "one from ROOM_JSON): the music as a laptop speaker in the room delivers it to a "
+        "laptop microphone, the noise from a speaker at the label's distance (--distance "
+        "overrides it); for the virtual devices. The take's notes say so",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "simulate",
+        help="simulate takes through a virtual room (no audio devices), then align them",
+        description="Make each LABEL's take without audio devices: the program's music "
+        "through a laptop speaker, a room (image-source method) and a laptop microphone, "
+        "the noise program from a speaker at the label's distance, mixed, on a recorder "
+        "clock --drift-ppm fast after --offset seconds, with a little microphone "
+        "self-noise. Stored as takes/LABEL.raw.wav like a recorded take (its notes say it "
+        "was simulated, with the room) and aligned. See docs/virtual-room.md.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
+    p.add_argument(
+        "labels",
+        metavar="LABEL",
+        nargs="*",
+        help="takes to simulate (default: every label of the room: low mid high)",
+    )
+    p.add_argument("--room", type=Path, metavar="ROOM_JSON", help="the room (default: built in)")
+    p.add_argument(
+        "--save-room", type=Path, metavar="FILE", help="write the room used to FILE (a template)"
+    )
+    p.add_argument("--offset", type=float, default=0.7, help="silence before the program (s)")
+    p.add_argument("--drift-ppm", type=float, default=35.0, help="recorder clock drift (ppm)")
+    p.add_argument(
+        "--mic-noise-db", type=float, default=-75.0, help="microphone self-noise (dBFS RMS)"
+    )
+    p.add_argument("--seed", type=int, help="self-noise seed (default: the room's, +1 per take)")
+    p.add_argument("--replace", action="store_true", help="replace takes of these labels")
+    p.add_argument("--no-align", action="store_true", help="store the takes without aligning")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser(
@@ -390,10 +433,22 @@ def run_program(args: argparse.Namespace) -> int:
     return 0
 
 
+def _room(path: Path | str | None, label: str | None = None, distance: float | None = None) -> Any:
+    from rig_app.room import VirtualRoom
+
+    room = VirtualRoom() if not path else VirtualRoom.load(path)
+    if label is not None and distance is not None:
+        room = room.with_noise_distance(label, distance)
+    return room
+
+
 def run_record(args: argparse.Namespace) -> int:
     from rig_app.ui.state import TakeSettings, format_duration, record_session_take
 
     session = _open(args.session)
+    room = None
+    if args.virtual_room is not None:
+        room = _room(args.virtual_room, args.label, args.distance)
     settings = TakeSettings(
         label=args.label,
         music_out=args.music_out,
@@ -405,6 +460,7 @@ def run_record(args: argparse.Namespace) -> int:
         lead_in_s=args.lead_in,
         tail_s=args.tail,
         replace=args.replace,
+        room=room,
     )
     with _progress(args.quiet, "s", f"recording {args.label}") as task:
         result = record_session_take(task, session, settings)
@@ -424,6 +480,35 @@ def run_record(args: argparse.Namespace) -> int:
         return 1 if result.error else 0
     refused = _align(session, [args.label], args.quiet)
     return 1 if refused or result.error else 0
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from rig_app.room import simulate_session_take
+
+    session = _open(args.session)
+    room = _room(args.room)
+    labels = list(args.labels) or list(room.labels)
+    for label in labels:
+        room.noise_distance(label)  # every label checked before any work
+    if args.save_room:
+        room.save(args.save_room)
+    for number, label in enumerate(labels):
+        with _progress(args.quiet, "step", f"simulating {label}") as task:
+            made = simulate_session_take(
+                task,
+                session,
+                room,
+                label,
+                offset_s=args.offset,
+                drift_ppm=args.drift_ppm,
+                mic_noise_db=args.mic_noise_db,
+                seed=(room.seed if args.seed is None else args.seed) + number,
+                replace=args.replace,
+            )
+        print(f"{made.path}: simulated {made.describe()}")
+    if args.no_align:
+        return 0
+    return 1 if _align(session, labels, args.quiet) else 0
 
 
 def _xruns(xruns: dict[str, int]) -> str:
@@ -488,6 +573,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "songs": run_songs,
     "program": run_program,
     "record": run_record,
+    "simulate": run_simulate,
     "align": run_align,
     "import-authors": run_import_authors,
 }

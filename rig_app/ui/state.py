@@ -34,6 +34,7 @@ from rig_app.program import (
     build_program,
     load_noise_track,
 )
+from rig_app.room import VirtualRoom, live_take_audio
 from rig_app.session import PROGRAM_DIR, TAKES_DIR, Session, SessionError, SongEntry
 from rig_app.songs import MIN_DURATION_S, SONGS_DIR, SongResult, add_songs, load_songs
 
@@ -368,7 +369,10 @@ class TakeSettings:
 
     ``noise_out`` None plays the music only (e.g. the noise comes from another player).
     ``sample_rate`` None records at the program's rate; another rate plays the program
-    resampled to it.
+    resampled to it. ``room``: play the program through a virtual room
+    (``rig_app.room``): the music and noise as they would arrive at a microphone there,
+    the noise speaker at the room's distance for ``label``; without ``noise_out`` both
+    play on the music output. The take's notes say how it was made.
     """
 
     label: str
@@ -382,6 +386,7 @@ class TakeSettings:
     tail_s: float = 2.0
     replace: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # more TakeConfig fields
+    room: VirtualRoom | None = None
 
 
 def take_path(session: Session, label: str) -> Path:
@@ -413,13 +418,15 @@ def record_session_take(
     find_device(settings.mic_in, "input")
     if settings.noise_out is not None:
         find_device(settings.noise_out, "output")
+    if settings.room is not None:
+        settings.room.noise_distance(label)  # a label the room has no distance for
     task.set_total(0, "loading the program")
     program = session.load_program()
     noise = None
-    if settings.noise_out is not None:
+    if settings.noise_out is not None or settings.room is not None:
         assert session.program is not None
         noise = load_noise_track(session.folder / str(session.program.get("folder", PROGRAM_DIR)))
-        if noise is None:
+        if noise is None and settings.noise_out is not None:
             raise SessionError(
                 f"{session.path}: the program has no noise track; record without a noise output"
             )
@@ -427,6 +434,17 @@ def record_session_take(
     music = resample(program.music, program.sample_rate, rate)
     if noise is not None:
         noise = resample(noise, program.sample_rate, rate)
+    notes, distance = settings.notes, settings.speaker_distance_m
+    if settings.room is not None:
+        task.set_message(f"{label}: rendering the virtual room")
+        scale = rate / program.sample_rate
+        songs = [(round(s.start * scale), round(s.end * scale)) for s in program.songs]
+        music, noise, note = live_take_audio(settings.room, music, noise, rate, label, songs)
+        if settings.noise_out is None and noise is not None:
+            music, noise = music + noise, None
+        notes = "; ".join(part for part in (notes, note) if part)
+        if distance is None:
+            distance = settings.room.noise_distance(label)
     task.check_cancelled()
     config = TakeConfig(
         music_out=settings.music_out,
@@ -451,8 +469,8 @@ def record_session_take(
             result.sample_rate,
             devices=result.devices,
             sample_rates=result.sample_rates,
-            speaker_distance_m=settings.speaker_distance_m,
-            notes=settings.notes,
+            speaker_distance_m=distance,
+            notes=notes,
             xruns=result.xrun_total,
             replace=True,
         )

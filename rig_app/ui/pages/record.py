@@ -14,6 +14,7 @@ from PySide6.QtGui import QCloseEvent, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QButtonGroup,
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -37,6 +38,7 @@ from afp_core.tasks import TaskState
 from rig_app.align import Alignment
 from rig_app.capture import InputMeter, TakeRecorder, TakeResult, play_test_tone
 from rig_app.devices import Device, list_devices
+from rig_app.room import RoomError, VirtualRoom
 from rig_app.session import TAKE_LABELS, Session, TakeEntry
 from rig_app.ui.pages import Collapsible, Page
 from rig_app.ui.state import (
@@ -198,6 +200,13 @@ class RecordPage(Page):
         advanced.setContentsMargins(16, 0, 0, 0)
         advanced.addRow("Silence before the program:", self.lead_in)
         advanced.addRow("Recording after it ends:", self.tail)
+        self.virtual_room = QCheckBox("play through a virtual room")
+        self.virtual_room.setToolTip(
+            "Without a lab (e.g. on the virtual devices): the music as a laptop speaker in a "
+            "simulated room delivers it to a laptop microphone, the noise from a speaker at "
+            "the take's distance; the take's notes say so (rig_app.room)"
+        )
+        advanced.addRow("Virtual room:", self.virtual_room)
         self.advanced = Collapsible("Advanced", advanced_box)
 
         self.record_button = QPushButton("● Record")
@@ -406,6 +415,11 @@ class RecordPage(Page):
             lead_in_s=self.lead_in.value(),
             tail_s=self.tail.value(),
             replace=replace,
+            room=(
+                VirtualRoom().with_noise_distance(label, row.distance.value())
+                if self.virtual_room.isChecked()
+                else None
+            ),
         )
 
     def _on_record_clicked(self) -> None:
@@ -428,7 +442,11 @@ class RecordPage(Page):
     def record(self, label: str | None = None, replace: bool = False) -> Worker | None:
         """Record the chosen take in a worker, then align it; returns the recording worker."""
         session = self.session
-        settings = self.settings(label, replace)
+        try:
+            settings = self.settings(label, replace)
+        except RoomError as exc:  # e.g. a distance that does not fit the virtual room
+            self._show_take_message(str(exc), True)
+            return None
         if session is None or settings is None or self._record_worker is not None:
             if settings is None:
                 self._show_take_message("Choose a music output and a microphone first.", True)
@@ -644,6 +662,7 @@ class RecordPage(Page):
             self.refresh_button,
             self.music_tone,
             self.listen,
+            self.virtual_room,
         ):
             widget.setEnabled(not recording)
         if program is not None and not has_noise:
