@@ -42,6 +42,13 @@ class TaskState:
     def cancel(self) -> None:
         self._cancel.set()
 
+    def fork(self, on_progress: ProgressCallback | None = None) -> TaskState:
+        """A task for work running beside others (e.g. one thread of several): its own
+        progress, the same cancel flag (cancelling either cancels both)."""
+        child = TaskState(on_progress)
+        child._cancel = self._cancel
+        return child
+
     @property
     def cancelled(self) -> bool:
         return self._cancel.is_set()

@@ -41,7 +41,8 @@ import functools
 import json
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -872,19 +873,23 @@ def record_or_simulate_takes(
     replace: bool = False,
     offset_s: float = 0.7,
     drift_ppm: float = 35.0,
+    parallel: bool = True,
 ) -> list[RoomTake]:
     """Make the session's takes (default: every label of ``room``) through a virtual room.
 
-    ``live`` True records each take through ``devices`` (default: virtual devices started
-    here and stopped at the end) in real time, playing the rendered paths; False
-    simulates them offline (``simulate_session_take`` with ``offset_s`` and
-    ``drift_ppm``); None records live when virtual devices can be started and simulates
-    otherwise. Each take is then aligned (``align``); a refused alignment is reported in
-    the take's ``error`` and the others go on. Cancelling ``task`` stops after the take
-    being made (``Cancelled``); the takes made so far stay stored.
+    ``live`` True records each take through ``devices`` in real time, playing the
+    rendered paths; False simulates them offline (``simulate_session_take`` with
+    ``offset_s`` and ``drift_ppm``); None records live when virtual devices can be
+    started and simulates otherwise. Without ``devices`` the virtual devices are started
+    here and stopped at the end: with ``parallel`` one set per label (each its own
+    daemon, so its own room), and all takes are recorded at once, which takes as long as
+    the program instead of three times as long. Each take is then aligned (``align``); a
+    refused alignment is reported in the take's ``error`` and the others go on.
+    Cancelling ``task`` stops the takes being made (``Cancelled``); what was recorded
+    stays stored.
     """
     from rig_app.devices import DeviceError
-    from rig_app.ui.state import TakeSettings, align_session_take, record_session_take
+    from rig_app.ui.state import align_session_take
     from rig_app.virtual_devices import VirtualDevicesError, start_virtual_devices
 
     room = room or VirtualRoom()
@@ -895,64 +900,130 @@ def record_or_simulate_takes(
         from rig_app.session import SessionError
 
         raise SessionError(f"{session.path}: the session has no program yet")
-    started = None
-    if live is not False and devices is None:
+    started: list[Any] = []
+    routes: dict[str, _Devices] | None = None
+    if devices is not None:
+        routes = dict.fromkeys(labels, devices)
+    elif live is not False:
+        own_sets = len(labels) if parallel else 1
         try:
-            started = devices = start_virtual_devices()
+            for number in range(own_sets):
+                prefix = f"{labels[number]}_" if parallel else ""
+                started.append(start_virtual_devices(prefix=prefix))
+            routes = {label: started[i if parallel else 0] for i, label in enumerate(labels)}
         except (VirtualDevicesError, DeviceError):
+            for running in started:
+                running.stop()
+            started = []
             if live:
                 raise
-            devices = None
     results: list[RoomTake] = []
     try:
-        for label in labels:
-            if devices is None:
-                made = simulate_session_take(
-                    task,
-                    session,
-                    room,
-                    label,
-                    offset_s=offset_s,
-                    drift_ppm=drift_ppm,
-                    replace=replace,
-                    seed=room.seed + len(results),
+        if routes is None:
+            for label in labels:
+                results.append(
+                    simulate_session_take(
+                        task,
+                        session,
+                        room,
+                        label,
+                        offset_s=offset_s,
+                        drift_ppm=drift_ppm,
+                        replace=replace,
+                        seed=room.seed + len(results),
+                    )
                 )
-            else:
-                has_noise = bool(session.program.get("noise_file"))
-                settings = TakeSettings(
-                    label=label,
-                    music_out=devices.music_out,
-                    mic_in=devices.mic_in,
-                    noise_out=devices.noise_out if has_noise else None,
-                    speaker_distance_m=room.noise_distance(label),
-                    room=room,
-                    replace=replace,
-                )
-                result = record_session_take(task, session, settings)
-                if result.frames == 0:
-                    raise AfpError(f"{result.path}: nothing was recorded ({result.error})")
-                found = room_from_notes(session.take(label).notes)
-                details = found[1] if found else {}
-                ratio = details.get("music_to_noise_db")
-                made = RoomTake(
-                    label,
-                    "live",
-                    result.path,
-                    room.noise_distance(label),
-                    math.inf if ratio is None else float(ratio),
-                    error=result.error,
-                    details={"xruns": result.xrun_total, "ended_by": result.ended_by},
-                )
-            task.check_cancelled()
-            if align:
+        elif parallel and devices is None and len(labels) > 1:
+            results = _record_side_by_side(task, session, room, labels, routes, replace)
+        else:
+            for label in labels:
+                results.append(_record_live(task, session, room, label, routes[label], replace))
+        task.check_cancelled()
+        if align:
+            for made in results:
                 try:
-                    made.alignment = align_session_take(task, session, label)
+                    made.alignment = align_session_take(task, session, made.label)
                 except Cancelled:
                     raise
                 except AfpError as exc:
                     made.error = str(exc)
-            results.append(made)
     finally:
-        if started is not None:
-            started.stop()
+        for running in started:
+            running.stop()
+    return results
+
+
+def _record_live(
+    task: TaskState,
+    session: Session,
+    room: VirtualRoom,
+    label: str,
+    devices: _Devices,
+    replace: bool,
+) -> RoomTake:
+    from rig_app.ui.state import TakeSettings, record_session_take
+
+    has_noise = bool(session.program and session.program.get("noise_file"))
+    settings = TakeSettings(
+        label=label,
+        music_out=devices.music_out,
+        mic_in=devices.mic_in,
+        noise_out=devices.noise_out if has_noise else None,
+        speaker_distance_m=room.noise_distance(label),
+        room=room,
+        replace=replace,
+    )
+    result = record_session_take(task, session, settings)
+    if result.frames == 0:
+        raise AfpError(f"{result.path}: nothing was recorded ({result.error})")
+    found = room_from_notes(session.take(label).notes)
+    ratio = (found[1] if found else {}).get("music_to_noise_db")
+    return RoomTake(
+        label,
+        "live",
+        result.path,
+        room.noise_distance(label),
+        math.inf if ratio is None else float(ratio),
+        error=result.error,
+        details={"xruns": result.xrun_total, "ended_by": result.ended_by},
+    )
+
+
+def _record_side_by_side(
+    task: TaskState,
+    session: Session,
+    room: VirtualRoom,
+    labels: Sequence[str],
+    routes: dict[str, _Devices],
+    replace: bool,
+) -> list[RoomTake]:
+    """One thread per take; the task's progress is the sum of theirs."""
+    progress = dict.fromkeys(labels, (0.0, 0.0))
+    lock = threading.Lock()
+
+    def report(label: str) -> Callable[[float, float, str], None]:
+        def on_progress(done: float, total: float, message: str) -> None:
+            with lock:
+                progress[label] = (done, total)
+                task.total = sum(t for _, t in progress.values())
+                task.done = sum(d for d, _ in progress.values())
+                task.set_message(message if message.startswith(label) else f"{label}: {message}")
+
+        return on_progress
+
+    with ThreadPoolExecutor(max_workers=len(labels), thread_name_prefix="take") as pool:
+        futures = [
+            pool.submit(
+                _record_live, task.fork(report(label)), session, room, label, routes[label], replace
+            )
+            for label in labels
+        ]
+        results, errors = [], []
+        for future in futures:
+            try:
+                results.append(future.result())
+            except (AfpError, OSError) as exc:  # the other takes finish and are kept first
+                errors.append(exc)
+    if errors:
+        raise errors[0]
     return results

@@ -45,6 +45,7 @@ import io
 import json
 import math
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -71,6 +72,8 @@ __all__ = [
     "import_authors_layout",
     "read_song_list",
 ]
+
+_SESSION_LOCK = threading.RLock()
 
 SESSION_FORMAT = "afp-rig-session"
 SESSION_VERSION = 1
@@ -371,65 +374,67 @@ class Session:
         is). The aligned audio in ``alignment`` (if any) goes to takes/<label>.aligned.wav
         and its song intervals become the take's ground truth.
         """
-        if not _LABEL.match(label):
-            raise SessionError(
-                f"{self.path}: take label {label!r} must be a short lower-case slug "
-                f"(e.g. {', '.join(TAKE_LABELS)})"
-            )
-        existing = [t for t in self.takes if t.label == label]
-        if existing and not replace:
-            raise SessionError(f"{self.path}: a take labelled {label!r} exists already")
-        takes_dir = self.folder / TAKES_DIR
-        takes_dir.mkdir(parents=True, exist_ok=True)
-        if isinstance(recording, np.ndarray):
-            if recording_rate is None:
-                raise ValueError("recording_rate is needed to write a recording")
-            raw_path = takes_dir / f"{label}.raw.wav"
-            write_audio_atomic(raw_path, recording, recording_rate, subtype="FLOAT")
-        else:
-            raw_path = Path(recording)
-            info = probe_audio(raw_path)
-            if recording_rate is not None and recording_rate != info.sample_rate:
+        # takes recorded side by side (one thread each) store themselves one at a time
+        with _SESSION_LOCK:
+            if not _LABEL.match(label):
                 raise SessionError(
-                    f"{raw_path}: recorded at {info.sample_rate} Hz, not {recording_rate} Hz"
+                    f"{self.path}: take label {label!r} must be a short lower-case slug "
+                    f"(e.g. {', '.join(TAKE_LABELS)})"
                 )
-            recording_rate = info.sample_rate
-        aligned_file = None
-        ground_truth: list[dict[str, Any]] = []
-        if alignment is not None:
-            if alignment.aligned is not None:
-                aligned_path = takes_dir / f"{label}.aligned.wav"
-                write_audio_atomic(
-                    aligned_path, alignment.aligned, alignment.program_rate, subtype="FLOAT"
-                )
-                aligned_file = self._relative(aligned_path)
-            ground_truth = [
-                {
-                    "title": s.title,
-                    "program_start_s": s.program_start_s,
-                    "program_end_s": s.program_end_s,
-                    "take_start_s": s.take_start_s,
-                    "take_end_s": s.take_end_s,
-                }
-                for s in alignment.songs
-            ]
-        entry = TakeEntry(
-            label=label,
-            raw_file=self._relative(raw_path),
-            recording_rate=int(recording_rate),
-            aligned_file=aligned_file,
-            devices=dict(devices or {}),
-            sample_rates={k: int(v) for k, v in (sample_rates or {}).items()},
-            speaker_distance_m=speaker_distance_m,
-            notes=notes,
-            xruns=int(xruns),
-            recorded_at=_now(),
-            alignment=None if alignment is None else alignment.to_dict(),
-            ground_truth=ground_truth,
-        )
-        self.takes = [t for t in self.takes if t.label != label] + [entry]
-        self.save()
-        return entry
+            existing = [t for t in self.takes if t.label == label]
+            if existing and not replace:
+                raise SessionError(f"{self.path}: a take labelled {label!r} exists already")
+            takes_dir = self.folder / TAKES_DIR
+            takes_dir.mkdir(parents=True, exist_ok=True)
+            if isinstance(recording, np.ndarray):
+                if recording_rate is None:
+                    raise ValueError("recording_rate is needed to write a recording")
+                raw_path = takes_dir / f"{label}.raw.wav"
+                write_audio_atomic(raw_path, recording, recording_rate, subtype="FLOAT")
+            else:
+                raw_path = Path(recording)
+                info = probe_audio(raw_path)
+                if recording_rate is not None and recording_rate != info.sample_rate:
+                    raise SessionError(
+                        f"{raw_path}: recorded at {info.sample_rate} Hz, not {recording_rate} Hz"
+                    )
+                recording_rate = info.sample_rate
+            aligned_file = None
+            ground_truth: list[dict[str, Any]] = []
+            if alignment is not None:
+                if alignment.aligned is not None:
+                    aligned_path = takes_dir / f"{label}.aligned.wav"
+                    write_audio_atomic(
+                        aligned_path, alignment.aligned, alignment.program_rate, subtype="FLOAT"
+                    )
+                    aligned_file = self._relative(aligned_path)
+                ground_truth = [
+                    {
+                        "title": s.title,
+                        "program_start_s": s.program_start_s,
+                        "program_end_s": s.program_end_s,
+                        "take_start_s": s.take_start_s,
+                        "take_end_s": s.take_end_s,
+                    }
+                    for s in alignment.songs
+                ]
+            entry = TakeEntry(
+                label=label,
+                raw_file=self._relative(raw_path),
+                recording_rate=int(recording_rate),
+                aligned_file=aligned_file,
+                devices=dict(devices or {}),
+                sample_rates={k: int(v) for k, v in (sample_rates or {}).items()},
+                speaker_distance_m=speaker_distance_m,
+                notes=notes,
+                xruns=int(xruns),
+                recorded_at=_now(),
+                alignment=None if alignment is None else alignment.to_dict(),
+                ground_truth=ground_truth,
+            )
+            self.takes = [t for t in self.takes if t.label != label] + [entry]
+            self.save()
+            return entry
 
 
 def _list(data: dict[str, Any], key: str) -> list[Any]:

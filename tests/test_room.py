@@ -320,3 +320,23 @@ def test_a_measured_channel_can_stand_in_for_the_simulated_music_path(tmp_path):
     again = simulate_take(room, program.music, noise, rate, "low", 0.3, -20.0, -75.0, 2)
     alignment = align_take(again, rate, program)
     assert alignment.ok and alignment.drift_ppm == pytest.approx(-20.0, abs=1.0)
+
+
+def test_live_takes_side_by_side_each_in_its_own_room(virtual_devices, tmp_path):
+    # virtual_devices: only to skip where PulseAudio cannot run; the call starts its own
+    session, _ = _session(tmp_path, 16000)
+    seen: list[tuple[float, float]] = []
+    task = TaskState(lambda done, total, _message: seen.append((done, total)))
+
+    made = record_or_simulate_takes(task, session, ROOM, ["low", "high"], live=True)
+
+    assert [(m.label, m.mode) for m in made] == [("low", "live"), ("high", "live")]
+    for take in made:
+        assert take.error is None, take.error
+        assert take.alignment is not None and take.alignment.ok
+    # each take had its own room: the close noise speaker is louder at the microphone
+    assert made[1].music_to_noise_db < made[0].music_to_noise_db - 3
+    # both recorded at once: the progress total counts both takes' frames together
+    assert max(total for _, total in seen) > 0
+    stored = Session.load(session.folder)
+    assert {t.label for t in stored.takes} == {"low", "high"}
