@@ -13,6 +13,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from afp_core import __version__
 from afp_core.errors import AfpError, Cancelled
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=10_000,
         help="below this many vectors the index is exact (flat) instead of IVF-PQ",
     )
+    p.add_argument(
+        "--landmark",
+        action="store_true",
+        help="a NEW database of landmark hashes (spectral-peak pairs, Wang 2003, as Dejavu) "
+        "instead of neural fingerprints; an existing database keeps its kind",
+    )
     _add_runtime_options(p)
 
     p = sub.add_parser(
@@ -70,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Identify each QUERY file (or an excerpt of it) in DB_DIR. The query is "
         "cut into 1 s windows (0.5 s hop); each window retrieves its k nearest fingerprints; "
         "the decision is made by offset-consistent search (default) or the paper's majority "
-        "vote. A score below the threshold is reported as no match.",
+        "vote. In a landmark database (afp index --landmark) the query's spectral-peak pair "
+        "hashes vote for (song, offset) alignments instead, and the score counts aligned "
+        "hashes. A score below the threshold is reported as no match.",
         formatter_class=fmt,
         epilog=EPILOG,
     )
@@ -79,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per query per line")
     p.add_argument(
         "--method",
-        choices=["sequence", "vote"],
-        default="sequence",
-        help="sequence: offset-consistent search; vote: majority vote over k neighbours",
+        choices=["sequence", "vote", "landmark"],
+        help="sequence: offset-consistent search (neural default); vote: majority vote over "
+        "k neighbours; landmark: aligned hash count (the only rule of a landmark database)",
     )
     p.add_argument("-k", type=int, default=4, help="neighbours retrieved per window")
     p.add_argument(
@@ -99,13 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
         "info",
         help="describe a database",
         description="Songs, vectors, index type and parameters, bytes on disk and bytes per "
-        "hour of audio, and the model that made the vectors.",
+        "hour of audio, and the model that made the vectors (for a landmark database: its "
+        "hashes, settings and no-match thresholds).",
         formatter_class=fmt,
         epilog=EPILOG,
     )
     p.add_argument("db", metavar="DB_DIR", type=Path, help="database folder")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--songs", action="store_true", help="also list the songs")
+
+    p = sub.add_parser(
+        "models",
+        help="list the model architectures a training config can name",
+        description="Every registered architecture with its parameter count (at its default "
+        "settings), the front-end it needs and a description. A training config picks one "
+        "with model.name.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON list of objects")
 
     p = sub.add_parser(
         "demo",
@@ -145,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop cleanly (resumable) after this many minutes (default: the config's)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    from afp_core.protocols.commands import add_evaluate_parser
+
+    add_evaluate_parser(sub, EPILOG)
     return parser
 
 
@@ -185,7 +210,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_index(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from afp_core.audio import iter_audio_files
     from afp_core.config import IndexConfig
     from afp_core.indexing import index_library, open_database_for_indexing
     from afp_core.tasks import TaskState, TqdmProgress
@@ -193,6 +217,11 @@ def run_index(args: argparse.Namespace) -> int:
     def notice(text: str) -> None:
         tqdm.write(f"afp: note: {text}", file=sys.stderr)
 
+    kind = _existing_database_kind(args.db)
+    if kind == "neural" and args.landmark:
+        raise AfpError(f"{args.db}: is a neural database; --landmark only makes a new one")
+    if kind == "landmark" or args.landmark:
+        return _run_landmark_index(args)
     config = IndexConfig(
         m=args.m,
         nbits=args.nbits,
@@ -200,10 +229,7 @@ def run_index(args: argparse.Namespace) -> int:
         nprobe=args.nprobe or IndexConfig.nprobe,
         min_train_vectors=args.min_train_vectors,
     )
-    files = list(iter_audio_files(args.paths))
-    if not files:
-        names = ", ".join(str(p) for p in args.paths)
-        raise AfpError(f"{names}: no audio files found (looked for {_extensions()})")
+    files = _list_audio_files(args.paths)
     db, checkpoint = open_database_for_indexing(args.db, args.model, config, on_notice=notice)
     if args.nprobe is not None and args.nprobe != db.nprobe:
         db.nprobe = args.nprobe
@@ -238,6 +264,10 @@ def run_identify(args: argparse.Namespace) -> int:
     from afp_core.indexing import load_database_model
     from afp_core.query import identify_file
 
+    if _existing_database_kind(args.db) == "landmark":
+        return _run_landmark_identify(args)
+    if args.method == "landmark":
+        raise AfpError(f"{args.db}: --method landmark needs a landmark database")
     db = FingerprintDB.open(args.db)
     checkpoint = load_database_model(db, args.model)
     model = checkpoint.model.to(args.device)
@@ -253,59 +283,165 @@ def run_identify(args: argparse.Namespace) -> int:
                 query,
                 start_s=args.start,
                 duration_s=args.duration,
-                method=args.method,
+                method=args.method or "sequence",
                 k=args.k,
                 threshold=threshold,
                 device=args.device,
             )
         except AfpError as exc:
             failures += 1
-            if args.json:
-                print(json.dumps({"query": str(query), "song": None, "error": str(exc)}))
-            print(f"afp: error: {exc}", file=sys.stderr)
+            _report_failure(args, query, exc)
             continue
-        song = match.song
-        record = {
-            "query": str(query),
-            "song": song.title if song else None,
-            "artist": song.artist if song else None,
-            "song_id": song.id if song else None,
-            "path": song.source if song else None,
-            "offset_s": round(match.offset_s, 3) if song and match.offset_s is not None else None,
-            "score": round(float(match.score), 4),
-            "method": match.method,
-        }
-        if args.json:
-            print(json.dumps(record), flush=True)
-        elif song is None:
-            print(f"{query}: no match (best score {match.score:.3f})")
-        else:
-            print(
-                f"{query}: {song.title}"
-                + (f" — {song.artist}" if song.artist else "")
-                + f" at {match.offset_s:.1f} s (score {match.score:.3f})"
+        _report_match(args, query, match, ".3f")
+    return 1 if failures else 0
+
+
+def _report_match(args: argparse.Namespace, query: Path, match: Any, score_format: str) -> None:
+    """One line per query: JSON (the scripting contract) or text."""
+    song = match.song
+    record = {
+        "query": str(query),
+        "song": song.title if song else None,
+        "artist": song.artist if song else None,
+        "song_id": song.id if song else None,
+        "path": song.source if song else None,
+        "offset_s": round(match.offset_s, 3) if song and match.offset_s is not None else None,
+        "score": round(float(match.score), 4),
+        "method": match.method,
+    }
+    if args.json:
+        print(json.dumps(record), flush=True)
+    elif song is None:
+        print(f"{query}: no match (best score {match.score:{score_format}})")
+    else:
+        print(
+            f"{query}: {song.title}"
+            + (f" — {song.artist}" if song.artist else "")
+            + f" at {match.offset_s:.1f} s (score {match.score:{score_format}})"
+        )
+
+
+def _report_failure(args: argparse.Namespace, query: Path, exc: AfpError) -> None:
+    if args.json:
+        print(json.dumps({"query": str(query), "song": None, "error": str(exc)}))
+    print(f"afp: error: {exc}", file=sys.stderr)
+
+
+def _existing_database_kind(db_dir: Path) -> str | None:
+    """ "neural" or "landmark" for a database folder, None where there is none yet."""
+    from afp_core.database import MANIFEST
+    from afp_core.recogniser import database_kind
+
+    return database_kind(db_dir) if (Path(db_dir) / MANIFEST).is_file() else None
+
+
+def _list_audio_files(paths: list[Path]) -> list[Path]:
+    from afp_core.audio import iter_audio_files
+
+    files = list(iter_audio_files(paths))
+    if not files:
+        names = ", ".join(str(p) for p in paths)
+        raise AfpError(f"{names}: no audio files found (looked for {_extensions()})")
+    return files
+
+
+def _refuse_neural_options(db_dir: Path, given: dict[str, bool]) -> None:
+    """A one-line error naming the first neural-only option used on a landmark database."""
+    for option, used in given.items():
+        if used:
+            raise AfpError(
+                f"{db_dir}: is a landmark database; {option} applies to neural databases only"
             )
+
+
+def _run_landmark_index(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from afp_core.landmark import LandmarkDB, index_landmark_library
+    from afp_core.tasks import TaskState, TqdmProgress
+
+    _refuse_neural_options(
+        args.db,
+        {
+            "--model": args.model is not None,
+            "--m": args.m != 32,
+            "--nbits": args.nbits != 8,
+            "--nlist": args.nlist != 256,
+            "--nprobe": args.nprobe is not None,
+            "--min-train-vectors": args.min_train_vectors != 10_000,
+        },
+    )
+    files = _list_audio_files(args.paths)
+    db = LandmarkDB.open_or_create(args.db)
+    progress = None if args.quiet else TqdmProgress(unit="s", description="indexing")
+    try:
+        result = index_landmark_library(
+            db,
+            files,
+            task=TaskState(progress),
+            on_skip=lambda s: tqdm.write(f"skipped: {s.reason}", file=sys.stderr),
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+    print(f"{args.db}: {result.summary()}")
+    info = db.info()
+    print(
+        f"{args.db}: {info['songs']} songs, {info['hashes']} hashes "
+        f"({info['hashes_per_second']:.0f} per s of audio), landmark index, "
+        f"{_format_bytes(info['bytes_on_disk'])} on disk"
+    )
+    nothing_usable = not result.added and not result.duplicates and result.skipped
+    return 1 if nothing_usable else 0
+
+
+def _run_landmark_identify(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from afp_core.landmark import METHOD, LandmarkDB, LandmarkRecogniser, identify_landmark_audio
+    from afp_core.query import load_query
+
+    _refuse_neural_options(
+        args.db,
+        {
+            "--model": args.model is not None,
+            "--nprobe": args.nprobe is not None,
+            "-k": args.k != 4,
+            f"--method {args.method}": args.method not in (None, METHOD),
+        },
+    )
+    db = LandmarkDB.open(args.db)
+    recogniser = LandmarkRecogniser(db)
+    rate = recogniser.sample_rate
+    failures = 0
+    for query in args.queries:
+        try:
+            audio = load_query(query, rate, args.start, args.duration)
+            match = identify_landmark_audio(db, audio, label=str(query))
+        except AfpError as exc:
+            failures += 1
+            _report_failure(args, query, exc)
+            continue
+        threshold = args.threshold
+        if threshold is None:
+            threshold = recogniser.threshold(METHOD, len(audio) / rate)
+        if match.song is not None and match.score < threshold:
+            match = dataclasses.replace(match, song=None, offset_s=None)
+        _report_match(args, query, match, ".0f")
     return 1 if failures else 0
 
 
 def run_info(args: argparse.Namespace) -> int:
     from afp_core.database import FingerprintDB
 
+    if _existing_database_kind(args.db) == "landmark":
+        return _run_landmark_info(args)
     db = FingerprintDB.open(args.db)
     info = db.info()
+    # a copy: info["model_info"] is the database's own manifest entry
+    info["model_info"] = {**info["model_info"], "frontend": _model_frontend(info["model_info"])}
     if args.songs:
-        info["song_list"] = [
-            {
-                "id": s.id,
-                "title": s.title,
-                "artist": s.artist,
-                "duration_s": s.duration_s,
-                "vectors": s.vector_count,
-                "status": s.status,
-                "source": s.source,
-            }
-            for s in db.songs()
-        ]
+        info["song_list"] = _song_records(db.songs())
     if args.json:
         print(json.dumps(info, indent=None, default=str))
         return 0
@@ -320,12 +456,145 @@ def run_info(args: argparse.Namespace) -> int:
         ("on disk", _format_bytes(info["bytes_on_disk"])),
         ("per hour of audio", _format_bytes(info["bytes_per_hour"])),
         ("model", f"{model.get('name')} (sha256 {str(model.get('checkpoint_sha256'))[:12]})"),
+        ("front-end", _format_frontend(model.get("frontend"))),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     for song in info.get("song_list", []):
         print(f"  {song['id']:>5}  {song['duration_s']:7.1f} s  {song['title']}")
+    return 0
+
+
+def _song_records(songs: list[Any]) -> list[dict[str, Any]]:
+    """``afp info --songs``; ``vectors`` counts a landmark song's spectrogram frames."""
+    return [
+        {
+            "id": s.id,
+            "title": s.title,
+            "artist": s.artist,
+            "duration_s": s.duration_s,
+            "vectors": s.vector_count,
+            "status": s.status,
+            "source": s.source,
+        }
+        for s in songs
+    ]
+
+
+def _run_landmark_info(args: argparse.Namespace) -> int:
+    from afp_core.landmark import LandmarkDB
+
+    db = LandmarkDB.open(args.db)
+    info = db.info()
+    if args.songs:
+        info["song_list"] = _song_records(db.songs())
+    if args.json:
+        print(json.dumps(info, indent=None, default=str))
+        return 0
+    s = info["settings"]
+    thresholds = info["search"].get("thresholds", {}).get("landmark", {}).get("by_seconds")
+    rows = [
+        ("database", str(args.db)),
+        ("kind", "landmark (spectral-peak pair hashes)"),
+        ("songs", f"{info['songs']} ({info['hours']:.2f} h of audio)"),
+        ("hashes", f"{info['hashes']} ({info['hashes_per_second']:.0f} per s of audio)"),
+        ("staged", f"{info['staged_songs']} songs not yet in the index"),
+        (
+            "settings",
+            f"{s['sample_rate']} Hz, n_fft {s['n_fft']}, hop {s['hop']}, "
+            f"{s['peaks_per_second']:g} peaks/s, fan-out {s['fan_out']}, dt <= {s['max_dt']}",
+        ),
+        ("on disk", _format_bytes(info["bytes_on_disk"])),
+        ("per hour of audio", _format_bytes(info["bytes_per_hour"])),
+        (
+            "no-match threshold",
+            ", ".join(f"{k} s: {v}" for k, v in thresholds.items())
+            if thresholds
+            else "none calibrated (fewer than 2 songs)",
+        ),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    for song in info.get("song_list", []):
+        print(f"  {song['id']:>5}  {song['duration_s']:7.1f} s  {song['title']}")
+    return 0
+
+
+def _model_frontend(model_info: dict) -> dict | None:
+    """The front-end a database's model needs: from its checkpoint's metadata, or derived
+    from its spec for checkpoints written before the metadata recorded it."""
+    from afp_core.checkpoint import describe_frontend
+    from afp_core.errors import ConfigError
+    from afp_core.models import ModelSpec
+
+    meta = model_info.get("checkpoint_meta")
+    if isinstance(meta, dict) and isinstance(meta.get("frontend"), dict):
+        return meta["frontend"]
+    try:
+        return describe_frontend(ModelSpec.from_dict(model_info.get("spec")))
+    except ConfigError:
+        return None
+
+
+def _format_frontend(frontend: dict | None) -> str:
+    if not frontend:
+        return "unknown"
+    config = ", ".join(f"{k}={v}" for k, v in (frontend.get("config") or {}).items())
+    return (
+        f"{frontend.get('name')} at {frontend.get('sample_rate')} Hz, "
+        f"{frontend.get('window_s')} s windows ({config})"
+    )
+
+
+def _default_parameter_count(name: str) -> int:
+    """Parameters of model ``name`` at its default settings, without running it.
+
+    Built on torch's "meta" device (shapes only, no memory, no initialisation), which is
+    instant even for large models; a builder that needs real tensors is built on the CPU.
+    """
+    import torch
+
+    from afp_core.models import ModelSpec, count_parameters, get_model_entry
+
+    entry = get_model_entry(name)
+    spec = ModelSpec(name)
+    try:
+        with torch.device("meta"):
+            model = entry.build(spec)
+    except Exception:  # any failure on meta: fall back to a real build
+        model = entry.build(spec)
+    return count_parameters(model)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from afp_core.config import to_dict
+    from afp_core.models import list_models
+
+    rows = [
+        {
+            "name": entry.name,
+            "parameters": _default_parameter_count(entry.name),
+            "frontend": entry.frontend_name,
+            "description": entry.description,
+            "arch_defaults": to_dict(entry.arch_config()),
+        }
+        for entry in list_models()
+    ]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    table = [("model.name", "parameters", "front-end", "description")]
+    table += [(r["name"], f"{r['parameters']:,}", r["frontend"], r["description"]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for name, count, frontend, description in table:
+        print(f"{name:<{widths[0]}}  {count:>{widths[1]}}  {frontend:<{widths[2]}}  {description}")
+    print(
+        "\nParameters at each model's default settings. Pick one in a training config with "
+        "model.name (`model: {name: resnet_sta}`); model.arch sets its options (e.g. width); "
+        "see configs/."
+    )
     return 0
 
 
@@ -390,12 +659,20 @@ def _format_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def run_evaluate(args: argparse.Namespace) -> int:
+    from afp_core.protocols.commands import run_evaluate as evaluate
+
+    return evaluate(args)
+
+
 COMMANDS = {
     "index": run_index,
     "identify": run_identify,
     "info": run_info,
+    "models": run_models,
     "demo": run_demo,
     "train": run_train,
+    "evaluate": run_evaluate,
 }
 
 if __name__ == "__main__":

@@ -133,7 +133,219 @@ def model_identity(model_info: dict[str, Any]) -> tuple[Any, Any]:
     return model_info.get("name"), model_info.get("checkpoint_sha256")
 
 
-class FingerprintDB:
+class SongCatalogue:
+    """The song catalogue and writers' lock shared by both kinds of database.
+
+    ``path`` (set by the subclass) holds ``catalogue.sqlite`` (tables ``songs`` and
+    ``meta``) and ``staging/<checksum>.npy``, one file per song extracted but not yet
+    committed. A song owns the contiguous ids ``[first_vector_id, first_vector_id +
+    vector_count)`` of what the database stores per time step: fingerprint vectors here,
+    spectrogram frames in ``afp_core.landmark``.
+    """
+
+    path: Path
+
+    # ------------------------------------------------------------------ catalogue
+
+    def has_song(self, checksum: str) -> bool:
+        """Whether a song with this content checksum is staged or indexed."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT 1 FROM songs WHERE checksum = ?", (checksum,)).fetchone()
+        return row is not None
+
+    def songs(self, status: str | None = None) -> list[Song]:
+        """All songs in catalogue id order, optionally only 'staged' or 'indexed' ones."""
+        query = f"SELECT {_SONG_COLUMNS} FROM songs"
+        args: tuple[Any, ...] = ()
+        if status is not None:
+            query += " WHERE status = ?"
+            args = (status,)
+        with self._connect() as conn:
+            rows = conn.execute(query + " ORDER BY id", args).fetchall()
+        return [Song(*row) for row in rows]
+
+    def song(self, song_id: int) -> Song:
+        """The song with catalogue id ``song_id``."""
+        with self._connect() as conn:
+            row = conn.execute(
+                f"SELECT {_SONG_COLUMNS} FROM songs WHERE id = ?", (int(song_id),)
+            ).fetchone()
+        if row is None:
+            raise DatabaseError(f"{self.path}: no song with id {song_id}")
+        return Song(*row)
+
+    def song_by_checksum(self, checksum: str) -> Song | None:
+        """The song with this content checksum, or None."""
+        with self._connect() as conn:
+            row = conn.execute(
+                f"SELECT {_SONG_COLUMNS} FROM songs WHERE checksum = ?", (checksum,)
+            ).fetchone()
+        return Song(*row) if row else None
+
+    # ------------------------------------------------------------------ writing
+
+    def _check_song_fields(self, source: str, checksum: str, duration_s: float) -> None:
+        if not isinstance(checksum, str) or not _CHECKSUM_RE.fullmatch(checksum):
+            raise DatabaseError(f"{self.path}: invalid checksum {checksum!r} for {source}")
+        if not np.isfinite(duration_s) or duration_s < 0:
+            raise DatabaseError(f"{self.path}: invalid duration {duration_s!r} for {source}")
+
+    def _refuse_duplicate(self, checksum: str, source: str) -> None:
+        """``DuplicateSong`` if ``checksum`` is catalogued (checked under the lock)."""
+        existing = self.song_by_checksum(checksum)
+        if existing is not None:
+            raise DuplicateSong(
+                f"{self.path}: {source} is already in the database as song {existing.id} "
+                f"({existing.title!r}, {existing.status})",
+                existing,
+            )
+
+    def _insert_staged_song(
+        self, title: str, artist: str, source: str, duration_s: float, checksum: str, count: int
+    ) -> int:
+        """Insert a 'staged' row (its staging file is written first); returns its id."""
+        with self._connect() as conn, conn:
+            cursor = conn.execute(
+                "INSERT INTO songs (title, artist, source, duration_s, checksum, "
+                "first_vector_id, vector_count, status, added_at) "
+                "VALUES (?, ?, ?, ?, ?, NULL, ?, 'staged', ?)",
+                (str(title), str(artist), str(source), float(duration_s), checksum, count, _now()),
+            )
+            return int(cursor.lastrowid)  # type: ignore[arg-type]
+
+    def _mark_indexed(self, first_ids: list[tuple[int, int]], meta: dict[str, str]) -> None:
+        """The commit point: rows (first id, song id) -> 'indexed' and ``meta``, one transaction."""
+        with self._connect() as conn, conn:
+            conn.executemany(
+                "UPDATE songs SET first_vector_id = ?, status = 'indexed' "
+                "WHERE id = ? AND status = 'staged'",
+                first_ids,
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items())
+            )
+
+    def _delete_stray_files(self) -> None:
+        """Temp files of interrupted writes and staging files without a 'staged' row.
+
+        The caller holds the lock.
+        """
+        for file in self.path.iterdir():
+            if file.name.endswith(".tmp") and file.is_file():
+                file.unlink(missing_ok=True)
+        staging = self.path / STAGING
+        if staging.is_dir():
+            wanted = {f"{song.checksum}.npy" for song in self.songs("staged")}
+            for file in staging.iterdir():
+                if file.is_file() and file.name not in wanted:
+                    file.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ internals
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with closing(sqlite3.connect(self.path / CATALOGUE, timeout=30)) as conn:
+                yield conn
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseError(
+                f"{self.path / CATALOGUE}: catalogue error ({one_line(exc)})"
+            ) from None
+
+    @contextlib.contextmanager
+    def _locked(self, blocking: bool = True) -> Iterator[bool]:
+        """Hold the writers' lock; yields False if not blocking and another writer has it."""
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks (Windows): single-writer use assumed
+            yield True
+            return
+        try:
+            handle = (self.path / LOCK_FILE).open("a+b")
+        except OSError as exc:
+            if not blocking:
+                yield False
+                return
+            raise DatabaseError(
+                f"{self.path}: cannot write to the database ({one_line(exc)})"
+            ) from None
+        with handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _read_catalogue(self) -> tuple[dict[str, str], list[tuple[int, int, int]]]:
+        """Meta and indexed spans from one read transaction (a consistent snapshot)."""
+        with self._connect() as conn:
+            try:
+                conn.execute("BEGIN")
+                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                rows = conn.execute(
+                    "SELECT first_vector_id, vector_count, id FROM songs "
+                    "WHERE status = 'indexed' ORDER BY first_vector_id"
+                ).fetchall()
+                conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                raise DatabaseError(
+                    f"{self.path / CATALOGUE}: not a valid catalogue ({one_line(exc)})"
+                ) from None
+        return meta, rows
+
+
+def check_new_database_folder(path: Path) -> None:
+    """Refuse to create a database where one exists, on a file, or in a non-empty folder."""
+    if (path / MANIFEST).exists():
+        raise DatabaseError(f"{path}: a database already exists here; open it instead")
+    if path.exists() and not path.is_dir():
+        raise DatabaseError(f"{path}: exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        raise DatabaseError(f"{path}: folder is not empty and is not an afp database")
+
+
+def build_database_folder(path: Path, fill: Callable[[Path], None]) -> None:
+    """Create ``path`` with its ``staging`` folder, filled by ``fill(folder)``, atomically.
+
+    The folder is built under a temporary name and renamed into place, so an interrupted
+    create leaves nothing behind. ``fill`` writes the manifest last.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    absolute = path.absolute()
+    building = absolute.with_name(f".{absolute.name}.creating-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    try:
+        building.mkdir()
+        (building / STAGING).mkdir()
+        fill(building)
+        if path.is_dir():
+            path.rmdir()  # empty (checked before); renaming onto it is not portable
+        building.replace(path)
+    except OSError as exc:
+        shutil.rmtree(building, ignore_errors=True)
+        raise DatabaseError(f"{path}: cannot create database ({one_line(exc)})") from None
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+
+
+def create_catalogue(file: Path, meta: dict[str, str]) -> None:
+    """A new ``catalogue.sqlite``: the songs and meta tables, with ``meta`` filled in."""
+    with closing(sqlite3.connect(file)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        with conn:
+            conn.executescript(_SCHEMA)
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [("schema_version", "1"), *meta.items()],
+            )
+
+
+class FingerprintDB(SongCatalogue):
     """A database folder opened for reading and writing (see the module docstring)."""
 
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
@@ -174,12 +386,7 @@ class FingerprintDB:
         so an interrupted create leaves nothing behind.
         """
         path = Path(path)
-        if (path / MANIFEST).exists():
-            raise DatabaseError(f"{path}: a database already exists here; open it instead")
-        if path.exists() and not path.is_dir():
-            raise DatabaseError(f"{path}: exists and is not a folder")
-        if path.is_dir() and any(path.iterdir()):
-            raise DatabaseError(f"{path}: folder is not empty and is not an afp database")
+        check_new_database_folder(path)
         _validate_config(path, dim, index_config)
         if not isinstance(model_info, dict):
             raise DatabaseError(f"{path}: model_info must be a dict")
@@ -208,30 +415,13 @@ class FingerprintDB:
                     f"{source}: checkpoint sha256 differs from model_info['checkpoint_sha256']"
                 )
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        absolute = path.absolute()
-        building = absolute.with_name(f".{absolute.name}.creating-{os.getpid()}")
-        shutil.rmtree(building, ignore_errors=True)
-        try:
-            building.mkdir()
-            (building / STAGING).mkdir()
-            with closing(sqlite3.connect(building / CATALOGUE)) as conn:
-                conn.execute("PRAGMA journal_mode=WAL")
-                with conn:
-                    conn.executescript(_SCHEMA)
-                    conn.executemany(
-                        "INSERT INTO meta (key, value) VALUES (?, ?)",
-                        [("schema_version", "1"), ("index_file", ""), ("generation", "0")],
-                    )
+        def fill(building: Path) -> None:
+            create_catalogue(building / CATALOGUE, {"index_file": "", "generation": "0"})
             if source is not None:
                 shutil.copyfile(source, building / MODEL_FILE)
             (building / MANIFEST).write_text(manifest_text + "\n", encoding="utf-8")
-            if path.is_dir():
-                path.rmdir()  # empty (checked above); renaming onto it is not portable
-            building.replace(path)
-        except OSError as exc:
-            shutil.rmtree(building, ignore_errors=True)
-            raise DatabaseError(f"{path}: cannot create database ({one_line(exc)})") from None
+
+        build_database_folder(path, fill)
         return cls.open(path)
 
     @classmethod
@@ -354,41 +544,6 @@ class FingerprintDB:
 
     # ------------------------------------------------------------------ catalogue
 
-    def has_song(self, checksum: str) -> bool:
-        """Whether a song with this content checksum is staged or indexed."""
-        with self._connect() as conn:
-            row = conn.execute("SELECT 1 FROM songs WHERE checksum = ?", (checksum,)).fetchone()
-        return row is not None
-
-    def songs(self, status: str | None = None) -> list[Song]:
-        """All songs in catalogue id order, optionally only 'staged' or 'indexed' ones."""
-        query = f"SELECT {_SONG_COLUMNS} FROM songs"
-        args: tuple[Any, ...] = ()
-        if status is not None:
-            query += " WHERE status = ?"
-            args = (status,)
-        with self._connect() as conn:
-            rows = conn.execute(query + " ORDER BY id", args).fetchall()
-        return [Song(*row) for row in rows]
-
-    def song(self, song_id: int) -> Song:
-        """The song with catalogue id ``song_id``."""
-        with self._connect() as conn:
-            row = conn.execute(
-                f"SELECT {_SONG_COLUMNS} FROM songs WHERE id = ?", (int(song_id),)
-            ).fetchone()
-        if row is None:
-            raise DatabaseError(f"{self.path}: no song with id {song_id}")
-        return Song(*row)
-
-    def song_by_checksum(self, checksum: str) -> Song | None:
-        """The song with this content checksum, or None."""
-        with self._connect() as conn:
-            row = conn.execute(
-                f"SELECT {_SONG_COLUMNS} FROM songs WHERE checksum = ?", (checksum,)
-            ).fetchone()
-        return Song(*row) if row else None
-
     def stage_song(
         self,
         title: str,
@@ -403,45 +558,23 @@ class FingerprintDB:
         Staged songs survive an interrupt: a later run skips them (``has_song``) and the
         next ``commit`` indexes them. Raises ``DuplicateSong`` for a known checksum.
         """
-        if not isinstance(checksum, str) or not _CHECKSUM_RE.fullmatch(checksum):
-            raise DatabaseError(f"{self.path}: invalid checksum {checksum!r} for {source}")
+        self._check_song_fields(source, checksum, duration_s)
         vectors = self._check_vectors(vectors, f"vectors of {source}")
         if len(vectors) == 0:
             raise DatabaseError(f"{self.path}: {source} has no vectors (shorter than a window)")
         norms = np.linalg.norm(vectors, axis=1)
         if np.any(np.abs(norms - 1.0) > _NORM_TOLERANCE):
             raise DatabaseError(f"{self.path}: vectors of {source} are not unit length")
-        if not np.isfinite(duration_s) or duration_s < 0:
-            raise DatabaseError(f"{self.path}: invalid duration {duration_s!r} for {source}")
         with self._locked():
-            existing = self.song_by_checksum(checksum)
-            if existing is not None:
-                raise DuplicateSong(
-                    f"{self.path}: {source} is already in the database as song {existing.id} "
-                    f"({existing.title!r}, {existing.status})",
-                    existing,
-                )
+            self._refuse_duplicate(checksum, source)
             staging = self._staging_file(checksum)
             staging.parent.mkdir(exist_ok=True)
             with atomic_path(staging) as tmp, tmp.open("wb") as handle:
                 np.save(handle, vectors)
-            with self._connect() as conn, conn:
-                cursor = conn.execute(
-                    "INSERT INTO songs (title, artist, source, duration_s, checksum, "
-                    "first_vector_id, vector_count, status, added_at) "
-                    "VALUES (?, ?, ?, ?, ?, NULL, ?, 'staged', ?)",
-                    (
-                        str(title),
-                        str(artist),
-                        str(source),
-                        float(duration_s),
-                        checksum,
-                        len(vectors),
-                        _now(),
-                    ),
-                )
-                song_id = cursor.lastrowid
-        return self.song(int(song_id))
+            song_id = self._insert_staged_song(
+                title, artist, source, duration_s, checksum, len(vectors)
+            )
+        return self.song(song_id)
 
     # ------------------------------------------------------------------ commit
 
@@ -560,21 +693,15 @@ class FingerprintDB:
         reason: str,
     ) -> None:
         """The commit point: one transaction switches rows and the current index file."""
-        with self._connect() as conn, conn:
-            conn.executemany(
-                "UPDATE songs SET first_vector_id = ?, status = 'indexed' "
-                "WHERE id = ? AND status = 'staged'",
-                first_ids,
-            )
-            conn.executemany(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                [
-                    ("index_file", index_name),
-                    ("generation", str(generation)),
-                    ("index_type", index_type),
-                    ("index_reason", reason),
-                ],
-            )
+        self._mark_indexed(
+            first_ids,
+            {
+                "index_file": index_name,
+                "generation": str(generation),
+                "index_type": index_type,
+                "index_reason": reason,
+            },
+        )
 
     def _ivf_required_vectors(self) -> int:
         cfg = self.index_config
@@ -788,61 +915,6 @@ class FingerprintDB:
     def _staging_file(self, checksum: str) -> Path:
         return self.path / STAGING / f"{checksum}.npy"
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            with closing(sqlite3.connect(self.path / CATALOGUE, timeout=30)) as conn:
-                yield conn
-        except sqlite3.DatabaseError as exc:
-            raise DatabaseError(
-                f"{self.path / CATALOGUE}: catalogue error ({one_line(exc)})"
-            ) from None
-
-    @contextlib.contextmanager
-    def _locked(self, blocking: bool = True) -> Iterator[bool]:
-        """Hold the writers' lock; yields False if not blocking and another writer has it."""
-        try:
-            import fcntl
-        except ImportError:  # no advisory locks (Windows): single-writer use assumed
-            yield True
-            return
-        try:
-            handle = (self.path / LOCK_FILE).open("a+b")
-        except OSError as exc:
-            if not blocking:
-                yield False
-                return
-            raise DatabaseError(
-                f"{self.path}: cannot write to the database ({one_line(exc)})"
-            ) from None
-        with handle:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-    def _read_catalogue(self) -> tuple[dict[str, str], list[tuple[int, int, int]]]:
-        """Meta and indexed spans from one read transaction (a consistent snapshot)."""
-        with self._connect() as conn:
-            try:
-                conn.execute("BEGIN")
-                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-                rows = conn.execute(
-                    "SELECT first_vector_id, vector_count, id FROM songs "
-                    "WHERE status = 'indexed' ORDER BY first_vector_id"
-                ).fetchall()
-                conn.execute("COMMIT")
-            except sqlite3.DatabaseError as exc:
-                raise DatabaseError(
-                    f"{self.path / CATALOGUE}: not a valid catalogue ({one_line(exc)})"
-                ) from None
-        return meta, rows
-
     def _load_state(self, reload_index: bool = False) -> None:
         """(Re)load the current index (if it changed) and the indexed songs' spans."""
         for attempt in range(2):
@@ -901,15 +973,7 @@ class FingerprintDB:
                 return
             self._load_state()
             self._delete_unused_index_files()
-            for file in self.path.iterdir():
-                if file.name.endswith(".tmp") and file.is_file():
-                    file.unlink(missing_ok=True)
-            staging = self.path / STAGING
-            if staging.is_dir():
-                wanted = {f"{song.checksum}.npy" for song in self.songs("staged")}
-                for file in staging.iterdir():
-                    if file.is_file() and file.name not in wanted:
-                        file.unlink(missing_ok=True)
+            self._delete_stray_files()
 
 
 def _write_index(index: faiss.Index, path: Path) -> None:

@@ -34,11 +34,11 @@ from afp_core.protocols.baseline import (
     QuerySong,
     format_accuracy_tables,
     run_baseline_protocol,
-    summarise_trials,
 )
+from afp_core.recogniser import NeuralRecogniser
 from afp_core.tasks import TaskState, TqdmProgress
 
-SETTINGS = BaselineSettings(threshold="auto")
+SETTINGS = BaselineSettings(snrs_db=(None, 15.0, 10.0, 5.0, 0.0), threshold="auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,11 +148,14 @@ def run_demo_job(options: DemoOptions) -> dict:
     queries += [QuerySong(i, None) for i in held]
     settings = dataclasses.replace(SETTINGS, excerpts_per_song=options.excerpts, seed=options.seed)
     started = time.monotonic()
+    recogniser = NeuralRecogniser(
+        db, checkpoint, device=options.device, batch_size=options.batch_size
+    )
     with _progress(options, "excerpt", "querying") as progress:
-        trials = run_baseline_protocol(
-            db, model, queries, noise, settings, task=TaskState(progress), device=options.device
+        evaluation = run_baseline_protocol(
+            recogniser, queries, noise, settings, task=TaskState(progress)
         )
-    summary = summarise_trials(trials, settings)
+    summary = evaluation.summary
     report = {
         "afp_version": __version__,
         "torch_version": torch.__version__,

@@ -30,8 +30,8 @@ from afp_core.protocols.baseline import (
     BaselineSettings,
     QuerySong,
     run_baseline_protocol,
-    summarise_trials,
 )
+from afp_core.recogniser import NeuralRecogniser
 from afp_core.tasks import TaskState, TqdmProgress
 from afp_core.training.config import TrainConfig, load_train_config
 from afp_core.training.data import prepare_training_data
@@ -71,11 +71,12 @@ def evaluate_arm(config: TrainConfig, checkpoint_path: Path, out: Path, excerpts
     settings = BaselineSettings(
         lengths_s=LENGTHS, snrs_db=SNRS, excerpts_per_song=excerpts, seed=seed
     )
+    recogniser = NeuralRecogniser(db, checkpoint)
     with TqdmProgress(unit="excerpt", description=f"querying ({out.name})") as progress:
-        trials = run_baseline_protocol(
-            db, checkpoint.model, queries, noise, settings, task=TaskState(progress)
+        result = run_baseline_protocol(
+            recogniser, queries, noise, settings, task=TaskState(progress)
         )
-    return summarise_trials(trials, settings)
+    return result.summary
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ Builds a demo session from synthetic songs and a noise clip, adds the songs (one
 among them, to show a failure), builds the program with a noise track and, when the
 virtual audio devices can be started (``rig_app.virtual_devices``), records and aligns
 the 'low' take through them. Then saves songs.png, program.png and record.png.
+inspect.png (takes with a known coloration) comes from scripts/screenshot_inspect.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,626 @@
+"""The real-world protocol (paper §3, Tables 2 and 4): queries cut from recorded takes.
+
+A session (``afp_core.protocols.sessions``) holds takes recorded while the music program
+played, each aligned to the program clock: in a take's aligned file, sample i is program
+sample i, so song s occupies the same interval ``[s.start_s, s.end_s)`` as in the
+program. For every take and song the protocol reads that interval once, resamples it to
+the recogniser's rate and analyses it once (``Recogniser.analyse``); then it cuts
+queries of 1, 2, 3, 4, 5, 10 and 15 s back to back inside it (query j of length L starts
+``j * L`` s after the song's start, as long as it fits) and identifies each with every
+decision rule of the recogniser.
+
+Measures, per take x rule x query length:
+
+- ``accuracy``: the right song, whatever the offset, with no rejection (the paper's
+  measure: its Table 4 counts song-level matches);
+- ``offset_accuracy``: the right song with the returned offset within
+  ``offset_tolerance_s`` (±0.5 s) of the query's true place in the song;
+- ``no_match_rate``: share of queries the "no match" threshold (``Recogniser.threshold``)
+  rejects, and ``accuracy_with_rejection``: the right song and not rejected.
+
+Session songs are found in the recogniser's catalogue by the checksum of the session
+song's file (what ``afp index`` records) when the file is there, else by title
+(case-insensitive). Everything that can be checked is checked before any audio is
+analysed: takes aligned (or explicitly allowed unchecked), files readable, songs in the
+database, query lengths answerable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from afp_core.audio import probe_audio, resample
+from afp_core.database import Song
+from afp_core.errors import AudioError, ConfigError, DatabaseError
+from afp_core.fileutil import file_sha256
+from afp_core.protocols.sessions import (
+    EvalSession,
+    SessionReadError,
+    SessionSong,
+    SessionTake,
+    read_session,
+)
+from afp_core.recogniser import NeuralRecogniser, Recogniser
+from afp_core.tasks import TaskState
+
+DEFAULT_LENGTHS_S: tuple[float, ...] = (1, 2, 3, 4, 5, 10, 15)
+TAKE_ORDER = ("low", "mid", "high")
+
+
+@dataclasses.dataclass(frozen=True)
+class RealWorldSettings:
+    """What the protocol varies; the defaults are the paper's (§3).
+
+    ``methods``: decision rules to run (None: every rule of each recogniser).
+    ``takes``: take labels to evaluate (None: every take of the session).
+    ``threshold``: the "no match" threshold behind ``no_match_rate`` and
+    ``accuracy_with_rejection``: "auto" (``Recogniser.threshold``), a number, or None.
+    ``allow_unchecked``: evaluate takes whose alignment is missing or failed its checks
+    (a take with no aligned file is then read raw, assumed to start with the program,
+    as the paper's authors assumed).
+    """
+
+    lengths_s: tuple[float, ...] = DEFAULT_LENGTHS_S
+    methods: tuple[str, ...] | None = None
+    takes: tuple[str, ...] | None = None
+    offset_tolerance_s: float = 0.5
+    threshold: float | str | None = "auto"
+    allow_unchecked: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class SongMapping:
+    """A session song and the catalogue song it is scored against."""
+
+    index: int
+    title: str
+    file: str | None
+    song_id: int
+    catalogue_title: str
+    matched_by: str  # "checksum" or "title"
+
+
+@dataclasses.dataclass(frozen=True)
+class RealWorldTrial:
+    """One identified query."""
+
+    system: str
+    take: str
+    song_index: int
+    song: str
+    start_s: float  # query start after the song's start in the take (program clock)
+    true_offset_s: float  # where the query lies in the catalogue's song
+    length_s: float
+    method: str
+    found: str | None
+    found_id: int | None
+    offset_s: float | None
+    score: float
+    threshold: float | None
+    song_hit: bool
+    offset_hit: bool
+    rejected: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RealWorldCell:
+    """The summary of one take x rule x query length."""
+
+    system: str
+    take: str
+    method: str
+    length_s: float
+    queries: int
+    accuracy: float
+    offset_accuracy: float
+    accuracy_with_rejection: float
+    no_match_rate: float
+
+
+@dataclasses.dataclass
+class RealWorldResult:
+    """Everything one recogniser did on one session: settings, per-query trials, summary."""
+
+    system: str
+    recogniser: dict[str, Any]
+    methods: tuple[str, ...]
+    session: dict[str, Any]
+    settings: dict[str, Any]
+    songs: list[SongMapping]
+    trials: list[RealWorldTrial]
+    summary: list[RealWorldCell]
+    takes: tuple[str, ...]
+    notes: list[str]
+    elapsed_s: float
+
+    def cell(self, take: str, method: str, length_s: float) -> RealWorldCell | None:
+        for cell in self.summary:
+            if cell.take == take and cell.method == method and cell.length_s == length_s:
+                return cell
+        return None
+
+
+@dataclasses.dataclass
+class _System:
+    recogniser: Recogniser
+    label: str
+    methods: tuple[str, ...]
+    mapping: dict[int, SongMapping]  # session song index -> catalogue song
+
+
+@dataclasses.dataclass(frozen=True)
+class _TakeSource:
+    take: SessionTake
+    file: Path
+    rate: int
+    frames: int
+    checked: bool
+
+
+@dataclasses.dataclass
+class RealWorldPlan:
+    """A checked run: what ``run_realworld_plan`` will do (built by ``plan_realworld``)."""
+
+    session: EvalSession
+    settings: RealWorldSettings
+    systems: list[_System]
+    sources: list[_TakeSource]
+    notes: list[str]
+
+    @property
+    def audio_s(self) -> float:
+        """Seconds of take audio to analyse (the progress total)."""
+        per_take = sum(song.duration_s for song in self.session.songs)
+        groups = len({_analysis_key(s.recogniser) for s in self.systems})
+        return per_take * len(self.sources) * groups
+
+
+# ---------------------------------------------------------------------- song mapping
+
+
+def map_session_songs(
+    songs: Sequence[SessionSong],
+    catalogue: Sequence[Song],
+    where: str,
+    checksums: dict[Path, str] | None = None,
+    fix: str | None = None,
+) -> list[SongMapping]:
+    """Catalogue song of every session song: by file checksum, else by title.
+
+    ``DatabaseError`` (one line, before any work) listing the session songs the
+    catalogue lacks and what to do (``fix``; default: the ``afp index`` command).
+    ``checksums`` caches file checksums across calls.
+    """
+    checksums = {} if checksums is None else checksums
+    by_checksum = {song.checksum: song for song in catalogue}
+    by_title: dict[str, list[Song]] = defaultdict(list)
+    for song in catalogue:
+        by_title[_title_key(song.title)].append(song)
+    mapped: list[SongMapping] = []
+    missing: list[SessionSong] = []
+    for song in songs:
+        found: Song | None = None
+        how = ""
+        if song.file is not None:
+            if song.file not in checksums:
+                checksums[song.file] = file_sha256(song.file)
+            found = by_checksum.get(checksums[song.file])
+            how = "checksum"
+        if found is None:
+            titled = by_title.get(_title_key(song.title), [])
+            found = titled[0] if titled else None
+            how = "title"
+        if found is None:
+            missing.append(song)
+            continue
+        mapped.append(
+            SongMapping(
+                index=song.index,
+                title=song.title,
+                file=None if song.file is None else str(song.file),
+                song_id=found.id,
+                catalogue_title=found.title,
+                matched_by=how,
+            )
+        )
+    if missing:
+        names = ", ".join(repr(s.title) for s in missing)
+        files = [str(s.file) for s in missing if s.file is not None]
+        hint = " ".join(files) if files and len(files) == len(missing) else "FILE..."
+        fix = fix or f"index them with: afp index {where} {hint}"
+        raise DatabaseError(
+            f"{where}: {len(missing)} of the session's {len(songs)} songs are not in the "
+            f"database: {names}; {fix}"
+        )
+    return mapped
+
+
+def _title_key(title: str) -> str:
+    return " ".join(title.casefold().split())
+
+
+# ---------------------------------------------------------------------- planning
+
+
+def plan_realworld(
+    recognisers: Sequence[Recogniser],
+    session: EvalSession | Path | str,
+    settings: RealWorldSettings = RealWorldSettings(),
+    *,
+    systems: Sequence[str] | None = None,
+) -> RealWorldPlan:
+    """Check everything before work; one-line ``AfpError`` for the first problem found."""
+    if not isinstance(session, EvalSession):
+        session = read_session(session)
+    if not recognisers:
+        raise ConfigError("no recogniser to evaluate")
+    check_realworld_settings(settings)
+    labels = list(systems) if systems is not None else _default_labels(recognisers)
+    if len(labels) != len(recognisers) or len(set(labels)) != len(labels):
+        raise ConfigError("every recogniser needs its own, distinct system label")
+    notes: list[str] = []
+    sources = resolve_takes(session, settings, notes)
+    checksums: dict[Path, str] = {}
+    planned: list[_System] = []
+    for recogniser, label in zip(recognisers, labels, strict=True):
+        methods = _methods(recogniser, settings, label)
+        check_query_lengths(recogniser, settings, label)
+        where = str(recogniser.describe().get("database", label))
+        mapping = map_session_songs(session.songs, recogniser.songs(), where, checksums)
+        for entry in mapping:
+            if entry.matched_by == "title" and entry.file is not None:
+                notes.append(
+                    f"{label}: {entry.title!r} matched by title (the session's file is not "
+                    "the one the database indexed)"
+                )
+        planned.append(_System(recogniser, label, methods, {m.index: m for m in mapping}))
+    longest_song = max(song.duration_s for song in session.songs)
+    for length in settings.lengths_s:
+        if length > longest_song:
+            notes.append(f"no song is {length:g} s long: no {length:g} s queries")
+    return RealWorldPlan(session, settings, planned, sources, notes)
+
+
+def check_realworld_settings(settings: RealWorldSettings) -> None:
+    if not settings.lengths_s:
+        raise ConfigError("lengths: give at least one query length")
+    for length in settings.lengths_s:
+        if not (isinstance(length, int | float) and math.isfinite(length) and length > 0):
+            raise ConfigError(f"lengths: {length!r} is not a positive number of seconds")
+    if len(set(settings.lengths_s)) != len(settings.lengths_s):
+        raise ConfigError("lengths: a query length is repeated")
+    if settings.offset_tolerance_s < 0:
+        raise ConfigError("offset tolerance must not be negative")
+    threshold = settings.threshold
+    if not (threshold is None or threshold == "auto" or isinstance(threshold, int | float)):
+        raise ConfigError(f"threshold: {threshold!r} is not a number, 'auto' or None")
+
+
+def _methods(recogniser: Recogniser, settings: RealWorldSettings, label: str) -> tuple[str, ...]:
+    if settings.methods is None:
+        return tuple(recogniser.methods)
+    unknown = [m for m in settings.methods if m not in recogniser.methods]
+    if unknown:
+        raise ConfigError(
+            f"{label}: decision rule {', '.join(unknown)} unknown to a {recogniser.kind} "
+            f"recogniser (it has: {', '.join(recogniser.methods)})"
+        )
+    return tuple(settings.methods)
+
+
+def check_query_lengths(recogniser: Recogniser, settings: RealWorldSettings, label: str) -> None:
+    short = [x for x in settings.lengths_s if x < recogniser.min_query_s - 1e-9]
+    if short:
+        raise ConfigError(
+            f"{label}: query length {short[0]:g} s is shorter than the "
+            f"{recogniser.min_query_s:g} s a {recogniser.kind} recogniser needs"
+        )
+    hop = getattr(recogniser, "hop_s", None)
+    if hop:
+        off_grid = [x for x in settings.lengths_s if abs(x / hop - round(x / hop)) > 1e-6]
+        if off_grid:
+            raise ConfigError(
+                f"{label}: query length {off_grid[0]:g} s is not a multiple of the "
+                f"{hop:g} s window hop (back-to-back queries must start on the window grid)"
+            )
+
+
+def _default_labels(recognisers: Sequence[Recogniser]) -> list[str]:
+    labels = []
+    for recogniser in recognisers:
+        database = recogniser.describe().get("database")
+        name = Path(str(database)).name if database else ""
+        labels.append(f"{recogniser.kind} ({name})" if name else recogniser.kind)
+    if len(set(labels)) != len(labels):
+        labels = [f"{label} #{i + 1}" for i, label in enumerate(labels)]
+    return labels
+
+
+def resolve_takes(
+    session: EvalSession, settings: RealWorldSettings, notes: list[str]
+) -> list[_TakeSource]:
+    where = session.folder
+    if settings.takes is not None:
+        takes = [session.take(label) for label in settings.takes]
+    else:
+        takes = sorted(session.takes, key=_take_sort_key)
+    if not takes:
+        raise SessionReadError(
+            f"{where}: the session has no takes to evaluate (record one with `afp-rig record`)"
+        )
+    sources = []
+    for take in takes:
+        checked = take.aligned_ok
+        if not checked and not settings.allow_unchecked:
+            why = (
+                "has no aligned file"
+                if take.aligned_file is None or take.alignment is None
+                else "failed its alignment checks (alignment.ok is false)"
+            )
+            raise SessionReadError(
+                f"{where}: take {take.label!r} {why}; align it with "
+                f"`afp-rig align {where} --label {take.label}` "
+                "(or allow unchecked takes to evaluate it anyway)"
+            )
+        if take.aligned_file is not None:
+            file = take.aligned_file
+            if not checked:
+                notes.append(
+                    f"take {take.label!r}: alignment not checked (ok is false); used anyway"
+                )
+        else:
+            file = take.raw_file
+            notes.append(
+                f"take {take.label!r}: not aligned; its raw recording is assumed to start "
+                "exactly with the program, with no drift (the paper authors' assumption)"
+            )
+        try:
+            info = probe_audio(file)
+        except AudioError as exc:
+            raise SessionReadError(f"{where}: take {take.label!r}: {exc}") from None
+        end = max(song.end_s for song in session.songs)
+        if info.duration_s + 1e-6 < end:
+            notes.append(
+                f"take {take.label!r}: {info.duration_s:.1f} s long, the program's songs end "
+                f"at {end:.1f} s; queries beyond its end are left out"
+            )
+        sources.append(_TakeSource(take, file, info.sample_rate, info.frames, checked))
+    return sources
+
+
+def _take_sort_key(take: SessionTake) -> tuple[int, str]:
+    order = TAKE_ORDER.index(take.label) if take.label in TAKE_ORDER else len(TAKE_ORDER)
+    return order, take.label
+
+
+def _analysis_key(recogniser: Recogniser) -> tuple[Any, ...]:
+    """Recognisers with the same key give the same analysis of the same audio."""
+    if isinstance(recogniser, NeuralRecogniser):
+        return ("neural", recogniser.checkpoint.sha256, recogniser.sample_rate)
+    return ("own", id(recogniser))
+
+
+# ---------------------------------------------------------------------- running
+
+
+def run_realworld_protocol(
+    recogniser: Recogniser,
+    session: EvalSession | Path | str,
+    settings: RealWorldSettings = RealWorldSettings(),
+    *,
+    task: TaskState | None = None,
+    system: str | None = None,
+) -> RealWorldResult:
+    """Run the protocol for one recogniser (see the module docstring)."""
+    plan = plan_realworld(
+        [recogniser], session, settings, systems=None if system is None else [system]
+    )
+    return run_realworld_plan(plan, task=task)[0]
+
+
+def run_realworld_comparison(
+    recognisers: Sequence[Recogniser],
+    session: EvalSession | Path | str,
+    settings: RealWorldSettings = RealWorldSettings(),
+    *,
+    task: TaskState | None = None,
+    systems: Sequence[str] | None = None,
+) -> list[RealWorldResult]:
+    """Run the protocol for several recognisers on the same takes (paper Table 2).
+
+    Each take's audio is read once; recognisers that analyse audio the same way (neural
+    ones with the same checkpoint, e.g. indexes of one library at several PQ sizes)
+    share one analysis.
+    """
+    plan = plan_realworld(recognisers, session, settings, systems=systems)
+    return run_realworld_plan(plan, task=task)
+
+
+def run_realworld_plan(
+    plan: RealWorldPlan, *, task: TaskState | None = None
+) -> list[RealWorldResult]:
+    """Run a checked plan; one result per recogniser. Cancellable between songs."""
+    task = task or TaskState()
+    settings = plan.settings
+    started = time.monotonic()
+    groups: dict[tuple[Any, ...], list[_System]] = defaultdict(list)
+    for system in plan.systems:
+        groups[_analysis_key(system.recogniser)].append(system)
+    thresholds = {
+        (system.label, method, length): _threshold(system.recogniser, settings, method, length)
+        for system in plan.systems
+        for method in system.methods
+        for length in settings.lengths_s
+    }
+    trials: dict[str, list[RealWorldTrial]] = {system.label: [] for system in plan.systems}
+    task.set_total(plan.audio_s, "reading the takes")
+    for source in plan.sources:
+        for song in plan.session.songs:
+            task.check_cancelled()
+            raw = _read_interval(source, song)
+            by_rate: dict[int, np.ndarray] = {}
+            for members in groups.values():
+                first = members[0].recogniser
+                rate = first.sample_rate
+                if rate not in by_rate:
+                    by_rate[rate] = resample(raw, source.rate, rate) if len(raw) else raw
+                audio = by_rate[rate]
+                task.set_message(f"{source.take.label}: {song.title}")
+                analysis = first.analyse(audio) if len(audio) else None
+                duration = len(audio) / rate
+                for system in members:
+                    trials[system.label] += _identify_song(
+                        system, source.take.label, song, analysis, duration, settings, thresholds
+                    )
+                    task.check_cancelled()
+                task.advance(song.duration_s)
+    elapsed = time.monotonic() - started
+    results = []
+    for system in plan.systems:
+        rows = trials[system.label]
+        results.append(
+            RealWorldResult(
+                system=system.label,
+                recogniser=system.recogniser.describe(),
+                methods=system.methods,
+                session=plan.session.metadata(),
+                settings=settings.to_dict(),
+                songs=sorted(system.mapping.values(), key=lambda m: m.index),
+                trials=rows,
+                summary=summarise_realworld(
+                    rows,
+                    [s.take.label for s in plan.sources],
+                    system.methods,
+                    settings.lengths_s,
+                ),
+                takes=tuple(s.take.label for s in plan.sources),
+                notes=list(plan.notes),
+                elapsed_s=round(elapsed, 3),
+            )
+        )
+    return results
+
+
+def _threshold(
+    recogniser: Recogniser, settings: RealWorldSettings, method: str, length: float
+) -> float | None:
+    if settings.threshold == "auto":
+        return recogniser.threshold(method, length)
+    return None if settings.threshold is None else float(settings.threshold)
+
+
+def _read_interval(source: _TakeSource, song: SessionSong) -> np.ndarray:
+    """The song's interval of the take, mono float32 at the take file's rate."""
+    start = round(song.start_s * source.rate)
+    end = min(round(song.end_s * source.rate), source.frames)
+    if end <= start:
+        return np.zeros(0, np.float32)
+    try:
+        data, _ = sf.read(
+            str(source.file), start=start, frames=end - start, dtype="float32", always_2d=True
+        )
+    except (RuntimeError, sf.LibsndfileError) as exc:
+        raise AudioError(f"{source.file}: cannot read {song.title!r} ({exc})") from None
+    return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0].copy()
+
+
+def _identify_song(
+    system: _System,
+    take: str,
+    song: SessionSong,
+    analysis: Any,
+    duration_s: float,
+    settings: RealWorldSettings,
+    thresholds: dict[tuple[str, str, float], float | None],
+) -> list[RealWorldTrial]:
+    expected = system.mapping[song.index]
+    recogniser = system.recogniser
+    rows = []
+    for length in settings.lengths_s:
+        count = math.floor(duration_s / length + 1e-9) if analysis is not None else 0
+        for j in range(count):
+            start = j * length
+            truth = song.source_start_s + start
+            for method in system.methods:
+                match = recogniser.identify(analysis, start, length, method)
+                found = match.song
+                threshold = thresholds[system.label, method, length]
+                song_hit = found is not None and found.id == expected.song_id
+                near = match.offset_s is not None and (
+                    abs(match.offset_s - truth) <= settings.offset_tolerance_s + 1e-9
+                )
+                rows.append(
+                    RealWorldTrial(
+                        system=system.label,
+                        take=take,
+                        song_index=song.index,
+                        song=song.title,
+                        start_s=float(start),
+                        true_offset_s=float(truth),
+                        length_s=float(length),
+                        method=method,
+                        found=None if found is None else found.title,
+                        found_id=None if found is None else found.id,
+                        offset_s=None if match.offset_s is None else float(match.offset_s),
+                        score=float(match.score),
+                        threshold=threshold,
+                        song_hit=song_hit,
+                        offset_hit=song_hit and near,
+                        rejected=found is None
+                        or (threshold is not None and match.score < threshold),
+                    )
+                )
+    return rows
+
+
+def summarise_realworld(
+    trials: Sequence[RealWorldTrial],
+    takes: Sequence[str],
+    methods: Sequence[str],
+    lengths_s: Sequence[float],
+) -> list[RealWorldCell]:
+    """One cell per take x rule x length (cells with no query are left out)."""
+    groups: dict[tuple[str, str, str, float], list[RealWorldTrial]] = defaultdict(list)
+    for trial in trials:
+        groups[trial.system, trial.take, trial.method, trial.length_s].append(trial)
+    systems = list(dict.fromkeys(t.system for t in trials))
+    cells = []
+    for system in systems:
+        for take in takes:
+            for method in methods:
+                for length in lengths_s:
+                    rows = groups.get((system, take, method, float(length)), [])
+                    if rows:
+                        cells.append(_cell(system, take, method, float(length), rows))
+    return cells
+
+
+def _cell(
+    system: str, take: str, method: str, length: float, rows: Sequence[RealWorldTrial]
+) -> RealWorldCell:
+    def share(predicate: Callable[[RealWorldTrial], bool]) -> float:
+        return float(np.mean([predicate(t) for t in rows]))
+
+    return RealWorldCell(
+        system=system,
+        take=take,
+        method=method,
+        length_s=length,
+        queries=len(rows),
+        accuracy=share(lambda t: t.song_hit),
+        offset_accuracy=share(lambda t: t.offset_hit),
+        accuracy_with_rejection=share(lambda t: t.song_hit and not t.rejected),
+        no_match_rate=share(lambda t: t.rejected),
+    )

@@ -1,0 +1,342 @@
+"""Read a recording session folder for evaluation (no GUI, no ``rig_app`` import).
+
+The rig writes sessions (``rig_app.session``, docs/session-format.md); the evaluation
+protocols only need to read them: which songs were played where on the program clock,
+and which takes exist, with the file that holds each take on that clock and whether its
+alignment was checked. This module reads exactly that and refuses, in one line naming
+the file, a session it cannot use.
+
+Truth for the real-world protocol: a take's aligned file is on the program clock
+(sample i = program sample i), so song ``s`` occupies ``[s.start, s.end)`` samples of
+it at the program's rate, and a query starting ``t`` seconds after ``s.start_s`` lies
+``s.source_start_s + t`` seconds into the song the database holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from afp_core.errors import AfpError
+from afp_core.fileutil import check_document, one_line, read_json_object
+
+SESSION_FORMAT = "afp-rig-session"
+SESSION_VERSION = 1
+PROGRAM_FORMAT = "afp-rig-program"
+PROGRAM_VERSION = 1
+ALIGNMENT_FORMAT = "afp-rig-alignment"
+ALIGNMENT_VERSION = 1
+SESSION_FILE = "session.json"
+
+
+class SessionReadError(AfpError):
+    """A session folder cannot be used for evaluation (missing, malformed, incomplete)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionSong:
+    """One song of the program: where it lies on the program clock and where it came from.
+
+    ``start``/``end`` are program samples at ``sample_rate`` (half-open); ``file`` is the
+    song's audio file as the session names it, resolved against the session folder
+    (None when the session names none or it does not exist here).
+    """
+
+    index: int
+    title: str
+    artist: str
+    source: str
+    start: int
+    end: int
+    sample_rate: int
+    source_start_s: float = 0.0
+    file: Path | None = None
+
+    @property
+    def start_s(self) -> float:
+        return self.start / self.sample_rate
+
+    @property
+    def end_s(self) -> float:
+        return self.end / self.sample_rate
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end - self.start) / self.sample_rate
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionTake:
+    """A take: its files and the summary of its alignment (None: never aligned)."""
+
+    label: str
+    raw_file: Path
+    aligned_file: Path | None
+    recording_rate: int
+    speaker_distance_m: float | None
+    notes: str
+    xruns: int
+    recorded_at: str
+    alignment: dict[str, Any] | None
+
+    @property
+    def aligned_ok(self) -> bool:
+        """An aligned file exists and its alignment passed its own checks."""
+        return (
+            self.aligned_file is not None
+            and self.alignment is not None
+            and bool(self.alignment.get("ok"))
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """What a report records about the take (no channel response arrays)."""
+        alignment = None
+        if self.alignment is not None:
+            keys = (
+                "method",
+                "ok",
+                "offset_s",
+                "drift_ppm",
+                "rms_residual_ms",
+                "max_residual_ms",
+                "min_snr_db",
+                "recording_rate",
+                "program_rate",
+                "notes",
+            )
+            alignment = {key: self.alignment.get(key) for key in keys}
+        return {
+            "label": self.label,
+            "raw_file": str(self.raw_file),
+            "aligned_file": None if self.aligned_file is None else str(self.aligned_file),
+            "recording_rate": self.recording_rate,
+            "speaker_distance_m": self.speaker_distance_m,
+            "notes": self.notes,
+            "xruns": self.xruns,
+            "recorded_at": self.recorded_at,
+            "alignment": alignment,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSession:
+    """What the evaluation needs from a session folder."""
+
+    folder: Path
+    origin: str
+    created: str
+    notes: str
+    sample_rate: int
+    program_samples: int
+    songs: tuple[SessionSong, ...]
+    takes: tuple[SessionTake, ...]
+
+    def take(self, label: str) -> SessionTake:
+        for take in self.takes:
+            if take.label == label:
+                return take
+        have = ", ".join(t.label for t in self.takes) or "none"
+        raise SessionReadError(
+            f"{self.folder / SESSION_FILE}: no take labelled {label!r} (takes: {have})"
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """What a report records about the session."""
+        return {
+            "folder": str(self.folder),
+            "origin": self.origin,
+            "created": self.created,
+            "notes": self.notes,
+            "program_rate": self.sample_rate,
+            "program_samples": self.program_samples,
+            "songs": [
+                {
+                    "index": s.index,
+                    "title": s.title,
+                    "artist": s.artist,
+                    "file": None if s.file is None else str(s.file),
+                    "start_s": s.start_s,
+                    "end_s": s.end_s,
+                    "source_start_s": s.source_start_s,
+                }
+                for s in self.songs
+            ],
+            "takes": [t.metadata() for t in self.takes],
+        }
+
+
+def is_session_folder(path: Path | str) -> bool:
+    """Whether ``path`` is a folder holding a session.json."""
+    return (Path(path) / SESSION_FILE).is_file()
+
+
+def read_session(folder: Path | str) -> EvalSession:
+    """Read ``folder``/session.json and its program description; one-line errors."""
+    folder = Path(folder)
+    path = folder / SESSION_FILE
+    if not folder.is_dir():
+        raise SessionReadError(f"{folder}: no such session folder")
+    if not path.is_file():
+        raise SessionReadError(f"{path}: no such file (not a session folder)")
+    data = read_json_object(path, SessionReadError)
+    check_document(data, SESSION_FORMAT, SESSION_VERSION, path, SessionReadError)
+    try:
+        program = data.get("program")
+        if not isinstance(program, dict):
+            raise SessionReadError(
+                f"{path}: the session has no program yet (build one with `afp-rig program`)"
+            )
+        entries = data.get("songs") or []
+        if not isinstance(entries, list):
+            raise TypeError("'songs' must be a list")
+        rate, samples, slots = _program_songs(folder, program, path)
+        songs = tuple(_song(folder, slot, entries, rate) for slot in slots)
+        takes_data = data.get("takes") or []
+        if not isinstance(takes_data, list):
+            raise TypeError("'takes' must be a list")
+        takes = tuple(_take(folder, t, path) for t in takes_data)
+    except SessionReadError:
+        raise
+    except KeyError as exc:
+        raise SessionReadError(f"{path}: malformed session (missing key {exc.args[0]!r})") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise SessionReadError(f"{path}: malformed session ({one_line(exc)})") from None
+    if not songs:
+        raise SessionReadError(f"{path}: the program holds no songs")
+    labels = [t.label for t in takes]
+    if len(set(labels)) != len(labels):
+        raise SessionReadError(f"{path}: take labels repeat ({', '.join(labels)})")
+    return EvalSession(
+        folder=folder,
+        origin=str(data.get("origin", "rig")),
+        created=str(data.get("created", "")),
+        notes=str(data.get("notes", "")),
+        sample_rate=rate,
+        program_samples=samples,
+        songs=songs,
+        takes=takes,
+    )
+
+
+def _resolve(folder: Path, name: str) -> Path:
+    path = Path(name)
+    return path if path.is_absolute() else folder / path
+
+
+def _program_songs(
+    folder: Path, program: dict[str, Any], path: Path
+) -> tuple[int, int, list[dict[str, Any]]]:
+    """(rate, samples, song slots with sample positions) from program.json when present."""
+    name = program.get("program_file")
+    if name:
+        file = _resolve(folder, str(name))
+        if not file.is_file():
+            raise SessionReadError(f"{path}: program file {name} is missing")
+        described = read_json_object(file, SessionReadError)
+        check_document(described, PROGRAM_FORMAT, PROGRAM_VERSION, file, SessionReadError)
+        try:
+            rate = int(described["sample_rate"])
+            samples = int(described["samples"])
+            slots = [
+                {
+                    "index": int(s.get("index", i)),
+                    "title": str(s["title"]),
+                    "artist": str(s.get("artist", "")),
+                    "source": str(s.get("source", "")),
+                    "start": int(s["start"]),
+                    "end": int(s["end"]),
+                    "source_start_s": float(s.get("source_start_s", 0.0)),
+                }
+                for i, s in enumerate(described["songs"])
+            ]
+        except KeyError as exc:
+            raise SessionReadError(
+                f"{file}: malformed program (missing key {exc.args[0]!r})"
+            ) from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise SessionReadError(f"{file}: malformed program ({one_line(exc)})") from None
+    else:  # only session.json's summary: seconds, rounded to samples here
+        rate = int(program["sample_rate"])
+        samples = int(program["samples"])
+        slots = [
+            {
+                "index": i,
+                "title": str(s["title"]),
+                "artist": "",
+                "source": "",
+                "start": round(float(s["start_s"]) * rate),
+                "end": round(float(s["end_s"]) * rate),
+                "source_start_s": float(s.get("source_start_s", 0.0)),
+            }
+            for i, s in enumerate(program["songs"])
+        ]
+    if rate <= 0:
+        raise SessionReadError(f"{path}: program sample rate {rate} is not positive")
+    for slot in slots:
+        if not 0 <= slot["start"] < slot["end"] <= samples:
+            raise SessionReadError(
+                f"{path}: song {slot['title']!r} lies outside the program "
+                f"([{slot['start']}, {slot['end']}) of {samples} samples)"
+            )
+    return rate, samples, slots
+
+
+def _song(folder: Path, slot: dict[str, Any], entries: list[Any], rate: int) -> SessionSong:
+    """Join a program slot with the session's song entry (same position, else same title)."""
+    entry: dict[str, Any] = {}
+    index = slot["index"]
+    if (
+        0 <= index < len(entries)
+        and isinstance(entries[index], dict)
+        and str(entries[index].get("title", "")) == slot["title"]
+    ):
+        entry = entries[index]
+    if not entry:
+        entry = next(
+            (e for e in entries if isinstance(e, dict) and e.get("title") == slot["title"]), {}
+        )
+    name = str(entry.get("file") or "") or slot["source"]
+    file = None
+    if name and "://" not in name:
+        candidate = _resolve(folder, name)
+        file = candidate if candidate.is_file() else None
+    return SessionSong(
+        index=index,
+        title=slot["title"],
+        artist=str(entry.get("artist", "")) or slot["artist"],
+        source=str(entry.get("source", "")) or slot["source"],
+        start=slot["start"],
+        end=slot["end"],
+        sample_rate=rate,
+        source_start_s=slot["source_start_s"],
+        file=file,
+    )
+
+
+def _take(folder: Path, data: Any, path: Path) -> SessionTake:
+    if not isinstance(data, dict):
+        raise TypeError("every take must be an object")
+    label = str(data["label"])
+    alignment = data.get("alignment")
+    if alignment is not None:
+        check_document(
+            alignment,
+            ALIGNMENT_FORMAT,
+            ALIGNMENT_VERSION,
+            f"{path}: take '{label}'",
+            SessionReadError,
+        )
+    aligned = data.get("aligned_file")
+    distance = data.get("speaker_distance_m")
+    return SessionTake(
+        label=label,
+        raw_file=_resolve(folder, str(data["raw_file"])),
+        aligned_file=None if not aligned else _resolve(folder, str(aligned)),
+        recording_rate=int(data["recording_rate"]),
+        speaker_distance_m=None if distance is None else float(distance),
+        notes=str(data.get("notes", "")),
+        xruns=int(data.get("xruns", 0)),
+        recorded_at=str(data.get("recorded_at", "")),
+        alignment=alignment,
+    )
