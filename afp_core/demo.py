@@ -36,7 +36,7 @@ from afp_core.protocols.baseline import (
     run_baseline_protocol,
 )
 from afp_core.recogniser import NeuralRecogniser
-from afp_core.tasks import TaskState, TqdmProgress
+from afp_core.tasks import progress_task
 
 SETTINGS = BaselineSettings(snrs_db=(None, 15.0, 10.0, 5.0, 0.0), threshold="auto")
 
@@ -110,14 +110,14 @@ def run_demo_job(options: DemoOptions) -> dict:
         f"{'songs the model did not train on' if from_unseen else 'all songs'}, "
         f"{len(held)} of them kept out of the database"
     )
-    with _progress(options, "s", "indexing") as progress:
+    with progress_task(options.quiet, "s", "indexing") as task:
         result = index_library(
             db,
             model,
             [i.path for i in indexed],
             batch_size=options.batch_size,
             device=options.device,
-            task=TaskState(progress),
+            task=task,
             on_skip=lambda s: log(f"skipped: {s.reason}"),
         )
     log(result.summary())
@@ -151,10 +151,8 @@ def run_demo_job(options: DemoOptions) -> dict:
     recogniser = NeuralRecogniser(
         db, checkpoint, device=options.device, batch_size=options.batch_size
     )
-    with _progress(options, "excerpt", "querying") as progress:
-        evaluation = run_baseline_protocol(
-            recogniser, queries, noise, settings, task=TaskState(progress)
-        )
+    with progress_task(options.quiet, "excerpt", "querying") as task:
+        evaluation = run_baseline_protocol(recogniser, queries, noise, settings, task=task)
     summary = evaluation.summary
     report = {
         "afp_version": __version__,
@@ -191,20 +189,6 @@ def run_demo_job(options: DemoOptions) -> dict:
     atomic_write_text(out / "report.md", "# afp demo\n\n" + tables)
     log(f"report written to {out / 'report.json'} and {out / 'report.md'}")
     return report
-
-
-class _progress:  # noqa: N801 - used like a function in `with`
-    """A tqdm bar on stderr unless the run is quiet."""
-
-    def __init__(self, options: DemoOptions, unit: str, description: str) -> None:
-        self._bar = None if options.quiet else TqdmProgress(unit=unit, description=description)
-
-    def __enter__(self) -> TqdmProgress | None:
-        return self._bar
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 def make_pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:

@@ -8,8 +8,9 @@ finished before that is kept by the function itself (staged songs, written files
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from afp_core.errors import Cancelled
 
@@ -101,3 +102,14 @@ class TqdmProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def progress_task(quiet: bool, unit: str = "it", description: str = "") -> Iterator[TaskState]:
+    """A ``TaskState`` drawing a tqdm bar on stderr (none when ``quiet``), closed after."""
+    bar = None if quiet else TqdmProgress(unit=unit, description=description)
+    try:
+        yield TaskState(bar)
+    finally:
+        if bar is not None:
+            bar.close()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from afp_core.errors import ConfigError
+from afp_core.tasks import progress_task
 
 DEFAULT_OUT = Path("evaluations")
 
@@ -246,23 +247,6 @@ def _notice(_quiet: bool = False) -> Callable[[str], None]:
     return say
 
 
-class _Progress:
-    """A tqdm bar on stderr unless quiet; a TaskState reporting to it."""
-
-    def __init__(self, quiet: bool, unit: str, description: str) -> None:
-        from afp_core.tasks import TaskState, TqdmProgress
-
-        self.bar = None if quiet else TqdmProgress(unit=unit, description=description)
-        self.task = TaskState(self.bar)
-
-    def __enter__(self) -> Any:
-        return self.task
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _open(db: Path, model: Path | None, args: argparse.Namespace) -> Any:
     from afp_core.recogniser import database_kind, open_recogniser
 
@@ -315,7 +299,7 @@ def _run_realworld(args: argparse.Namespace) -> int:
     for note in plan.notes:
         _notice(args.quiet)(note)
     out = _out_folder(args, session.folder.name)
-    with _Progress(args.quiet, "s", "evaluating") as task:
+    with progress_task(args.quiet, "s", "evaluating") as task:
         results = run_realworld_plan(plan, task=task)
     write_realworld_report(out, results, extra={"command": _command_line()})
     return _finish(format_realworld_table(results), out)
@@ -359,7 +343,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
         )
     noise = load_noise([args.noise], recogniser.sample_rate, seed=args.seed)
     out = _out_folder(args, Path(args.db).name)
-    with _Progress(args.quiet, "excerpt", "evaluating") as task:
+    with progress_task(args.quiet, "excerpt", "evaluating") as task:
         result = run_baseline_protocol(recogniser, songs, noise, settings, task=task)
     for note in result.notes:
         _notice(args.quiet)(note)
@@ -411,7 +395,7 @@ def _run_quantisation(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         on_notice=_notice(),
     )
-    with _Progress(args.quiet, "step", "quantisation sweep") as task:
+    with progress_task(args.quiet, "step", "quantisation sweep") as task:
         result = run_quantisation_plan(plan, task=task, on_notice=_notice())
     write_quantisation_report(out, result, extra={"command": _command_line()})
     return _finish(format_quantisation_table(result), out)

@@ -1,4 +1,4 @@
-"""The application's pages (Songs, Program, Record, Inspect) and what they share."""
+"""The application's pages (Songs, Program, Record, Inspect, Evaluate) and what they share."""
 
 from __future__ import annotations
 

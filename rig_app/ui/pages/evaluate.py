@@ -1,0 +1,699 @@
+"""Evaluate page: the real-world protocol on the open session (paper §3, Table 4).
+
+Top: what to evaluate: a checkpoint (default: the shipped model, or a database's own
+model), the fingerprints to search (a database folder, or a library folder indexed on
+the fly), the query lengths, the decision rules, the takes and the report folder; one
+click runs ``rig_app.evaluate.evaluate_session`` on a worker with progress and cancel.
+Bottom: the result as paper Table 4 (rows query lengths, columns rule x take), the
+accuracy-vs-length plot (one line per take and rule), the notes, and the report folder
+(opened in the file manager); a previous report of the session can be shown again.
+
+Everything here only draws ``rig_app.evaluate.EvaluationView``s read back from the
+report folders on worker threads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QUrl
+from PySide6.QtGui import QColor, QDesktopServices, QFontMetrics
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QSplitter,
+    QStackedWidget,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from afp_core.errors import AfpError
+from afp_core.fileutil import one_line
+from afp_core.protocols.realworld import TAKE_ORDER, RealWorldSettings
+from afp_core.shipped import SHIPPED_MODEL
+from rig_app.evaluate import (
+    MEASURES,
+    METHOD_NAMES,
+    EvaluationView,
+    Series,
+    evaluate_and_view,
+    load_evaluation,
+    parse_lengths,
+    previous_reports,
+)
+from rig_app.session import Session
+from rig_app.ui.pages import Page, placeholder
+from rig_app.ui.pages.inspect import take_colour
+from rig_app.ui.state import RigState
+from rig_app.ui.workers import TaskPanel, Worker
+
+__all__ = ["EvaluatePage"]
+
+DEFAULT_LENGTHS = " ".join(f"{x:g}" for x in RealWorldSettings().lengths_s)
+RULES = (
+    ("sequence", "offset-consistent search"),
+    ("vote", "majority vote (the paper's)"),
+)
+RULE_STYLES = {"sequence": (Qt.PenStyle.SolidLine, "o"), "vote": (Qt.PenStyle.DashLine, "s")}
+_RED = "color: #b00020;"
+_GREY = "color: palette(placeholder-text);"
+_CELL_LOW = QColor(255, 255, 255)
+_CELL_HIGH = QColor(120, 200, 130)
+_GROUP = QColor(236, 236, 236)
+
+
+def _shipped_text() -> str:
+    try:
+        where = SHIPPED_MODEL.relative_to(SHIPPED_MODEL.parents[2])
+    except ValueError:
+        where = SHIPPED_MODEL
+    return f"shipped model ({where.as_posix()})"
+
+
+def _browse_row(edit: QLineEdit, button: QPushButton) -> QHBoxLayout:
+    row = QHBoxLayout()
+    row.setContentsMargins(0, 0, 0, 0)
+    row.addWidget(edit, 1)
+    row.addWidget(button)
+    return row
+
+
+class EvaluatePage(Page):
+    """Inputs on top, the result (table, plot, notes, report folder) below."""
+
+    title = "Evaluate"
+
+    def __init__(self, state: RigState, parent: QWidget | None = None) -> None:
+        super().__init__(state, parent)
+        self._view: EvaluationView | None = None
+        self._takes: list[tuple[str, bool]] = []  # (label, usable: aligned and ok)
+        self._job: Worker | None = None
+        self._job_kind = ""
+
+        self.empty = placeholder("")
+        self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+
+        # --- inputs ---------------------------------------------------------------------
+        self.checkpoint = QLineEdit()
+        self.checkpoint.setPlaceholderText(
+            f"{_shipped_text()}; a database is searched with its own model"
+        )
+        self.checkpoint.setToolTip(
+            "The model to evaluate (a checkpoint file). Empty: the shipped model; a database "
+            "is searched with the model it was built with, and refuses another one."
+        )
+        self.checkpoint_browse = QPushButton("Browse…")
+        self.checkpoint_browse.clicked.connect(self._on_browse_checkpoint)
+        self.use_database = QRadioButton("Database")
+        self.use_library = QRadioButton("Library, indexed on the fly")
+        self.use_database.setChecked(True)
+        self._source_group = QButtonGroup(self)
+        self._source_group.addButton(self.use_database)
+        self._source_group.addButton(self.use_library)
+        self.database = QLineEdit()
+        self.database.setPlaceholderText("a database folder (afp index)")
+        self.library = QLineEdit()
+        self.library.setPlaceholderText(
+            "a folder of songs holding the session's songs; indexed into "
+            "<session>/evaluations/db-…, resumed and reused"
+        )
+        self.database_browse = QPushButton("Browse…")
+        self.library_browse = QPushButton("Browse…")
+        self.database_browse.clicked.connect(lambda: self._browse_folder(self.database))
+        self.library_browse.clicked.connect(lambda: self._browse_folder(self.library))
+        self.use_database.toggled.connect(self._on_source_changed)
+        self.lengths = QLineEdit(DEFAULT_LENGTHS)
+        self.lengths.setToolTip("Query lengths in seconds, back to back inside every song")
+        self.lengths.setMaximumWidth(150)
+        self.rules = {name: QCheckBox(text) for name, text in RULES}
+        for box in self.rules.values():
+            box.setChecked(True)
+        self.takes_row = QHBoxLayout()
+        self.takes_row.setContentsMargins(0, 0, 0, 0)
+        self.take_boxes: dict[str, QCheckBox] = {}
+        self.allow_unchecked = QCheckBox("evaluate unaligned or flagged takes anyway")
+        self.allow_unchecked.setToolTip(
+            "A take whose alignment failed its checks, or an unaligned take (read as if it "
+            "started exactly with the program), is refused unless this is ticked"
+        )
+        self.out = QLineEdit()
+        self.out.setPlaceholderText("<session>/evaluations/<date-time>")
+        self.out_browse = QPushButton("Browse…")
+        self.out_browse.clicked.connect(lambda: self._browse_folder(self.out))
+        self.evaluate_button = QPushButton("Evaluate")
+        self.evaluate_button.setDefault(True)
+        self.evaluate_button.setMinimumWidth(110)
+        self.evaluate_button.clicked.connect(lambda: self.evaluate())
+
+        grid = QGridLayout()
+        grid.setColumnStretch(2, 1)
+        grid.addWidget(QLabel("Model:"), 0, 0)
+        grid.addLayout(_browse_row(self.checkpoint, self.checkpoint_browse), 0, 1, 1, 2)
+        grid.addWidget(QLabel("Fingerprints:"), 1, 0)
+        grid.addWidget(self.use_database, 1, 1)
+        grid.addLayout(_browse_row(self.database, self.database_browse), 1, 2)
+        grid.addWidget(self.use_library, 2, 1)
+        grid.addLayout(_browse_row(self.library, self.library_browse), 2, 2)
+        queries = QHBoxLayout()
+        queries.addWidget(self.lengths)
+        queries.addWidget(QLabel("s"))
+        queries.addSpacing(16)
+        queries.addWidget(QLabel("Rules:"))
+        for box in self.rules.values():
+            queries.addWidget(box)
+        queries.addStretch(1)
+        grid.addWidget(QLabel("Queries:"), 3, 0)
+        grid.addLayout(queries, 3, 1, 1, 2)
+        takes = QHBoxLayout()
+        takes.addLayout(self.takes_row)
+        takes.addSpacing(16)
+        takes.addWidget(self.allow_unchecked)
+        takes.addStretch(1)
+        grid.addWidget(QLabel("Takes:"), 4, 0)
+        grid.addLayout(takes, 4, 1, 1, 2)
+        out_row = _browse_row(self.out, self.out_browse)
+        out_row.addSpacing(12)
+        out_row.addWidget(self.evaluate_button)
+        grid.addWidget(QLabel("Report folder:"), 5, 0)
+        grid.addLayout(out_row, 5, 1, 1, 2)
+        self.panel = TaskPanel()
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        inputs = QGroupBox("Evaluate a model on this session's takes (paper §3)")
+        inputs_layout = QVBoxLayout(inputs)
+        inputs_layout.addLayout(grid)
+        inputs_layout.addWidget(self.panel)
+        inputs_layout.addWidget(self.message)
+
+        # --- result ---------------------------------------------------------------------
+        self.report_label = QLabel("")
+        self.report_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.open_button = QPushButton("Open folder")
+        self.open_button.setToolTip("Open the report folder in the file manager")
+        self.open_button.clicked.connect(self.open_report_folder)
+        self.previous = QComboBox()
+        self.previous.setMinimumContentsLength(24)
+        self.previous.setToolTip("Reports in <session>/evaluations, newest first")
+        self.show_button = QPushButton("Show")
+        self.show_button.setToolTip("Show the chosen report")
+        self.show_button.clicked.connect(lambda: self.load_report())
+        self.measure = QComboBox()
+        for key in MEASURES:
+            self.measure.addItem(MEASURES[key].format(tol=0.5), key)
+        self.measure.currentIndexChanged.connect(self._draw)
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Report:"))
+        top.addWidget(self.report_label, 1)
+        top.addWidget(self.open_button)
+        top.addSpacing(16)
+        top.addWidget(QLabel("Previous:"))
+        top.addWidget(self.previous)
+        top.addWidget(self.show_button)
+        measure_row = QHBoxLayout()
+        measure_row.addWidget(QLabel("Measure:"))
+        measure_row.addWidget(self.measure)
+        measure_row.addStretch(1)
+
+        self.table = QTableWidget(0, 0)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(22)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        self.plot_widget = pg.PlotWidget(background="w")
+        self.plot = self.plot_widget.getPlotItem()
+        for name in ("left", "bottom"):
+            axis = self.plot.getAxis(name)
+            axis.setPen("k")
+            axis.setTextPen("k")
+        self.plot.showGrid(x=True, y=True, alpha=0.25)
+        self.plot.setLabel("bottom", "Query length (s)", color="k")
+        self.plot.setMouseEnabled(x=False, y=False)
+        self.plot.hideButtons()
+        self.legend = self.plot.addLegend(
+            offset=(-8, -8),
+            brush=pg.mkBrush(255, 255, 255, 230),
+            pen="k",
+            labelTextColor="k",
+            labelTextSize="8pt",
+            verSpacing=-6,
+        )
+        self.plot_widget.setMinimumHeight(220)
+        self.figure = QSplitter(Qt.Orientation.Horizontal)
+        self.figure.addWidget(self.table)
+        self.figure.addWidget(self.plot_widget)
+        self.figure.setChildrenCollapsible(False)
+        self.figure.setStretchFactor(0, 1)
+        self.figure.setStretchFactor(1, 1)
+        self.result_empty = placeholder(
+            "No result shown yet: press Evaluate, or show a previous report."
+        )
+        self.result_stack = QStackedWidget()
+        self.result_stack.addWidget(self.result_empty)
+        self.result_stack.addWidget(self.figure)
+        self.notes = QLabel("")
+        self.notes.setWordWrap(True)
+        self.notes.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.notes.setStyleSheet(_GREY)
+        result = QGroupBox("Result")
+        result_layout = QVBoxLayout(result)
+        result_layout.addLayout(top)
+        result_layout.addLayout(measure_row)
+        result_layout.addWidget(self.result_stack, 1)
+        result_layout.addWidget(self.notes)
+
+        content = QWidget()
+        content_layout = QVBoxLayout(content)
+        content_layout.setContentsMargins(0, 0, 0, 0)
+        content_layout.addWidget(inputs)
+        content_layout.addWidget(result, 1)
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.empty)
+        self.stack.addWidget(content)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.stack)
+
+        state.takes_changed.connect(self._on_takes_changed)
+        state.program_changed.connect(self._on_takes_changed)
+        self._on_source_changed()
+        self._on_session_changed(state.session)
+
+    # --- state ---------------------------------------------------------------------------
+
+    @property
+    def view(self) -> EvaluationView | None:
+        """The result shown (None: none)."""
+        return self._view
+
+    @property
+    def placeholder_text(self) -> str:
+        """The hint shown instead of the page ('' when the page is shown)."""
+        return self.empty.text() if self.stack.currentWidget() is self.empty else ""
+
+    @property
+    def message_text(self) -> str:
+        return self.message.text()
+
+    def _on_session_changed(self, session: Session | None) -> None:
+        self._view = None
+        self._show_message("")
+        self._read_takes(session)
+        self._fill_previous()
+        self._draw()
+
+    def _on_takes_changed(self) -> None:
+        self._read_takes(self.session)
+
+    def _read_takes(self, session: Session | None) -> None:
+        takes: list[tuple[str, bool]] = []
+        if session is not None:
+            for entry in session.takes:
+                ok = bool(entry.aligned_file) and bool((entry.alignment or {}).get("ok", False))
+                takes.append((entry.label, ok and not entry.xruns))
+        order = {label: i for i, label in enumerate(TAKE_ORDER)}
+        takes.sort(key=lambda t: (order.get(t[0], len(order)), t[0]))
+        self._takes = takes
+        while self.takes_row.count():
+            item = self.takes_row.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        self.take_boxes = {}
+        for label, usable in takes:
+            box = QCheckBox(label if usable else f"{label} (not aligned or flagged)")
+            box.setChecked(usable)
+            self.takes_row.addWidget(box)
+            self.take_boxes[label] = box
+        self.refresh()
+
+    def _problem(self) -> str:
+        session = self.session
+        if session is None:
+            return "No session open: create or open one with the buttons above."
+        if session.program is None:
+            return (
+                "This session has no program yet: build it on the Program page, record and "
+                "align takes on the Record page, then evaluate them here."
+            )
+        if not any(usable for _, usable in self._takes):
+            if self._takes:
+                names = ", ".join(label for label, _ in self._takes)
+                return (
+                    f"No aligned take yet ({names} not aligned or flagged): align them on the "
+                    "Record page, then evaluate them here."
+                )
+            return (
+                "No aligned take yet: record a take on the Record page (it is aligned when "
+                "recording ends), then evaluate it here."
+            )
+        return ""
+
+    def refresh(self) -> None:
+        problem = self._problem()
+        self.empty.setText(problem)
+        self.stack.setCurrentWidget(self.empty if problem else self.stack.widget(1))
+        busy = self.busy
+        for widget in (
+            self.checkpoint,
+            self.checkpoint_browse,
+            self.use_database,
+            self.use_library,
+            self.lengths,
+            self.allow_unchecked,
+            self.out,
+            self.out_browse,
+            self.previous,
+            *self.rules.values(),
+            *self.take_boxes.values(),
+        ):
+            widget.setEnabled(not busy)
+        self._on_source_changed()
+        self.evaluate_button.setEnabled(not busy and not problem)
+        self.show_button.setEnabled(not busy and self.previous.count() > 0)
+        self.open_button.setEnabled(self._view is not None)
+        self.panel.setVisible(self.panel.worker is not None)
+
+    def _on_source_changed(self) -> None:
+        busy = self.busy
+        database = self.use_database.isChecked()
+        for widget in (self.database, self.database_browse):
+            widget.setEnabled(database and not busy)
+        for widget in (self.library, self.library_browse):
+            widget.setEnabled(not database and not busy)
+
+    def _fill_previous(self, select: Path | None = None) -> None:
+        self.previous.clear()
+        if self.session is not None:
+            for index, folder in enumerate(previous_reports(self.session.folder)):
+                text = folder.name + (" (latest)" if index == 0 else "")
+                self.previous.addItem(text, str(folder))
+        if select is not None:
+            index = self.previous.findData(str(select))
+            if index >= 0:
+                self.previous.setCurrentIndex(index)
+        self.refresh()
+
+    def _show_message(self, text: str, error: bool = False) -> None:
+        self.message.setText(text)
+        self.message.setStyleSheet(_RED if error else "")
+        self.message.setVisible(bool(text))
+
+    # --- inputs ----------------------------------------------------------------------------
+
+    def options(self) -> dict[str, object]:
+        """``evaluate_session``'s keyword arguments from the form (``AfpError`` if bad)."""
+        lengths = parse_lengths(self.lengths.text())
+        rules = tuple(name for name, box in self.rules.items() if box.isChecked())
+        if not rules:
+            raise AfpError("tick at least one decision rule")
+        takes = tuple(label for label, box in self.take_boxes.items() if box.isChecked())
+        if not takes:
+            raise AfpError("tick at least one take")
+        settings = RealWorldSettings(
+            lengths_s=lengths,
+            methods=None if len(rules) == len(RULES) else rules,
+            takes=takes,
+            allow_unchecked=self.allow_unchecked.isChecked(),
+        )
+        options: dict[str, object] = {"settings": settings}
+        checkpoint = self.checkpoint.text().strip()
+        options["checkpoint"] = Path(checkpoint) if checkpoint else None
+        if self.use_database.isChecked():
+            folder = self.database.text().strip()
+            if not folder:
+                raise AfpError("choose a database folder (or a library folder to index)")
+            options["database"] = Path(folder)
+        else:
+            folder = self.library.text().strip()
+            if not folder:
+                raise AfpError("choose a library folder (or a database folder)")
+            options["library"] = Path(folder)
+        out = self.out.text().strip()
+        options["out"] = Path(out) if out else None
+        return options
+
+    def set_database(self, folder: Path | str) -> None:
+        self.use_database.setChecked(True)
+        self.database.setText(str(folder))
+
+    def set_library(self, folder: Path | str) -> None:
+        self.use_library.setChecked(True)
+        self.library.setText(str(folder))
+
+    def _on_browse_checkpoint(self) -> None:
+        start = self.checkpoint.text() or str(SHIPPED_MODEL.parent)
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Choose a checkpoint", start, "Checkpoints (*.pt);;All files (*)"
+        )
+        if path:
+            self.checkpoint.setText(path)
+
+    def _browse_folder(self, edit: QLineEdit) -> None:
+        start = edit.text() or (str(self.session.folder) if self.session else "")
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder", start)
+        if folder:
+            edit.setText(folder)
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def evaluate(self) -> Worker | None:
+        """Run the evaluation the form describes in a worker; returns it (None: refused)."""
+        session = self.session
+        if session is None or self.busy or self._problem():
+            return None
+        try:
+            options = self.options()
+        except AfpError as exc:
+            self._show_message(one_line(exc), error=True)
+            return None
+        self._show_message("")
+        worker = Worker(evaluate_and_view, session.folder, **options)
+        return self._start(worker, "evaluate", "checking the inputs …")
+
+    def load_report(self, folder: Path | str | None = None) -> Worker | None:
+        """Show a report folder (default: the one chosen under Previous) in a worker."""
+        if folder is None:
+            data = self.previous.currentData()
+            if not data:
+                return None
+            folder = Path(str(data))
+        if self.busy:
+            return None
+        self._show_message("")
+        worker = Worker(load_evaluation, Path(folder))
+        return self._start(worker, "load", f"reading {Path(folder).name} …")
+
+    def _start(self, worker: Worker, kind: str, message: str) -> Worker:
+        self._job, self._job_kind = worker, kind
+        worker.finished.connect(self._on_result)
+        worker.errored.connect(self._on_error)
+        worker.cancelled.connect(self._on_cancelled)
+        worker.done.connect(self._on_job_done)
+        return self.start_job(worker, self.panel, message)
+
+    def _on_result(self, view: EvaluationView) -> None:
+        self._view = view
+        if self._job_kind == "evaluate":
+            self._fill_previous(select=view.folder)
+            self.status.emit(f"Evaluate: report written to {view.folder}")
+        else:
+            self.status.emit(f"Evaluate: showing {view.folder}")
+        self._draw()
+
+    def _on_error(self, message: str) -> None:
+        self._show_message(message, error=True)
+        self.status.emit(f"Evaluate: {message}")
+
+    def _on_cancelled(self) -> None:
+        if self._job_kind == "evaluate":
+            text = (
+                "Cancelled: no report was written. Songs indexed so far are kept; indexing "
+                "resumes where it stopped next time."
+            )
+        else:
+            text = "Cancelled."
+        self._show_message(text)
+
+    def _on_job_done(self) -> None:
+        self._job, self._job_kind = None, ""
+
+    def open_report_folder(self) -> bool:
+        """Open the shown report's folder in the desktop's file manager."""
+        if self._view is None:
+            return False
+        return QDesktopServices.openUrl(QUrl.fromLocalFile(str(self._view.folder)))
+
+    # --- drawing ---------------------------------------------------------------------------
+
+    @property
+    def measure_key(self) -> str:
+        return str(self.measure.currentData() or "accuracy")
+
+    def _draw(self) -> None:
+        view = self._view
+        self.plot.clear()
+        self.legend.clear()
+        if view is None:
+            self.table.clear()
+            self.table.setRowCount(0)
+            self.table.setColumnCount(0)
+            self.report_label.setText("—")
+            self.notes.setText("")
+            self.result_stack.setCurrentWidget(self.result_empty)
+            self.refresh()
+            return
+        self.result_stack.setCurrentWidget(self.figure)
+        measure = self.measure_key
+        for index in range(self.measure.count()):
+            key = self.measure.itemData(index)
+            self.measure.setItemText(index, view.measure_title(key))
+        self._fill_table(view, measure)
+        self._draw_plot(view, measure)
+        self.report_label.setText(str(view.folder))
+        self.report_label.setToolTip(view.describe)
+        lines = [f"{view.session}: {view.describe}; {view.trials} queries identified."]
+        lines += [f"• {note}" for note in view.notes]
+        self.notes.setText("\n".join(lines))
+        self.refresh()
+
+    def _fill_table(self, view: EvaluationView, measure: str) -> None:
+        """Row 0 names the rules over their takes; then a row per query length."""
+        headers, rows = view.table(measure)
+        self.table.clear()
+        self.table.clearSpans()
+        self.table.setColumnCount(len(headers))
+        self.table.setRowCount(len(rows) + 1)
+        self.table.setHorizontalHeaderLabels(headers)
+        for column, (_, method, take, _) in enumerate(view.columns(), start=2):
+            item = self.table.horizontalHeaderItem(column)
+            item.setForeground(pg.mkColor(take_colour(take, view.takes.index(take))))
+            item.setToolTip(f"take {take}, {METHOD_NAMES.get(method, method)}")
+        column = 2
+        for text, span in view.column_groups():
+            item = QTableWidgetItem(text)
+            item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+            item.setFlags(Qt.ItemFlag.ItemIsEnabled)
+            font = item.font()
+            font.setBold(True)
+            item.setFont(font)
+            item.setBackground(_GROUP)
+            self.table.setItem(0, column, item)
+            if span > 1:
+                self.table.setSpan(0, column, 1, span)
+            column += span
+        for column in (0, 1):
+            blank = QTableWidgetItem("")
+            blank.setFlags(Qt.ItemFlag.ItemIsEnabled)
+            blank.setBackground(_GROUP)
+            self.table.setItem(0, column, blank)
+        # shaded from the table's worst value (white) to its best (green)
+        values = [float(t) for row in rows for t in row[2:] if t != "–"]
+        low, high = (min(values), max(values)) if values else (0.0, 0.0)
+        worse, better = (high, low) if measure == "no_match_rate" else (low, high)
+        for r, row in enumerate(rows, start=1):
+            for c, text in enumerate(row):
+                item = QTableWidgetItem(text)
+                align = Qt.AlignmentFlag.AlignRight if c else Qt.AlignmentFlag.AlignLeft
+                item.setTextAlignment(align | Qt.AlignmentFlag.AlignVCenter)
+                if c >= 2 and text != "–":
+                    span = better - worse
+                    share = 1.0 if abs(span) < 1e-9 else (float(text) - worse) / span
+                    item.setBackground(_blend(share))
+                    item.setForeground(QColor(0, 0, 0))
+                self.table.setItem(r, c, item)
+        self.table.resizeColumnsToContents()
+        header = self.table.horizontalHeader()
+        bold = self.table.font()
+        bold.setBold(True)
+        metrics = QFontMetrics(bold)
+        column = 2
+        for text, span in view.column_groups():  # the takes share what their rule needs
+            least = (metrics.horizontalAdvance(text) + 16 + span - 1) // span
+            for c in range(column, column + span):
+                header.resizeSection(c, max(header.sectionSize(c), least, 48))
+            column += span
+        width = sum(header.sectionSize(c) for c in range(len(headers)))
+        scroll = self.table.verticalScrollBar().sizeHint().width()
+        self.table.setMinimumWidth(min(width + 2 * self.table.frameWidth() + scroll, 620))
+
+    def _draw_plot(self, view: EvaluationView, measure: str) -> None:
+        title = view.measure_title(measure)
+        short = title.split(" (")[0]
+        self.plot.setLabel("left", f"{short} (%)", color="k")
+        for series in view.series(measure):
+            style, symbol = RULE_STYLES.get(series.method, (Qt.PenStyle.DotLine, "t"))
+            colour = take_colour(series.take, view.takes.index(series.take))
+            self.plot.plot(
+                list(series.lengths_s),
+                list(series.values),
+                pen=pg.mkPen(colour, width=2, style=style),
+                symbol=symbol,
+                symbolSize=7,
+                symbolBrush=colour,
+                symbolPen=pg.mkPen(colour),
+                name=series.label,
+                antialias=True,
+            )
+        lengths = list(view.lengths_s)
+        if lengths:
+            self.plot.getAxis("bottom").setTicks([[(x, f"{x:g}") for x in lengths], []])
+            span = max(lengths) - min(lengths)
+            pad = 0.04 * span + 0.3
+            self.plot.setXRange(min(lengths) - pad, max(lengths) + pad, padding=0)
+            self.legend.setOffset(_legend_corner(view.series(measure), min(lengths), span))
+        self.plot.setYRange(-3, 105, padding=0)
+        self.plot.setTitle(f"{short} vs query length", color="k", size="10pt")
+
+    # --- for tests and scripts -----------------------------------------------------------
+
+    def table_cells(self) -> list[list[str]]:
+        """The table's text: the header row, the rules row, a row per query length."""
+        headers = [
+            self.table.horizontalHeaderItem(c).text() for c in range(self.table.columnCount())
+        ]
+        rows = [
+            [
+                item.text() if (item := self.table.item(r, c)) is not None else ""
+                for c in range(self.table.columnCount())
+            ]
+            for r in range(self.table.rowCount())
+        ]
+        return [headers, *rows]
+
+
+def _legend_corner(series: list[Series], x0: float, span: float) -> tuple[int, int]:
+    """The legend's offset: the corner of the plot with the fewest points (bottom right
+    when tied: accuracy rises with the query length, so that corner is usually free)."""
+    corners = {(-8, -8): 0, (8, -8): 0, (-8, 8): 0, (8, 8): 0}  # BR, BL, TR, TL
+    for line in series:
+        for x, y in zip(line.lengths_s, line.values, strict=True):
+            right = span <= 0 or (x - x0) / span >= 0.55
+            left = span > 0 and (x - x0) / span <= 0.45
+            for dx, dy in corners:
+                in_x = right if dx < 0 else left
+                in_y = y <= 50 if dy < 0 else y >= 50
+                if in_x and in_y:
+                    corners[dx, dy] += 1
+    return min(corners, key=lambda corner: corners[corner])
+
+
+def _blend(share: float) -> QColor:
+    share = min(1.0, max(0.0, share))
+    return QColor(
+        round(_CELL_LOW.red() + share * (_CELL_HIGH.red() - _CELL_LOW.red())),
+        round(_CELL_LOW.green() + share * (_CELL_HIGH.green() - _CELL_LOW.green())),
+        round(_CELL_LOW.blue() + share * (_CELL_HIGH.blue() - _CELL_LOW.blue())),
+    )
