@@ -225,6 +225,22 @@ class SongCatalogue:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items())
             )
 
+    def _clean_orphans(self) -> None:
+        """Delete leftovers of interrupted writes, unless another writer is busy."""
+        with self._locked(blocking=False) as locked:
+            if not locked:
+                return
+            self._load_state()
+            self._delete_unused_generations()
+            self._delete_stray_files()
+
+    def _load_state(self) -> None:
+        raise NotImplementedError
+
+    def _delete_unused_generations(self) -> None:
+        """Delete the search structure's old generations (each kind of database its own)."""
+        raise NotImplementedError
+
     def _delete_stray_files(self) -> None:
         """Temp files of interrupted writes and staging files without a 'staged' row.
 
@@ -600,7 +616,7 @@ class FingerprintDB(SongCatalogue):
                 # The in-memory index may hold half-added vectors: return to the disk state,
                 # and drop a new generation file the catalogue never pointed to.
                 self._load_state(reload_index=True)
-                self._delete_unused_index_files()
+                self._delete_unused_generations()
                 raise
         return len(staged)
 
@@ -960,20 +976,11 @@ class FingerprintDB(SongCatalogue):
                 ivf.make_direct_map()
         return index
 
-    def _delete_unused_index_files(self) -> None:
+    def _delete_unused_generations(self) -> None:
         """Delete index generations other than the current one (caller holds the lock)."""
         for file in self.path.glob("index-*.faiss"):
             if _INDEX_RE.fullmatch(file.name) and file.name != self._index_name:
                 file.unlink(missing_ok=True)
-
-    def _clean_orphans(self) -> None:
-        """Delete leftovers of interrupted writes, unless another writer is busy."""
-        with self._locked(blocking=False) as locked:
-            if not locked:
-                return
-            self._load_state()
-            self._delete_unused_index_files()
-            self._delete_stray_files()
 
 
 def _write_index(index: faiss.Index, path: Path) -> None:

@@ -157,6 +157,30 @@ def extract_file_vectors(
     return np.concatenate(chunks)
 
 
+def plan_library_files(
+    paths: Iterable[Path],
+    min_duration_s: float,
+    shortest: str,
+    skip: Callable[[Path, str], None],
+    task: TaskState,
+) -> list[AudioInfo]:
+    """The audio files under ``paths`` worth indexing; ``skip`` gets the others with a
+    reason (unreadable, or shorter than ``min_duration_s``, described as ``shortest``)."""
+    plan: list[AudioInfo] = []
+    task.set_message("reading file headers")
+    for path in iter_audio_files(paths):
+        try:
+            info = probe_audio(path)
+        except AudioError as exc:
+            skip(path, str(exc))
+            continue
+        if info.duration_s < min_duration_s:
+            skip(path, f"{path}: {info.duration_s:.2f} s is shorter than {shortest}")
+            continue
+        plan.append(info)
+    return plan
+
+
 def index_library(
     db: FingerprintDB,
     model: Fingerprinter,
@@ -182,18 +206,7 @@ def index_library(
         on_skip(entry)
 
     window_s = model.spec.audio.window_s
-    plan: list[AudioInfo] = []
-    task.set_message("reading file headers")
-    for path in iter_audio_files(paths):
-        try:
-            info = probe_audio(path)
-        except AudioError as exc:
-            skip(path, str(exc))
-            continue
-        if info.duration_s < window_s:
-            skip(path, f"{path}: {info.duration_s:.2f} s is shorter than one {window_s:g} s window")
-            continue
-        plan.append(info)
+    plan = plan_library_files(paths, window_s, f"one {window_s:g} s window", skip, task)
 
     task.set_total(sum(info.duration_s for info in plan))
     for info in plan:

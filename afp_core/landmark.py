@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 
 from afp_core import __version__
-from afp_core.audio import AudioInfo, iter_audio_files, probe_audio, stream_audio, window_count
+from afp_core.audio import stream_audio, window_count
 from afp_core.config import from_dict, to_dict
 from afp_core.database import (
     CATALOGUE,
@@ -447,7 +447,7 @@ class LandmarkDB(SongCatalogue):
                 self._commit_locked(staged, cancel or (lambda: False))
             except BaseException:
                 self._load_state()
-                self._delete_unused_postings()
+                self._delete_unused_generations()
                 raise
         if calibrate:
             self.calibrate_thresholds()
@@ -769,19 +769,10 @@ class LandmarkDB(SongCatalogue):
             )
         return postings
 
-    def _delete_unused_postings(self) -> None:
+    def _delete_unused_generations(self) -> None:
         for file in self.path.glob("postings-*.npy"):
             if _POSTINGS_RE.fullmatch(file.name) and file.name != self._postings_name:
                 file.unlink(missing_ok=True)
-
-    def _clean_orphans(self) -> None:
-        """Delete leftovers of interrupted writes, unless another writer is busy."""
-        with self._locked(blocking=False) as locked:
-            if not locked:
-                return
-            self._load_state()
-            self._delete_unused_postings()
-            self._delete_stray_files()
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -817,7 +808,7 @@ def index_landmark_library(
     run extracts only what is left.
     """
     from afp_core.fileutil import file_sha256
-    from afp_core.indexing import IndexResult, Skipped, read_tags
+    from afp_core.indexing import IndexResult, Skipped, plan_library_files, read_tags
 
     task = task or TaskState()
     result = IndexResult()
@@ -829,18 +820,7 @@ def index_landmark_library(
         result.skipped.append(entry)
         on_skip(entry)
 
-    plan: list[AudioInfo] = []
-    task.set_message("reading file headers")
-    for path in iter_audio_files(paths):
-        try:
-            info = probe_audio(path)
-        except AudioError as exc:
-            skip(path, str(exc))
-            continue
-        if info.duration_s < MIN_SONG_S:
-            skip(path, f"{path}: {info.duration_s:.2f} s is shorter than {MIN_SONG_S:g} s")
-            continue
-        plan.append(info)
+    plan = plan_library_files(paths, MIN_SONG_S, f"{MIN_SONG_S:g} s", skip, task)
 
     task.set_total(sum(info.duration_s for info in plan))
     for info in plan:
