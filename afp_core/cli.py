@@ -199,7 +199,9 @@ def run_guarded(prog: str, command: Callable[[], int], interrupted: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # reports record the command that made them
     return run_guarded(
         "afp",
         lambda: COMMANDS[args.command](args),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -257,8 +258,8 @@ def _open(db: Path, model: Path | None, args: argparse.Namespace) -> Any:
     return recogniser
 
 
-def _command_line() -> str:
-    return " ".join(["afp", *sys.argv[1:]]) if sys.argv else "afp"
+def _command_line(args: argparse.Namespace) -> str:
+    return shlex.join(["afp", *args.argv])
 
 
 def _finish(table: str, out: Path) -> int:
@@ -301,7 +302,7 @@ def _run_realworld(args: argparse.Namespace) -> int:
     out = _out_folder(args, session.folder.name)
     with progress_task(args.quiet, "s", "evaluating") as task:
         results = run_realworld_plan(plan, task=task)
-    write_realworld_report(out, results, extra={"command": _command_line()})
+    write_realworld_report(out, results, extra={"command": _command_line(args)})
     return _finish(format_realworld_table(results), out)
 
 
@@ -347,7 +348,9 @@ def _run_baseline(args: argparse.Namespace) -> int:
         result = run_baseline_protocol(recogniser, songs, noise, settings, task=task)
     for note in result.notes:
         _notice(args.quiet)(note)
-    write_baseline_report(out, result, extra={"command": _command_line(), "noise": str(args.noise)})
+    write_baseline_report(
+        out, result, extra={"command": _command_line(args), "noise": str(args.noise)}
+    )
     from afp_core.protocols.baseline import format_accuracy_tables
 
     return _finish(format_accuracy_tables(result.summary), out)
@@ -397,7 +400,7 @@ def _run_quantisation(args: argparse.Namespace) -> int:
     )
     with progress_task(args.quiet, "step", "quantisation sweep") as task:
         result = run_quantisation_plan(plan, task=task, on_notice=_notice())
-    write_quantisation_report(out, result, extra={"command": _command_line()})
+    write_quantisation_report(out, result, extra={"command": _command_line(args)})
     return _finish(format_quantisation_table(result), out)
 
 
