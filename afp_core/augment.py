@@ -45,6 +45,25 @@ def mix_at_snr(
     return (signal + gain * excerpt).astype(np.float32)
 
 
+def overdrive(signal: np.ndarray, drive_db: float, peak: float | None = None) -> np.ndarray:
+    """A loudspeaker pushed past its limit: tanh soft clipping ``drive_db`` above ``peak``.
+
+    ``peak`` (default: the signal's own) is driven ``drive_db`` into the clipper's knee
+    and comes out at its own level again, so the peaks are squashed and harmonics added
+    while the loudest sample keeps its value. Pass the whole program's peak to process it
+    in blocks. Returns float32.
+    """
+    x = np.asarray(signal, dtype=np.float32)
+    if peak is None:
+        peak = float(np.max(np.abs(x))) if len(x) else 0.0
+    if peak <= EPS:
+        return x.copy()
+    drive = 10 ** (drive_db / 20)
+    return (np.tanh(x * np.float32(drive / peak)) * np.float32(peak / np.tanh(drive))).astype(
+        np.float32
+    )
+
+
 def make_babble(
     files: Sequence[Path],
     duration_s: float,
@@ -195,9 +214,15 @@ class Augmenter:
         return size if rng.random() < 0.5 else -size
 
     def distort(self, excerpt: np.ndarray, seed: int) -> np.ndarray:
-        """The whole excerpt through noise, room IR, microphone IR and filters (float32)."""
+        """The whole excerpt through an overdriven speaker (if drawn), noise, room IR,
+        microphone IR and filters (float32)."""
         x = np.ascontiguousarray(excerpt, dtype=np.float32)
         sr = self.sample_rate
+        cfg = self.config
+        if cfg.distortion_p > 0:
+            draw = np.random.default_rng([seed, 1])
+            if draw.random() < cfg.distortion_p:
+                x = overdrive(x, float(draw.uniform(*cfg.distortion_drive_db)))
         with seeded_global_rngs(seed), warnings.catch_warnings():
             # "too silent to be added as noise" for a quiet stretch of a noise clip: the
             # excerpt then stays noise-free, which is what the warning says anyway.

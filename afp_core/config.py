@@ -264,6 +264,11 @@ class AugmentConfig:
     (audiomentations' zero-phase Butterworth filters: multiples of 12 dB per octave).
     ``preroll_s`` of audio before the excerpt goes through the impulse responses too, so
     the positive carries a real reverberation tail rather than a convolution onset.
+
+    Not in the paper: with ``distortion_p`` the music first goes through an overdriven
+    loudspeaker (``afp_core.augment.overdrive``: tanh soft clipping with the excerpt's
+    peak driven ``distortion_drive_db`` into the knee), the non-linearity small speakers
+    add at high volume (0: off).
     """
 
     pipeline: Literal["baseline", "proposed"] = "proposed"
@@ -286,10 +291,21 @@ class AugmentConfig:
     lowpass_hz: tuple[float, ...] = (2000.0, 3000.0)
     highpass_hz: tuple[float, ...] = (500.0, 1000.0)
     rolloff_db: tuple[int, ...] = (12, 24, 36)
+    distortion_p: float = 0.0
+    distortion_drive_db: tuple[float, ...] = (3.0, 15.0)
 
     def __post_init__(self) -> None:
         key = "augmentation"
-        for name in ("noise_p", "room_ir_p", "mic_ir_p", "shift_p", "mask_batch_p", "filter_p"):
+        probabilities = (
+            "noise_p",
+            "room_ir_p",
+            "mic_ir_p",
+            "shift_p",
+            "mask_batch_p",
+            "filter_p",
+            "distortion_p",
+        )
+        for name in probabilities:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{key}.{name}: a probability in [0, 1], got {value!r}")
@@ -314,6 +330,12 @@ class AugmentConfig:
             )
         if self.preroll_s < 0:
             raise ConfigError(f"{key}.preroll_s: must be >= 0, got {self.preroll_s}")
+        drive = self.distortion_drive_db
+        if len(drive) != 2 or not 0 <= drive[0] <= drive[1]:
+            raise ConfigError(
+                f"{key}.distortion_drive_db: expected [low dB, high dB] with 0 <= low <= high, "
+                f"got {list(drive)}"
+            )
         for name in ("lowpass_hz", "highpass_hz"):
             band = getattr(self, name)
             if len(band) != 2 or not 0 < band[0] <= band[1]:

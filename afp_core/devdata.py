@@ -52,6 +52,12 @@ def find_collection_files(collections: dict[str, str]) -> list[Path]:
     return files
 
 
+def find_training_music() -> list[Path]:
+    """Folders of the training-only music (``datasets/fetch_training_audio.sh``) that exist."""
+    root = REPO_ROOT / "datasets" / "cache" / "training-audio" / "music"
+    return sorted(p for p in root.glob("*") if p.is_dir())
+
+
 def find_dev_music() -> list[Path]:
     """All development music tracks, in a stable order."""
     return find_collection_files(MUSIC_COLLECTIONS)

@@ -53,6 +53,7 @@ from scipy import fft as sfft
 from scipy import signal
 
 from afp_core.audio import load_audio, write_audio_atomic
+from afp_core.augment import overdrive
 from afp_core.errors import AfpError, Cancelled
 from afp_core.fileutil import atomic_write_text, check_document, read_json_object
 from afp_core.tasks import TaskState
@@ -137,7 +138,9 @@ class VirtualRoom:
     breaks a shoebox's sweeping echoes but moves the direct path by up to that much too.
     ``measured_ir``: a WAV file holding the music path's impulse response (speaker, room
     and microphone together, e.g. from ``write_channel_ir``) used instead of the simulated
-    one; the noise path is still simulated.
+    one; the noise path is still simulated. ``speaker_drive_db``: the music speaker is
+    overdriven, the program's peak that many dB into a soft clipper
+    (``afp_core.augment.overdrive``); None: a clean speaker.
     """
 
     size_m: tuple[float, float, float] = (6.0, 5.0, 2.7)
@@ -162,6 +165,7 @@ class VirtualRoom:
     speaker_pattern: str = "cardioid"
     image_jitter_m: float = 0.0
     peak_ceiling_db: float = -1.0
+    speaker_drive_db: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -197,6 +201,8 @@ class VirtualRoom:
             )
         if self.image_jitter_m < 0:
             raise RoomError("virtual room: image_jitter_m must not be negative")
+        if self.speaker_drive_db is not None and not self.speaker_drive_db >= 0:
+            raise RoomError("virtual room: speaker_drive_db must be at least 0 dB")
         if self.peak_ceiling_db > 0:
             raise RoomError("virtual room: peak_ceiling_db must be at most 0 dBFS")
         for name, f in (
@@ -277,6 +283,8 @@ class VirtualRoom:
         )
         if self.measured_ir:
             text += f", music path measured ({Path(self.measured_ir).name})"
+        if self.speaker_drive_db is not None:
+            text += f", speaker overdriven by {self.speaker_drive_db:g} dB"
         if label is not None:
             text += f", noise speaker at {self.noise_distance(label):.2f} m"
         return text
@@ -561,6 +569,14 @@ def render_paths(
                 f"{len(noise)} samples)"
             )
     music_h, noise_h = path_responses(room, sample_rate, label)
+    if room.speaker_drive_db is not None:
+        peak = _peak(music)
+        music = np.concatenate(
+            [
+                overdrive(music[start : start + _BLOCK], room.speaker_drive_db, peak)
+                for start in range(0, len(music), _BLOCK)
+            ]
+        )
     music_at_mic = convolve_blocks(music, music_h)
     noise_at_mic = None if noise is None else convolve_blocks(noise, noise_h)
     total = _peak(music_at_mic) + (0.0 if noise_at_mic is None else _peak(noise_at_mic))

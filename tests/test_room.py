@@ -340,3 +340,27 @@ def test_live_takes_side_by_side_each_in_its_own_room(virtual_devices, tmp_path)
     assert max(total for _, total in seen) > 0
     stored = Session.load(session.folder)
     assert {t.label for t in stored.takes} == {"low", "high"}
+
+
+def test_an_overdriven_speaker_adds_harmonics_and_the_take_still_aligns(tmp_path):
+    rate = 16000
+    t = np.arange(2 * rate) / rate
+    tone = (0.5 * np.sin(2 * np.pi * 400.0 * t)).astype(np.float32)
+    loud = VirtualRoom(speaker_drive_db=12.0)
+    clean_at_mic, _ = render_paths(ROOM, tone, None, rate, "low")
+    driven_at_mic, _ = render_paths(loud, tone, None, rate, "low")
+
+    def third_harmonic_db(x: np.ndarray) -> float:
+        return _band_db(x, rate, 1150, 1250) - _band_db(x, rate, 350, 450)
+
+    assert third_harmonic_db(driven_at_mic) > third_harmonic_db(clean_at_mic) + 30.0
+    assert "speaker overdriven by 12 dB" in loud.describe("low")
+    with pytest.raises(RoomError, match="speaker_drive_db"):
+        VirtualRoom(speaker_drive_db=-1.0)
+    assert VirtualRoom.load(loud.save(tmp_path / "loud.json")) == loud
+
+    program, noise = _program(rate)
+    take = simulate_take(loud, program.music, noise, rate, "mid", 0.4, 30.0, -75.0, 5)
+    alignment = align_take(take, rate, program, name="mid.raw.wav")
+    assert alignment.ok, alignment.notes
+    assert alignment.drift_ppm == pytest.approx(30.0, abs=1.0)

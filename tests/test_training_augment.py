@@ -20,6 +20,7 @@ from afp_core.augment import (
     draw_spec_masks,
     make_babble,
     mix_at_snr,
+    overdrive,
     seeded_global_rngs,
     synthesise_noise,
 )
@@ -320,3 +321,31 @@ def test_demo_helpers_still_work(tmp_path: Path) -> None:
     sf.write(path, 0.1 * rng.standard_normal(SR), SR)
     babble = make_babble([path], 2.0, SR, rng, speakers=2)
     assert babble.shape == (2 * SR,)
+
+
+def test_overdrive_keeps_the_peak_squashes_the_rest_and_adds_odd_harmonics() -> None:
+    t = np.arange(SR) / SR
+    tone = (0.3 * np.sin(2 * np.pi * 250.0 * t)).astype(np.float32)
+    driven = overdrive(tone, 12.0)
+    assert driven.dtype == np.float32
+    assert np.max(np.abs(driven)) == pytest.approx(0.3, rel=1e-4)
+    # a squashed sine spends more of its time near the peak: a higher RMS for the same peak
+    assert np.sqrt(np.mean(driven**2)) > 1.2 * np.sqrt(np.mean(tone**2))
+    spectrum = np.abs(np.fft.rfft(driven))
+    assert spectrum[750] > 0.1 * spectrum[250]  # 3rd harmonic (1 Hz bins)
+    assert spectrum[500] < 1e-3 * spectrum[250]  # a symmetric clipper: no even ones
+    # a block processed with the whole signal's peak is the same as the whole at once
+    blocks = np.concatenate([overdrive(tone[i : i + 1000], 12.0, 0.3) for i in range(0, SR, 1000)])
+    np.testing.assert_allclose(blocks, driven, atol=1e-6)
+    assert not np.any(overdrive(np.zeros(10, np.float32), 6.0))
+
+
+def test_distortion_applies_with_its_probability() -> None:
+    cfg = dataclasses.replace(AugmentConfig(), **OFF, distortion_p=0.25)
+    augmenter = Augmenter(cfg)
+    x = excerpt(augmenter)
+    changed = [not np.array_equal(augmenter.distort(x, seed), x) for seed in range(400)]
+    assert np.mean(changed) == pytest.approx(0.25, abs=0.06)
+    assert AugmentConfig().distortion_p == 0.0  # the paper's pipelines leave it off
+    with pytest.raises(ConfigError, match="distortion_drive_db"):
+        AugmentConfig(distortion_drive_db=(6.0, 3.0))

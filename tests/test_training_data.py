@@ -357,3 +357,23 @@ def test_retrieval_set(prepared) -> None:
     assert retrieval.clean.shape == retrieval.queries.shape == retrieval.shifted.shape
     assert retrieval.clean.shape == (6, 8000)
     assert not np.array_equal(retrieval.queries, retrieval.shifted)
+
+
+def test_train_only_songs_join_the_training_split_only(tiny, tmp_path: Path) -> None:
+    config = tiny_config(tiny, tmp_path / "out")
+    before = prepare_training_data(config).songs
+    held_out = before.validation[0].ref.path.stem
+    extra = tmp_path / "extra"
+    write_songs(extra, 2, first_seed=900)
+    write_songs(tmp_path / "same-name", 1, first_seed=950)[0].rename(extra / f"{held_out}.wav")
+    config = dataclasses.replace(
+        config, data=dataclasses.replace(config.data, train_only_songs=(str(extra),))
+    )
+    notes: list[str] = []
+    after = prepare_training_data(config, on_note=notes.append)
+    assert [s.ref for s in after.songs.validation] == [s.ref for s in before.validation]
+    assert [s.ref for s in after.songs.test] == [s.ref for s in before.test]
+    added = {s.ref.path for s in after.songs.train} - {s.ref.path for s in before.train}
+    assert {p.name for p in added} == {"song00.wav", "song01.wav"}
+    assert all(p.parent == extra for p in added)
+    assert any(f"{held_out}.wav: left out of training" in note for note in notes)

@@ -241,3 +241,25 @@ def test_cli_train_interrupt_exits_130(monkeypatch, tmp_path: Path, setup, capsy
     config = write_yaml(tmp_path / "run.yaml", paths, tmp_path / "run")
     assert main(["train", str(config)]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_a_fresh_run_can_start_from_a_trained_checkpoint(setup, straight, tmp_path: Path) -> None:
+    _, config, data = setup
+    start = straight / MODEL_FILE
+    tuned = dataclasses.replace(
+        config, training=dataclasses.replace(config.training, init_from=str(start), epochs=1)
+    )
+    notes: list[str] = []
+    trainer = Trainer(tuned, out=tmp_path / "tuned", quiet=True, on_note=notes.append, data=data)
+    trainer._setup()
+    for key, value in weights(straight).items():
+        assert torch.equal(trainer.model.state_dict()[key], value), key
+    assert any("weights from" in note for note in notes)
+    wider = dataclasses.replace(
+        tuned,
+        model=dataclasses.replace(
+            tuned.model, arch=dataclasses.replace(tuned.model.arch, width=0.5)
+        ),
+    )
+    with pytest.raises(ConfigError, match=r"training\.init_from: .* another model spec"):
+        Trainer(wider, out=tmp_path / "wider", quiet=True, data=data).run()

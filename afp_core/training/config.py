@@ -36,6 +36,10 @@ class DataConfig:
 
     - ``songs``: audio files or folders (recursive). Empty, with no ``fma_audio``: the
       development music (``afp_core.devdata``).
+    - ``train_only_songs``: audio files or folders added to the training split only, never
+      to validation or test (so the held-out songs stay those of ``songs``). A file whose
+      name (stem, case-insensitive) is that of a validation or test song is left out: it
+      is most likely another rendering of the same piece.
     - ``fma_audio`` / ``fma_metadata``: an FMA full/large audio folder
       (``fma_full/000/000002.mp3``) and its ``tracks.csv`` (titles, artists).
     - ``noise``: folders or files of background-noise clips (e.g. AudioSet-derived).
@@ -51,6 +55,7 @@ class DataConfig:
     """
 
     songs: tuple[str, ...] = ()
+    train_only_songs: tuple[str, ...] = ()
     fma_audio: str | None = None
     fma_metadata: str | None = None
     noise: tuple[str, ...] = ()
@@ -102,6 +107,9 @@ class TrainingConfig:
       time; 0 means no budget.
     - Validation each epoch: ``val_batches`` fixed batches for the loss, and
       ``val_windows`` clean windows of validation songs for the retrieval check.
+    - ``init_from``: a trained afp checkpoint of the same model spec whose weights start
+      a fresh run (fine-tuning on more data, or longer); a resumed run takes its weights
+      from its own state.
     """
 
     batch_size: int = 256
@@ -120,6 +128,7 @@ class TrainingConfig:
     max_minutes: float = 0.0
     val_batches: int = 8
     val_windows: int = 500
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs"):

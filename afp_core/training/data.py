@@ -528,6 +528,16 @@ def prepare_training_data(
     split = split_items(
         songs, data.val_share, data.test_share, data.split_seed, key=lambda s: s.key
     )
+    if data.train_only_songs:
+        held_out = {s.path.stem.casefold() for s in (*split.validation, *split.test)}
+        extra = songs_from_paths(resolve_data_path(p) for p in data.train_only_songs)
+        dropped = [s for s in extra if s.path.stem.casefold() in held_out]
+        for song in dropped:
+            on_note(f"{song.path}: left out of training (a held-out song has its name)")
+        kept = [s for s in extra if s.path.stem.casefold() not in held_out]
+        split = dataclasses.replace(split, train=(*split.train, *kept))
+        songs += kept
+        sources["train_only_songs"] = list(data.train_only_songs)
     _check_enough_songs(len(split.train), n, len(songs), world)
     excerpt, _ = excerpt_layout(config.augmentation, sample_rate, window)
     decoded = {

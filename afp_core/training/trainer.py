@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 import afp_core
 from afp_core.augment import apply_spec_masks
-from afp_core.checkpoint import save_checkpoint
+from afp_core.checkpoint import load_checkpoint, save_checkpoint
 from afp_core.errors import AfpError, CheckpointError, ConfigError
 from afp_core.fileutil import atomic_path, atomic_write_text
 from afp_core.models import (
@@ -56,7 +56,7 @@ from afp_core.models import (
     initialise_model,
 )
 from afp_core.tasks import TaskState
-from afp_core.training.config import TrainConfig
+from afp_core.training.config import TrainConfig, resolve_data_path
 from afp_core.training.data import (
     BatchSpec,
     ContrastiveBatches,
@@ -227,7 +227,9 @@ class Trainer:
         # weights, model.arch.pretrained) fails before any long preparation. A resumed run
         # takes its weights from the state instead: the initialisation files need not exist.
         self.model = build_model(self.config.model, seed=cfg.seed)
-        if fresh:
+        if fresh and cfg.init_from:
+            self._init_from_checkpoint(resolve_data_path(cfg.init_from))
+        elif fresh:
             initialise_model(self.model, self._note)
         self.model.to(self.device)
         self.data = self._data or prepare_training_data(
@@ -286,6 +288,17 @@ class Trainer:
         self.elapsed_before = 0.0
         self._epoch_losses: list[float] = []
         self._in_step = False
+
+    def _init_from_checkpoint(self, path: Path) -> None:
+        """Start from a trained checkpoint's weights; its model spec must be this run's."""
+        checkpoint = load_checkpoint(path)
+        if checkpoint.spec.to_dict() != self.config.model.to_dict():
+            raise ConfigError(
+                f"training.init_from: {path} holds another model spec than this run's "
+                f"model section ({checkpoint.spec.to_dict()})"
+            )
+        self.model.load_state_dict(checkpoint.model.state_dict())
+        self._note(f"weights from {path} (sha256 {checkpoint.sha256[:12]})")
 
     def _setup_validation(self) -> None:
         cfg = self.config.training
