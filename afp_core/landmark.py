@@ -680,18 +680,22 @@ class LandmarkDB(SongCatalogue):
         return out
 
     def identify_landmarks(
-        self, hashes: np.ndarray, frames: np.ndarray, shift_s: float = 0.0
+        self,
+        hashes: np.ndarray,
+        frames: np.ndarray,
+        shift_s: float = 0.0,
+        exclude_song: int | None = None,
     ) -> Match:
         """The answer for query pairs; ``shift_s``: where query frame 0 starts after the
         query's start (offsets are of the query's start). Never rejects (see
-        ``LandmarkRecogniser.threshold``)."""
+        ``LandmarkRecogniser.threshold``). ``exclude_song`` leaves that song out."""
         candidates = [
             Candidate(
                 song=self._songs[song_id],
                 offset_s=offset * self.settings.hop_s - shift_s,
                 score=float(score),
             )
-            for song_id, offset, score in self.match(hashes, frames)
+            for song_id, offset, score in self.match(hashes, frames, exclude_song)
         ]
         if not candidates:
             return Match(None, None, 0.0, METHOD, [])
@@ -914,7 +918,14 @@ class LandmarkRecogniser:
     def analyse(self, audio: np.ndarray) -> Landmarks:
         return fingerprint_audio(audio, self.settings)
 
-    def identify(self, analysis: Landmarks, start_s: float, length_s: float, method: str) -> Match:
+    def identify(
+        self,
+        analysis: Landmarks,
+        start_s: float,
+        length_s: float,
+        method: str,
+        exclude_song: int | None = None,
+    ) -> Match:
         if method != METHOD:
             raise ConfigError(f"method: {method!r} is not one of {', '.join(METHODS)}")
         s = self.settings
@@ -929,7 +940,9 @@ class LandmarkRecogniser:
         inside = analysis.targets[low:high] <= last
         hashes = analysis.hashes[low:high][inside]
         frames = analysis.anchors[low:high][inside] - first
-        return self.db.identify_landmarks(hashes, frames, shift_s=first * s.hop_s - start_s)
+        return self.db.identify_landmarks(
+            hashes, frames, shift_s=first * s.hop_s - start_s, exclude_song=exclude_song
+        )
 
     def threshold(self, method: str, length_s: float) -> float | None:
         """The minimum aligned-hash count of a match (``LandmarkDB.stored_threshold``)."""

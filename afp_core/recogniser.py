@@ -51,8 +51,19 @@ class Recogniser(Protocol):
         """Fingerprint mono ``audio`` at ``sample_rate`` once; opaque to the caller."""
         ...
 
-    def identify(self, analysis: Any, start_s: float, length_s: float, method: str) -> Match:
-        """The answer for the query [start_s, start_s + length_s) of the analysed audio."""
+    def identify(
+        self,
+        analysis: Any,
+        start_s: float,
+        length_s: float,
+        method: str,
+        exclude_song: int | None = None,
+    ) -> Match:
+        """The answer for the query [start_s, start_s + length_s) of the analysed audio.
+
+        ``exclude_song``: answer as if that catalogue song were not in the database (what
+        the protocols measure "no match" with: the query is then an impostor).
+        """
         ...
 
     def threshold(self, method: str, length_s: float) -> float | None:
@@ -113,7 +124,14 @@ class NeuralRecogniser:
         """(n_windows, dim) vectors of ``audio``, window i starting at i * hop."""
         return embed_audio(self.model, audio, batch_size=self.batch_size, device=self.device)
 
-    def identify(self, analysis: np.ndarray, start_s: float, length_s: float, method: str) -> Match:
+    def identify(
+        self,
+        analysis: np.ndarray,
+        start_s: float,
+        length_s: float,
+        method: str,
+        exclude_song: int | None = None,
+    ) -> Match:
         first = round(start_s / self.hop_s)
         if abs(first * self.hop_s - start_s) > 1e-6:
             raise ConfigError(
@@ -125,7 +143,12 @@ class NeuralRecogniser:
                 f"query [{start_s:g}, {start_s + length_s:g}) s is outside the analysed audio"
             )
         return identify_vectors(
-            self.db, analysis[first : first + n], method=method, k=self.k, hop_s=self.hop_s
+            self.db,
+            analysis[first : first + n],
+            method=method,
+            k=self.k,
+            hop_s=self.hop_s,
+            exclude_song=exclude_song,
         )
 
     def threshold(self, method: str, length_s: float) -> float | None:

@@ -174,8 +174,11 @@ def identify_vectors(
     k: int = 4,
     hop_s: float = 0.5,
     threshold: float | Literal["auto"] | None = None,
+    exclude_song: int | None = None,
 ) -> Match:
     """Identify a query from its window vectors (n, dim).
+
+    ``exclude_song`` searches as if that song were not in the database.
 
     ``threshold``: a score below it is "no match" (song None, candidates kept); None
     never rejects; 'auto' uses the database's calibrated threshold for this method and
@@ -184,10 +187,8 @@ def identify_vectors(
     if method not in METHODS:
         raise ConfigError(f"method: {method!r} is not one of {', '.join(METHODS)}")
     queries = _check_query(db, vectors)
-    if method == "sequence":
-        match = search_offset_consistent(db, queries, k=k, hop_s=hop_s)
-    else:
-        match = search_majority_vote(db, queries, k=k, hop_s=hop_s)
+    search = search_offset_consistent if method == "sequence" else search_majority_vote
+    match = search(db, queries, k=k, hop_s=hop_s, exclude_song=exclude_song)
     if threshold == "auto":
         threshold = stored_threshold(db, method, len(queries), k=k)
     if threshold is not None and (match.song is None or match.score < threshold):

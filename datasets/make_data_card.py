@@ -1,7 +1,7 @@
 """Write the training data card, datasets/TRAINING_DATA.md: what each collection adds, and
 which tracks are near-duplicates of others.
 
-    .venv/bin/python datasets/make_data_card.py [--landmark-db DIR] [--out datasets/TRAINING_DATA.md]
+    .venv/bin/python datasets/make_data_card.py [--landmark-db DIR] [--out FILE]
 
 Collections: the development music (`datasets/fetch_debian_audio.sh`, split into
 train / validation / test with seed 0 as every shipped config does) and the training-only
@@ -51,7 +51,8 @@ def collection_rows() -> list[tuple[str, str, list[Path]]]:
     for kind in ("music", "noise"):
         for folder in sorted((TRAINING_AUDIO / kind).glob("*")):
             if folder.is_dir():
-                rows.append((folder.name, f"training-only {kind}", list(iter_audio_files([folder]))))
+                files = list(iter_audio_files([folder]))
+                rows.append((folder.name, f"training-only {kind}", files))
     return rows
 
 
@@ -167,7 +168,7 @@ def main() -> None:
         index_landmark_library(db, music, task=task)
     dupes = find_near_duplicates(db)
     write_card(args.out, rows, dupes)
-    print(f"{args.out}: {len(rows)} collections, {len(dupes)} near-duplicate tracks", file=sys.stderr)
+    print(f"{args.out}: {len(rows)} collections, {len(dupes)} near-duplicates", file=sys.stderr)
 
 
 if __name__ == "__main__":

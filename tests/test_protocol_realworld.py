@@ -19,15 +19,17 @@ import pytest
 
 from afp_core.audio import load_audio
 from afp_core.database import FingerprintDB, Song
-from afp_core.errors import AfpError, Cancelled, DatabaseError
+from afp_core.errors import AfpError, Cancelled, ConfigError, DatabaseError
 from afp_core.fileutil import file_sha256
 from afp_core.indexing import describe_model, extract_file_vectors, load_database_model
 from afp_core.protocols.realworld import (
     RealWorldSettings,
+    check_realworld_settings,
     map_session_songs,
     plan_realworld,
     run_realworld_comparison,
     run_realworld_protocol,
+    threshold_at_false_match_rate,
 )
 from afp_core.protocols.report import read_report, write_realworld_report
 from afp_core.protocols.sessions import SessionReadError, SessionSong, read_session
@@ -148,8 +150,10 @@ def test_report_written_and_read_back(result, tmp_path):
         "accuracy.png",
         "report.json",
         "table.md",
+        "tradeoff.png",
         "trials.csv",
     ]
+    assert "At 1 % false matches" in (out / "table.md").read_text()
     report = read_report(out)
     assert report.protocol == "realworld"
     assert len(report.trials) == len(result.trials)
@@ -297,3 +301,40 @@ def test_bad_settings_are_refused(world, song_library):
     assert session_data.songs[0].start_s == pytest.approx(2.0)  # lead, marker, gap
     assert session_data.songs[0].duration_s == pytest.approx(24.0)
     assert session_data.songs[0].file == song_library[0]
+
+
+def test_impostors_set_the_operating_point(result):
+    """Every query answered again without its song: the impostor scores set a threshold
+    that lets 1 % of them through, pooled over the takes."""
+    assert all(t.impostor_score is not None for t in result.trials)
+    clean = [t for t in result.trials if t.take == "low" and t.method == "sequence"]
+    assert np.mean([t.score > t.impostor_score for t in clean]) > 0.95
+    for cell in result.summary:
+        pooled = [
+            t.impostor_score
+            for t in result.trials
+            if t.method == cell.method and t.length_s == cell.length_s
+        ]
+        assert np.mean(np.asarray(pooled) >= cell.threshold_at_fmr) <= 0.01
+        rows = [
+            t
+            for t in result.trials
+            if (t.take, t.method, t.length_s) == (cell.take, cell.method, cell.length_s)
+        ]
+        assert cell.rejected_at_fmr == pytest.approx(
+            np.mean([t.score < cell.threshold_at_fmr for t in rows])
+        )
+        assert cell.accuracy_at_fmr <= cell.accuracy
+        if cell.false_match_rate_measured is not None:
+            assert 0 <= cell.false_match_rate_measured <= 1
+
+
+def test_threshold_at_false_match_rate_counts_from_the_top():
+    scores = [float(x) for x in range(100)]  # 0 ... 99
+    assert 98 < threshold_at_false_match_rate(scores, 0.01) <= 99
+    assert sum(x >= threshold_at_false_match_rate(scores, 0.01) for x in scores) == 1
+    assert sum(x >= threshold_at_false_match_rate(scores, 0.05) for x in scores) == 5
+    assert sum(x >= threshold_at_false_match_rate(scores, 0.001) for x in scores) == 0
+    assert threshold_at_false_match_rate([], 0.01) is None
+    with pytest.raises(ConfigError, match="false-match rate"):
+        check_realworld_settings(RealWorldSettings(false_match_rate=1.5))

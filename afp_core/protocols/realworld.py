@@ -16,7 +16,14 @@ Measures, per take x rule x query length:
 - ``offset_accuracy``: the right song with the returned offset within
   ``offset_tolerance_s`` (±0.5 s) of the query's true place in the song;
 - ``no_match_rate``: share of queries the "no match" threshold (``Recogniser.threshold``)
-  rejects, and ``accuracy_with_rejection``: the right song and not rejected.
+  rejects, and ``accuracy_with_rejection``: the right song and not rejected;
+- the "no match" trade-off: every query is also answered as if its song were not in the
+  database (``exclude_song``), which makes it an impostor that sounds exactly like a
+  real take. ``false_match_rate_measured`` is the share of those impostors the threshold
+  lets through; ``threshold_at_fmr`` is the score that lets ``false_match_rate`` (1 %)
+  of them through, pooled over the takes (one threshold per rule and length, as a
+  deployment would set it), and ``rejected_at_fmr`` / ``accuracy_at_fmr`` what it does
+  to the true queries of each take.
 
 Session songs are found in the recogniser's catalogue by the checksum of the session
 song's file (what ``afp index`` records) when the file is there, else by title
@@ -66,7 +73,9 @@ class RealWorldSettings:
     ``accuracy_with_rejection``: "auto" (``Recogniser.threshold``), a number, or None.
     ``allow_unchecked``: evaluate takes whose alignment is missing or failed its checks
     (a take with no aligned file is then read raw, assumed to start with the program,
-    as the paper's authors assumed).
+    as the paper's authors assumed). ``impostors``: answer every query a second time
+    without its song (the "no match" trade-off; doubles the searches), at the operating
+    point of ``false_match_rate``.
     """
 
     lengths_s: tuple[float, ...] = DEFAULT_LENGTHS_S
@@ -75,6 +84,8 @@ class RealWorldSettings:
     offset_tolerance_s: float = 0.5
     threshold: float | str | None = "auto"
     allow_unchecked: bool = False
+    impostors: bool = True
+    false_match_rate: float = 0.01
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -112,6 +123,7 @@ class RealWorldTrial:
     song_hit: bool
     offset_hit: bool
     rejected: bool
+    impostor_score: float | None = None  # the best score without the query's own song
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +139,10 @@ class RealWorldCell:
     offset_accuracy: float
     accuracy_with_rejection: float
     no_match_rate: float
+    false_match_rate_measured: float | None = None
+    threshold_at_fmr: float | None = None
+    rejected_at_fmr: float | None = None
+    accuracy_at_fmr: float | None = None
 
 
 @dataclasses.dataclass
@@ -303,6 +319,10 @@ def check_realworld_settings(settings: RealWorldSettings) -> None:
         raise ConfigError("lengths: a query length is repeated")
     if settings.offset_tolerance_s < 0:
         raise ConfigError("offset tolerance must not be negative")
+    if not 0.0 < settings.false_match_rate < 1.0:
+        raise ConfigError(
+            f"false-match rate: {settings.false_match_rate!r} is not a share in (0, 1)"
+        )
     threshold = settings.threshold
     if not (threshold is None or threshold == "auto" or isinstance(threshold, int | float)):
         raise ConfigError(f"threshold: {threshold!r} is not a number, 'auto' or None")
@@ -504,6 +524,7 @@ def run_realworld_plan(
                     [s.take.label for s in plan.sources],
                     system.methods,
                     settings.lengths_s,
+                    settings.false_match_rate,
                 ),
                 takes=tuple(s.take.label for s in plan.sources),
                 notes=list(plan.notes),
@@ -558,6 +579,12 @@ def _identify_song(
                 found = match.song
                 threshold = thresholds[system.label, method, length]
                 song_hit = found is not None and found.id == expected.song_id
+                impostor = None
+                if settings.impostors:
+                    alone = recogniser.identify(
+                        analysis, start, length, method, exclude_song=expected.song_id
+                    )
+                    impostor = float(alone.score)
                 near = match.offset_s is not None and (
                     abs(match.offset_s - truth) <= settings.offset_tolerance_s + 1e-9
                 )
@@ -580,6 +607,7 @@ def _identify_song(
                         offset_hit=song_hit and near,
                         rejected=found is None
                         or (threshold is not None and match.score < threshold),
+                        impostor_score=impostor,
                     )
                 )
     return rows
@@ -590,11 +618,15 @@ def summarise_realworld(
     takes: Sequence[str],
     methods: Sequence[str],
     lengths_s: Sequence[float],
+    false_match_rate: float = 0.01,
 ) -> list[RealWorldCell]:
     """One cell per take x rule x length (cells with no query are left out)."""
     groups: dict[tuple[str, str, str, float], list[RealWorldTrial]] = defaultdict(list)
+    pooled: dict[tuple[str, str, float], list[float]] = defaultdict(list)
     for trial in trials:
         groups[trial.system, trial.take, trial.method, trial.length_s].append(trial)
+        if trial.impostor_score is not None:
+            pooled[trial.system, trial.method, trial.length_s].append(trial.impostor_score)
     systems = list(dict.fromkeys(t.system for t in trials))
     cells = []
     for system in systems:
@@ -603,16 +635,40 @@ def summarise_realworld(
                 for length in lengths_s:
                     rows = groups.get((system, take, method, float(length)), [])
                     if rows:
-                        cells.append(_cell(system, take, method, float(length), rows))
+                        impostors = pooled.get((system, method, float(length)))
+                        at_fmr = threshold_at_false_match_rate(impostors, false_match_rate)
+                        cells.append(_cell(system, take, method, float(length), rows, at_fmr))
     return cells
 
 
+def threshold_at_false_match_rate(scores: Sequence[float] | None, rate: float) -> float | None:
+    """The lowest score that lets at most ``rate`` of the impostor ``scores`` through.
+
+    A score counts as a match when it is >= the threshold; the threshold sits just above
+    the impostor score ranked ``floor(rate * n)`` from the top (None without impostors).
+    """
+    if not scores:
+        return None
+    ranked = np.sort(np.asarray(scores, np.float64))[::-1]
+    allowed = math.floor(rate * len(ranked))
+    return float(np.nextafter(ranked[allowed], np.inf))
+
+
 def _cell(
-    system: str, take: str, method: str, length: float, rows: Sequence[RealWorldTrial]
+    system: str,
+    take: str,
+    method: str,
+    length: float,
+    rows: Sequence[RealWorldTrial],
+    at_fmr: float | None,
 ) -> RealWorldCell:
     def share(predicate: Callable[[RealWorldTrial], bool]) -> float:
         return float(np.mean([predicate(t) for t in rows]))
 
+    judged = [t for t in rows if t.impostor_score is not None and t.threshold is not None]
+    measured = None
+    if judged:
+        measured = float(np.mean([t.impostor_score >= t.threshold for t in judged]))
     return RealWorldCell(
         system=system,
         take=take,
@@ -623,4 +679,10 @@ def _cell(
         offset_accuracy=share(lambda t: t.offset_hit),
         accuracy_with_rejection=share(lambda t: t.song_hit and not t.rejected),
         no_match_rate=share(lambda t: t.rejected),
+        false_match_rate_measured=measured,
+        threshold_at_fmr=at_fmr,
+        rejected_at_fmr=None if at_fmr is None else share(lambda t: t.score < at_fmr),
+        accuracy_at_fmr=None
+        if at_fmr is None
+        else share(lambda t: t.song_hit and t.score >= at_fmr),
     )

@@ -9,6 +9,8 @@ A report folder holds:
 - ``trials.csv``: one row per query;
 - ``accuracy.png``: the figure (accuracy vs query length like the paper's tables, or vs
   code length like its Figure 7);
+- ``tradeoff.png`` (real world, with impostors): the "no match" trade-off, true queries
+  answered with the right song against the false-match rate on impostors, per rule;
 - ``table.md``: the Markdown table (real world: paper Table 4's shape; baseline: Table 3's;
   quantisation: a table of Figure 7's points).
 
@@ -49,6 +51,7 @@ REPORT_VERSION = 1
 REPORT_FILE = "report.json"
 TRIALS_FILE = "trials.csv"
 FIGURE_FILE = "accuracy.png"
+TRADEOFF_FILE = "tradeoff.png"
 TABLE_FILE = "table.md"
 
 
@@ -128,6 +131,9 @@ def write_realworld_report(
     if not results:
         raise ReportError("no results to report")
     trials = [dataclasses.asdict(t) for r in results for t in r.trials]
+    figures = {}
+    if any(t.impostor_score is not None for r in results for t in r.trials):
+        figures[TRADEOFF_FILE] = lambda path: plot_realworld_tradeoff(results, path)
     return _write(
         Path(out),
         realworld_report_data(results, extra),
@@ -135,6 +141,7 @@ def write_realworld_report(
         _columns(RealWorldTrial),
         format_realworld_table(results),
         lambda path: plot_realworld(results, path),
+        figures,
     )
 
 
@@ -199,9 +206,30 @@ def format_realworld_table(results: Sequence[RealWorldResult]) -> str:
         lambda c: f"{100 * c.offset_accuracy:.1f}",
     )
     if threshold is not None:
+        measured = any(c.false_match_rate_measured is not None for c in cells.values())
         lines += table(
-            f'"No match" rate % / accuracy % with rejection (threshold: {threshold})',
-            lambda c: f"{100 * c.no_match_rate:.1f} / {100 * c.accuracy_with_rejection:.1f}",
+            '"No match" rate % / accuracy % with rejection'
+            + (" / false matches % on impostors" if measured else "")
+            + f" (threshold: {threshold})",
+            lambda c: (
+                f"{100 * c.no_match_rate:.1f} / {100 * c.accuracy_with_rejection:.1f}"
+                + (
+                    f" / {100 * c.false_match_rate_measured:.1f}"
+                    if c.false_match_rate_measured is not None
+                    else ""
+                )
+            ),
+        )
+    if any(c.threshold_at_fmr is not None for c in cells.values()):
+        rate = 100 * float(settings.get("false_match_rate", 0.01))
+        lines += table(
+            f"At {rate:g} % false matches (threshold set on this session's impostors, the "
+            f"queries answered without their song): true queries rejected % / accuracy %",
+            lambda c: (
+                "-"
+                if c.rejected_at_fmr is None
+                else f"{100 * c.rejected_at_fmr:.1f} / {100 * c.accuracy_at_fmr:.1f}"
+            ),
         )
     notes = list(dict.fromkeys(note for r in results for note in r.notes))
     if notes:
@@ -244,6 +272,48 @@ def plot_realworld(results: Sequence[RealWorldResult], path: Path | BinaryIO) ->
     ax.set_ylim(-2, 102)
     ax.set_title(f"Real-world protocol: {Path(results[0].session['folder']).name}")
     _finish(figure, ax, path)
+
+
+def plot_realworld_tradeoff(results: Sequence[RealWorldResult], path: Path | BinaryIO) -> None:
+    """One panel per system x rule: share of true queries answered with the right song
+    (score >= threshold) against the share of impostors answered (a song despite its
+    absence), as the threshold moves; one line per query length, takes pooled."""
+    panels = [(r, m) for r in results for m in r.methods]
+    figure, axes = _figure(len(panels))
+    axes = np.atleast_1d(axes)
+    rate = float(results[0].settings.get("false_match_rate", 0.01))
+    for ax, (result, method) in zip(axes, panels, strict=True):
+        lengths = sorted({t.length_s for t in result.trials if t.method == method})
+        for i, length in enumerate(lengths):
+            rows = [
+                t
+                for t in result.trials
+                if t.method == method and t.length_s == length and t.impostor_score is not None
+            ]
+            if not rows:
+                continue
+            impostors = np.sort([t.impostor_score for t in rows])[::-1]
+            cuts = np.unique(np.r_[impostors, np.inf])
+            far = [np.mean(impostors >= cut) for cut in cuts]
+            accepted = [np.mean([t.song_hit and t.score >= cut for t in rows]) for cut in cuts]
+            ax.plot(
+                np.maximum(far, 5e-4) * 100,
+                np.asarray(accepted) * 100,
+                color=f"C{i}",
+                label=f"{length:g} s",
+            )
+        ax.axvline(rate * 100, color="gray", linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlim(0.05, 100)
+        ax.set_ylim(-2, 102)
+        ax.set_xlabel("false matches on impostors (%)")
+        ax.set_ylabel("right song, accepted (%)")
+        name = f"{result.system}: {METHOD_LABELS.get(method, method)}"
+        ax.set_title(name if len(name) < 60 else name[:57] + "...", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, format="png")
 
 
 # ---------------------------------------------------------------------- baseline
@@ -524,6 +594,7 @@ def _write(
     columns: dict[str, str],
     table: str,
     plot: Callable[[BinaryIO], None],
+    figures: dict[str, Callable[[BinaryIO], None]] | None = None,
 ) -> Path:
     if out.exists() and not out.is_dir():
         raise ReportError(f"{out}: exists and is not a folder")
@@ -534,7 +605,12 @@ def _write(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": versions(),
         **data,
-        "files": {"trials": TRIALS_FILE, "figure": FIGURE_FILE, "table": TABLE_FILE},
+        "files": {
+            "trials": TRIALS_FILE,
+            "figure": FIGURE_FILE,
+            "table": TABLE_FILE,
+            **({"figures": list(figures)} if figures else {}),
+        },
         "trial_columns": columns,
     }
     text = json.dumps(_finite(document), indent=2, default=_json_default, allow_nan=False)
@@ -544,8 +620,9 @@ def _write(
     for row in trials:
         writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
     atomic_write_text(out / TRIALS_FILE, buffer.getvalue())
-    with atomic_path(out / FIGURE_FILE) as tmp, tmp.open("wb") as handle:
-        plot(handle)
+    for name, draw in {FIGURE_FILE: plot, **(figures or {})}.items():
+        with atomic_path(out / name) as tmp, tmp.open("wb") as handle:
+            draw(handle)
     atomic_write_text(out / TABLE_FILE, table)
     atomic_write_text(out / REPORT_FILE, text + "\n")
     return out
