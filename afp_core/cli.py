@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -95,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=4, help="neighbours retrieved per window")
     p.add_argument(
         "--threshold",
-        type=float,
-        help="minimum score for a match (default: the database's calibrated value, if any)",
+        type=_threshold_option,
+        help="minimum score for a match: a number, or 'none' to never answer \"no match\" "
+        "(default: the database's calibrated value for the rule and query length, if any)",
     )
     p.add_argument("--nprobe", type=int, help="IVF lists visited per search (default: database)")
     p.add_argument("--start", type=float, default=0.0, help="excerpt start in seconds")
@@ -262,9 +264,11 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_identify(args: argparse.Namespace) -> int:
+    from afp_core.audio import window_count
     from afp_core.database import FingerprintDB
     from afp_core.indexing import load_database_model
-    from afp_core.query import identify_file
+    from afp_core.query import identify_audio, load_query
+    from afp_core.search import stored_threshold
 
     if _existing_database_kind(args.db) == "landmark":
         return _run_landmark_identify(args)
@@ -275,32 +279,76 @@ def run_identify(args: argparse.Namespace) -> int:
     model = checkpoint.model.to(args.device)
     if args.nprobe is not None:
         db.nprobe = args.nprobe
-    threshold = args.threshold if args.threshold is not None else db.search_threshold
+    method = args.method or "sequence"
+    spec = model.spec.audio
+    operating_point = _operating_point(db.search_settings, method, args)
     failures = 0
     for query in args.queries:
         try:
-            match = identify_file(
+            audio = load_query(query, spec.sample_rate, args.start, args.duration)
+            threshold = args.threshold
+            if threshold is None:
+                n = window_count(len(audio), spec.window, spec.hop)
+                threshold = stored_threshold(db, method, max(n, 1), k=args.k)
+            match = identify_audio(
                 db,
                 model,
-                query,
-                start_s=args.start,
-                duration_s=args.duration,
-                method=args.method or "sequence",
+                audio,
+                method=method,
                 k=args.k,
                 threshold=threshold,
                 device=args.device,
+                label=str(query),
             )
         except AfpError as exc:
             failures += 1
             _report_failure(args, query, exc)
             continue
-        _report_match(args, query, match, ".3f")
+        _report_match(args, query, match, ".3f", threshold, operating_point)
     return 1 if failures else 0
 
 
-def _report_match(args: argparse.Namespace, query: Path, match: Any, score_format: str) -> None:
-    """One line per query: JSON (the scripting contract) or text."""
+def _operating_point(
+    search: dict[str, Any], method: str, args: argparse.Namespace
+) -> dict[str, Any] | None:
+    """What the calibrated threshold promises (None with --threshold or uncalibrated)."""
+    entry = search.get("thresholds", {}).get(method)
+    if args.threshold is not None or not entry:
+        return None
+    rate = entry.get("false_match_rate")
+    if rate is None and "quantile" in entry:  # landmark and older neural calibrations
+        rate = round(1.0 - float(entry["quantile"]), 6)
+    return {"false_match_rate": rate, "source": entry.get("source", "database vectors")}
+
+
+def _threshold_option(text: str) -> float:
+    """``--threshold``: a number, or none / -inf (never reject)."""
+    if text.strip().lower() in ("none", "-inf", "off"):
+        return -math.inf
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError("the threshold cannot be NaN")
+    return value
+
+
+def _report_match(
+    args: argparse.Namespace,
+    query: Path,
+    match: Any,
+    score_format: str,
+    threshold: float | None,
+    operating_point: dict[str, Any] | None,
+) -> None:
+    """One line per query: JSON (the scripting contract) or text.
+
+    ``best`` is the best candidate whether or not it passed ``threshold`` (the score a
+    match needs; None: no threshold), so a "no match" still says what came closest.
+    """
     song = match.song
+    best = match.candidates[0] if match.candidates else None
     record = {
         "query": str(query),
         "song": song.title if song else None,
@@ -310,11 +358,24 @@ def _report_match(args: argparse.Namespace, query: Path, match: Any, score_forma
         "offset_s": round(match.offset_s, 3) if song and match.offset_s is not None else None,
         "score": round(float(match.score), 4),
         "method": match.method,
+        "threshold": None if threshold is None or math.isinf(threshold) else round(threshold, 4),
+        "operating_point": operating_point,
+        "best": None
+        if best is None
+        else {
+            "song": best.song.title,
+            "artist": best.song.artist,
+            "song_id": best.song.id,
+            "path": best.song.source,
+            "offset_s": round(best.offset_s, 3),
+            "score": round(float(best.score), 4),
+        },
     }
     if args.json:
         print(json.dumps(record), flush=True)
     elif song is None:
-        print(f"{query}: no match (best score {match.score:{score_format}})")
+        closest = f"; closest: {best.song.title}" if best is not None else ""
+        print(f"{query}: no match (best score {match.score:{score_format}}{closest})")
     else:
         print(
             f"{query}: {song.title}"
@@ -415,6 +476,7 @@ def _run_landmark_identify(args: argparse.Namespace) -> int:
     db = LandmarkDB.open(args.db)
     recogniser = LandmarkRecogniser(db)
     rate = recogniser.sample_rate
+    operating_point = _operating_point(db.search_settings, METHOD, args)
     failures = 0
     for query in args.queries:
         try:
@@ -429,7 +491,7 @@ def _run_landmark_identify(args: argparse.Namespace) -> int:
             threshold = recogniser.threshold(METHOD, len(audio) / rate)
         if match.song is not None and match.score < threshold:
             match = dataclasses.replace(match, song=None, offset_s=None)
-        _report_match(args, query, match, ".0f")
+        _report_match(args, query, match, ".0f", threshold, operating_point)
     return 1 if failures else 0
 
 

@@ -18,7 +18,15 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from afp_core.audio import AudioInfo, iter_audio_files, probe_audio, stream_audio, stream_windows
+from afp_core.audio import (
+    AudioInfo,
+    iter_audio_files,
+    probe_audio,
+    stream_audio,
+    stream_windows,
+    window_count,
+)
+from afp_core.calibration import CALIBRATED_QUERY_S, calibrate_from_audio
 from afp_core.checkpoint import Checkpoint, load_checkpoint
 from afp_core.config import IndexConfig
 from afp_core.database import FingerprintDB, Song
@@ -258,23 +266,27 @@ def index_library(
     return result
 
 
-CALIBRATED_QUERY_S = (1, 2, 3, 4, 5, 10, 15)
-
-
 def calibrate_thresholds(
-    db: FingerprintDB, model: Fingerprinter, device: str | torch.device = "cpu"
+    db: FingerprintDB,
+    model: Fingerprinter,
+    device: str | torch.device = "cpu",
+    task: TaskState | None = None,
 ) -> None:
     """Store "no match" thresholds for both decision rules and the protocol's query lengths.
 
-    Lengths longer than the longest song are left out (``'auto'`` then uses the longest
-    calibrated length below the query's). Spans of digital silence are not used: every
-    song's silence has the same fingerprint, which says nothing about the song.
+    From distorted excerpts of the songs' files (``afp_core.calibration``); where fewer
+    than two of them can be read, from the database's vectors alone. Lengths longer than
+    the longest song are left out (``'auto'`` then uses the longest calibrated length
+    below the query's). Spans of digital silence are not used: every song's silence has
+    the same fingerprint, which says nothing about the song.
     """
+    if calibrate_from_audio(db, model, device=device, task=task) is not None:
+        return
     audio = model.spec.audio
     silence = embed_windows(model, np.zeros((1, audio.window), np.float32), device=device)
     longest = max(s.vector_count for s in db.songs("indexed"))
     for seconds in CALIBRATED_QUERY_S:
-        n_windows = round((seconds - audio.window_s) / audio.hop_s) + 1
+        n_windows = window_count(round(seconds * audio.sample_rate), audio.window, audio.hop)
         if n_windows > longest:
             break
         for method in METHODS:

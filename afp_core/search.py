@@ -45,7 +45,7 @@ class Match:
     """The decision for one query; ``song`` is None for "no match".
 
     ``offset_s`` is where the query starts inside the song, in seconds. ``score`` is the
-    vote fraction (vote) or mean similarity of the aligned windows (sequence).
+    similarity-weighted vote share (vote) or mean similarity of the aligned windows (sequence).
     ``candidates`` are the best alternatives, one per song, best first (also kept when
     the threshold rejects the match).
     """
@@ -67,7 +67,10 @@ def search_majority_vote(
     """The paper's rule: each window's k neighbours vote for their songs; most votes wins.
 
     Ties go to the higher summed similarity. The offset is the most common
-    (neighbour position - window index) among the winner's votes. Score = votes / (n k).
+    (neighbour position - window index) among the winner's votes. Score = the summed
+    similarity of the song's votes / (n k): the vote share weighted by how close the
+    votes are (a vote share alone is no confidence: the k neighbours of one window are
+    often k neighbouring windows of one song, whatever the query).
     """
     queries = _check_query(db, vectors)
     n = len(queries)
@@ -94,7 +97,7 @@ def search_majority_vote(
             Candidate(
                 song=db.song(int(songs[slot])),
                 offset_s=float(offsets[best]) * hop_s,
-                score=float(votes[slot]) / (n * k),
+                score=float(summed[slot]) / (n * k),
             )
         )
     top = candidates[0]
@@ -255,7 +258,8 @@ def calibrate_threshold(
     if save:
         thresholds: dict[str, Any] = db.search_settings.get("thresholds", {})
         entry = thresholds.get(method, {})
-        if entry.get("k") != k or entry.get("nprobe") != db.nprobe:
+        # a table measured another way (afp_core.calibration) is replaced, not mixed in
+        if entry.get("k") != k or entry.get("nprobe") != db.nprobe or "source" in entry:
             entry = {"k": k, "nprobe": db.nprobe, "by_windows": {}}
         entry["by_windows"][str(n_windows)] = threshold
         thresholds[method] = entry
@@ -268,7 +272,7 @@ def stored_threshold(db: FingerprintDB, method: str, n_windows: int, k: int = 4)
 
     Impostor scores fall as queries get longer, so the value calibrated for the longest
     length <= n_windows is used (safe: higher than the exact one). None when there is
-    none, or when it was measured with another ``k`` or nprobe: a vote fraction out of
+    none, or when it was measured with another ``k`` or nprobe: a vote share out of
     4 neighbours means nothing out of 10.
     """
     entry = db.search_settings.get("thresholds", {}).get(method, {})

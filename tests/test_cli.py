@@ -84,6 +84,15 @@ def test_song_not_in_database_is_no_match(built_db, tmp_path, capsys):
     assert main(["identify", str(built_db), str(unknown), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["song"] is None and record["path"] is None
+    # the closest song is still given, with the threshold it missed and what it promises
+    assert record["best"]["song"].startswith("song") and record["best"]["path"]
+    assert record["best"]["score"] == record["score"] < record["threshold"]
+    assert record["operating_point"]["false_match_rate"] == 0.01
+    # --threshold none: the paper's measure, the best candidate whatever its score
+    assert main(["identify", str(built_db), str(unknown), "--json", "--threshold", "none"]) == 0
+    anyway = json.loads(capsys.readouterr().out)
+    assert anyway["song"] == record["best"]["song"] and anyway["threshold"] is None
+    assert anyway["operating_point"] is None
     assert main(["info", str(built_db), "--json"]) == 0
     thresholds = json.loads(capsys.readouterr().out)["search"]["thresholds"]
     assert set(thresholds) == {"sequence", "vote"}

@@ -29,7 +29,6 @@ from afp_core.protocols.realworld import (
     plan_realworld,
     run_realworld_comparison,
     run_realworld_protocol,
-    threshold_at_false_match_rate,
 )
 from afp_core.protocols.report import read_report, write_realworld_report
 from afp_core.protocols.sessions import SessionReadError, SessionSong, read_session
@@ -329,12 +328,6 @@ def test_impostors_set_the_operating_point(result):
             assert 0 <= cell.false_match_rate_measured <= 1
 
 
-def test_threshold_at_false_match_rate_counts_from_the_top():
-    scores = [float(x) for x in range(100)]  # 0 ... 99
-    assert 98 < threshold_at_false_match_rate(scores, 0.01) <= 99
-    assert sum(x >= threshold_at_false_match_rate(scores, 0.01) for x in scores) == 1
-    assert sum(x >= threshold_at_false_match_rate(scores, 0.05) for x in scores) == 5
-    assert sum(x >= threshold_at_false_match_rate(scores, 0.001) for x in scores) == 0
-    assert threshold_at_false_match_rate([], 0.01) is None
+def test_false_match_rate_must_be_a_share():
     with pytest.raises(ConfigError, match="false-match rate"):
         check_realworld_settings(RealWorldSettings(false_match_rate=1.5))

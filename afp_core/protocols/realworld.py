@@ -46,6 +46,7 @@ import numpy as np
 import soundfile as sf
 
 from afp_core.audio import probe_audio, resample
+from afp_core.calibration import threshold_at_false_match_rate
 from afp_core.database import Song
 from afp_core.errors import AudioError, ConfigError, DatabaseError
 from afp_core.fileutil import file_sha256
@@ -639,19 +640,6 @@ def summarise_realworld(
                         at_fmr = threshold_at_false_match_rate(impostors, false_match_rate)
                         cells.append(_cell(system, take, method, float(length), rows, at_fmr))
     return cells
-
-
-def threshold_at_false_match_rate(scores: Sequence[float] | None, rate: float) -> float | None:
-    """The lowest score that lets at most ``rate`` of the impostor ``scores`` through.
-
-    A score counts as a match when it is >= the threshold; the threshold sits just above
-    the impostor score ranked ``floor(rate * n)`` from the top (None without impostors).
-    """
-    if not scores:
-        return None
-    ranked = np.sort(np.asarray(scores, np.float64))[::-1]
-    allowed = math.floor(rate * len(ranked))
-    return float(np.nextafter(ranked[allowed], np.inf))
 
 
 def _cell(
