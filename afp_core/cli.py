@@ -89,9 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per query per line")
     p.add_argument(
         "--method",
-        choices=["sequence", "vote", "landmark"],
+        choices=["sequence", "vote", "landmark", "fused"],
         help="sequence: offset-consistent search (neural default); vote: majority vote over "
-        "k neighbours; landmark: aligned hash count (the only rule of a landmark database)",
+        "k neighbours; landmark: aligned hash count (the only rule of a landmark database); "
+        "fused: the neural database and --landmark-db answering together",
+    )
+    p.add_argument(
+        "--landmark-db",
+        type=Path,
+        help="with --method fused: a landmark database of the same library",
     )
     p.add_argument("-k", type=int, default=4, help="neighbours retrieved per window")
     p.add_argument(
@@ -274,6 +280,10 @@ def run_identify(args: argparse.Namespace) -> int:
         return _run_landmark_identify(args)
     if args.method == "landmark":
         raise AfpError(f"{args.db}: --method landmark needs a landmark database")
+    if (args.method == "fused") != (args.landmark_db is not None):
+        raise AfpError("--method fused and --landmark-db go together")
+    if args.method == "fused":
+        return _run_fused_identify(args)
     db = FingerprintDB.open(args.db)
     checkpoint = load_database_model(db, args.model)
     model = checkpoint.model.to(args.device)
@@ -305,6 +315,43 @@ def run_identify(args: argparse.Namespace) -> int:
             _report_failure(args, query, exc)
             continue
         _report_match(args, query, match, ".3f", threshold, operating_point)
+    return 1 if failures else 0
+
+
+def _run_fused_identify(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from afp_core.fusion import METHOD, FusedRecogniser
+    from afp_core.query import load_query
+    from afp_core.recogniser import NeuralRecogniser, open_recogniser
+
+    neural = open_recogniser(args.db, args.model, k=args.k, device=args.device)
+    if not isinstance(neural, NeuralRecogniser):
+        raise AfpError(f"{args.db}: --method fused needs a neural database here")
+    if args.nprobe is not None:
+        neural.db.nprobe = args.nprobe
+    landmark = open_recogniser(args.landmark_db)
+    if landmark.kind != "landmark":
+        raise AfpError(f"{args.landmark_db}: --landmark-db must be a landmark database")
+    fused = FusedRecogniser(neural, landmark)  # type: ignore[arg-type]
+    failures = 0
+    for query in args.queries:
+        try:
+            audio = load_query(query, fused.sample_rate, args.start, args.duration)
+            length = len(audio) / fused.sample_rate
+            if length < fused.min_query_s:
+                raise AfpError(f"{query}: query is {length:.2f} s, shorter than one window")
+            match = fused.identify(fused.analyse(audio), 0.0, length, METHOD)
+        except AfpError as exc:
+            failures += 1
+            _report_failure(args, query, exc)
+            continue
+        threshold = args.threshold
+        if threshold is None:
+            threshold = fused.threshold(METHOD, length)
+        if match.song is not None and match.score < threshold:
+            match = dataclasses.replace(match, song=None, offset_s=None)
+        _report_match(args, query, match, ".2f", threshold, None)
     return 1 if failures else 0
 
 

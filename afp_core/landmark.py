@@ -561,6 +561,7 @@ class LandmarkDB(SongCatalogue):
         dt_mask = np.uint32((1 << s.dt_bits) - 1)
         rng = np.random.default_rng(seed)
         table: dict[str, int] = {}
+        means: dict[str, float] = {}
         for seconds in CALIBRATED_QUERY_S:
             n = query_frames(seconds, s)
             eligible = [song for song in songs if song.vector_count >= n]
@@ -587,9 +588,25 @@ class LandmarkDB(SongCatalogue):
                 impostor[trial] = runner_up if shared else best
             level = int(np.floor(np.quantile(impostor, quantile))) + 1
             table[str(seconds)] = max(MIN_ALIGNED, level)
-        entry = {"quantile": quantile, "trials": trials, "songs": len(songs), "by_seconds": table}
+            means[str(seconds)] = float(np.mean(impostor))
+        entry = {
+            "quantile": quantile,
+            "trials": trials,
+            "songs": len(songs),
+            "by_seconds": table,
+            "impostor_mean_by_seconds": means,
+        }
         self.save_search_settings(thresholds={METHOD: entry})
         return table
+
+    def stored_impostor_mean(self, length_s: float) -> float:
+        """The mean impostor score behind ``stored_threshold(length_s)`` (0 if unknown)."""
+        entry = self.search_settings.get("thresholds", {}).get(METHOD, {})
+        table = {float(k): float(v) for k, v in entry.get("impostor_mean_by_seconds", {}).items()}
+        if not table:
+            return 0.0
+        longer = [k for k in table if k >= length_s - 1e-9]
+        return table[min(longer)] if longer else table[max(table)]
 
     def stored_threshold(self, length_s: float) -> int:
         """The calibrated threshold for queries of ``length_s`` seconds.

@@ -283,6 +283,18 @@ def stored_threshold(db: FingerprintDB, method: str, n_windows: int, k: int = 4)
     return float(table[str(lengths[-1])]) if lengths else None
 
 
+def stored_impostor_mean(
+    db: FingerprintDB, method: str, n_windows: int, k: int = 4
+) -> float | None:
+    """The mean impostor score behind ``stored_threshold`` (None where not measured)."""
+    entry = db.search_settings.get("thresholds", {}).get(method, {})
+    if entry.get("k") != k or entry.get("nprobe") != db.nprobe:
+        return None
+    table = entry.get("impostor_mean_by_windows", {})
+    lengths = sorted(int(key) for key in table if int(key) <= n_windows)
+    return float(table[str(lengths[-1])]) if lengths else None
+
+
 def _check_query(db: FingerprintDB, vectors: np.ndarray) -> np.ndarray:
     array = np.asarray(vectors)
     if array.ndim == 2 and array.shape[0] == 0:

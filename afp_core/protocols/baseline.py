@@ -341,7 +341,12 @@ def summarise_trials(
     }
 
 
-METHOD_LABELS = {"sequence": "offset-consistent search", "vote": "majority vote"}
+METHOD_LABELS = {
+    "sequence": "offset-consistent search",
+    "vote": "majority vote",
+    "landmark": "aligned landmark hashes",
+    "fused": "neural and landmark evidence combined",
+}
 
 
 def format_accuracy_tables(summary: dict) -> str:

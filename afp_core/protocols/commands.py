@@ -66,6 +66,12 @@ def add_evaluate_parser(sub: Any, epilog: str) -> None:
     p.add_argument("--takes", nargs="+", help="take labels to evaluate (default: all)")
     p.add_argument("--method", nargs="+", help="decision rules (default: every rule)")
     p.add_argument(
+        "--fuse",
+        action="store_true",
+        help="add the fused rule: the first neural and the first landmark database (of the "
+        "same library) answering together, reported beside each alone",
+    )
+    p.add_argument(
         "--allow-unchecked",
         action="store_true",
         help="evaluate takes whose alignment is missing or failed its checks (an unaligned "
@@ -258,6 +264,19 @@ def _open(db: Path, model: Path | None, args: argparse.Namespace) -> Any:
     return recogniser
 
 
+def _fused(recognisers: list[Any], dbs: list[Path]) -> Any:
+    """The fused recogniser of the first neural and the first landmark database given."""
+    from afp_core.fusion import FusedRecogniser
+
+    kinds = {r.kind: r for r in reversed(recognisers)}
+    if "neural" not in kinds or "landmark" not in kinds:
+        given = ", ".join(f"{db} ({r.kind})" for db, r in zip(dbs, recognisers, strict=False))
+        raise ConfigError(
+            f"--fuse needs a neural and a landmark database of the same library (given: {given})"
+        )
+    return FusedRecogniser(kinds["neural"], kinds["landmark"])
+
+
 def _command_line(args: argparse.Namespace) -> str:
     return shlex.join(["afp", *args.argv])
 
@@ -289,6 +308,8 @@ def _run_realworld(args: argparse.Namespace) -> int:
         if len(neural) > 1:
             raise ConfigError("--model applies to one neural database; give one, or no --model")
     recognisers = [_open(db, args.model, args) for db in args.dbs]
+    if args.fuse:
+        recognisers.append(_fused(recognisers, args.dbs))
     settings = RealWorldSettings(
         lengths_s=tuple(_number(x) for x in args.lengths),
         methods=tuple(args.method) if args.method else None,
