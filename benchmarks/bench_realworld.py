@@ -23,7 +23,8 @@ Everything is made once and reused on a rerun (``--out``, default
 3. **Databases**: one neural database per ``--model`` (default: the shipped model) and
    one landmark database, all of the same library.
 4. **Evaluation**: the real-world protocol, every database on the same takes, both
-   neural rules and the landmark rule; song accuracy and offset accuracy (no rejection,
+   neural rules, the landmark rule and each neural database fused with the landmark one
+   (``afp_core.fusion``); song accuracy and offset accuracy (no rejection,
    the paper's measure); the "no match" trade-off: each database's calibrated threshold
    (its measured false-match rate on impostors: the same queries answered without their
    song) and the operating point at 1 % false matches. Tables are printed and each
@@ -42,6 +43,7 @@ import torch
 from afp_core.audio import iter_audio_files, probe_audio
 from afp_core.checkpoint import load_checkpoint
 from afp_core.devdata import find_dev_music, find_training_music
+from afp_core.fusion import FusedRecogniser
 from afp_core.indexing import index_library, open_database_for_indexing, read_tags
 from afp_core.landmark import LandmarkDB, index_landmark_library
 from afp_core.protocols.realworld import RealWorldSettings, plan_realworld, run_realworld_plan
@@ -141,6 +143,8 @@ def main() -> None:
         folder = make_session(out / f"{args.split}-{room_name}", args.split, load_room(room_name))
         session = read_session(folder)
         recognisers = [open_recogniser(db) for db in dbs]
+        if not args.no_landmark:  # each neural database fused with the landmark one
+            recognisers += [FusedRecogniser(r, recognisers[-1]) for r in recognisers[:-1]]
         settings = RealWorldSettings(lengths_s=tuple(args.lengths))
         plan = plan_realworld(recognisers, session, settings)
         with progress_task(False, "s", f"evaluating {folder.name}") as task:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -303,3 +307,79 @@ def test_record_page_without_a_program_says_what_to_do(window, tmp_path):
     assert page.settings() is None or page.settings().noise_out is None
     assert page.rows["low"].radio.isChecked()
     assert page.rows["high"].status.text() == "not recorded"
+
+
+XVFB = shutil.which("Xvfb")
+
+
+@pytest.mark.skipif(
+    XVFB is None, reason="Xvfb is not installed (scripts/install_system_packages.sh)"
+)
+def test_the_window_opens_on_a_real_x_display(tmp_path):
+    """Qt's xcb platform on a virtual X server (not offscreen): the libraries it loads are
+    all there and the window maps; a screenshot of the display shows it."""
+    display = ":97"
+    server = subprocess.Popen(
+        [XVFB, display, "-screen", "0", "1280x900x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        script = (
+            "import sys\n"
+            "from PySide6.QtWidgets import QApplication\n"
+            "from rig_app.ui.main_window import MainWindow, find_display_problem\n"
+            "assert find_display_problem() is None, find_display_problem()\n"
+            "app = QApplication(sys.argv[:1])\n"
+            "assert app.platformName() == 'xcb', app.platformName()\n"
+            "window = MainWindow()\n"
+            "window.show()\n"
+            "for _ in range(50):\n"
+            "    app.processEvents()\n"
+            "assert window.isVisible() and window.windowHandle().isExposed()\n"
+            "shot = app.primaryScreen().grabWindow(0)\n"
+            "assert shot.save(sys.argv[1])\n"
+            "print('exposed', shot.width(), shot.height())\n"
+        )
+        env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+        for _ in range(50):  # the server needs a moment to listen
+            if Path(f"/tmp/.X11-unix/X{display[1:]}").exists():
+                break
+            time.sleep(0.1)
+        shot = tmp_path / "screen.png"
+        result = subprocess.run(
+            [sys.executable, "-c", script, str(shot)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "exposed 1280 900" in result.stdout
+        assert shot.stat().st_size > 10_000  # a drawn window, not a blank screen
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_a_missing_x11_library_is_named_with_its_package(monkeypatch):
+    from rig_app.ui import main_window
+
+    real_run = subprocess.run
+
+    def ldd_without_icccm(args, **kwargs):
+        result = real_run(args, **kwargs)
+        lines = [
+            "\tlibxcb-icccm.so.4 => not found" if "libxcb-icccm" in line else line
+            for line in result.stdout.splitlines()
+        ]
+        return subprocess.CompletedProcess(args, 0, "\n".join(lines), "")
+
+    # Mocked: a missing system library cannot be arranged on a test machine that has it.
+    monkeypatch.setattr(main_window.subprocess, "run", ldd_without_icccm)
+    problem = main_window.find_display_problem({"DISPLAY": ":0"})
+    assert problem is not None and "libxcb-icccm.so.4" in problem
+    assert "apt-get install libxcb-icccm4" in problem and "\n" not in problem
+    assert main_window.find_display_problem({"QT_QPA_PLATFORM": "offscreen"}) is None
+    assert main_window._debian_package("libxkbcommon-x11.so.0") == "libxkbcommon-x11-0"
+    assert main_window._debian_package("libX11-xcb.so.1") == "libx11-xcb1"

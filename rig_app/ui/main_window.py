@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import PySide6
 from PySide6.QtCore import QObject, QSize, Qt, QThreadPool
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
@@ -33,7 +37,7 @@ from rig_app.ui.pages.record import RecordPage
 from rig_app.ui.pages.songs import SongsPage
 from rig_app.ui.state import RigState
 
-__all__ = ["MainWindow", "find_binding_problem", "run_app"]
+__all__ = ["MainWindow", "find_binding_problem", "find_display_problem", "run_app"]
 
 _PROBE_CALLS = 200
 
@@ -63,6 +67,44 @@ def find_binding_problem() -> str | None:
         f"{python}, which crashes the app after a while; install another version "
         "(pip install 'pyside6-essentials==6.11.3') or use Python 3.12+"
     )
+
+
+def find_display_problem(environ: dict[str, str] | None = None) -> str | None:
+    """Why Qt's X11 (xcb) platform cannot start here, in one line (None when it can).
+
+    Qt itself only says that "xcb-cursor0 or libxcb-cursor0 is needed" whatever is missing;
+    this names the libraries the xcb plugin cannot load and the Debian packages that hold
+    them. Other platforms (offscreen, wayland) are not checked.
+    """
+    env = os.environ if environ is None else environ
+    platform = env.get("QT_QPA_PLATFORM", "xcb" if env.get("DISPLAY") else "")
+    if not platform.startswith("xcb") or shutil.which("ldd") is None:
+        return None
+    qt = Path(PySide6.__file__).resolve().parent / "Qt"
+    missing: list[str] = []
+    for library in (qt / "plugins" / "platforms" / "libqxcb.so", qt / "lib" / "libQt6XcbQpa.so.6"):
+        if not library.is_file():
+            continue
+        result = subprocess.run(["ldd", str(library)], capture_output=True, text=True, check=False)
+        for line in result.stdout.splitlines():
+            name, _, where = line.strip().partition(" => ")
+            if where.strip() == "not found" and name not in missing:
+                missing.append(name)
+    if not missing:
+        return None
+    packages = " ".join(dict.fromkeys(_debian_package(name) for name in missing))
+    return (
+        f"Qt's X11 platform cannot load {', '.join(missing)}; install them "
+        f"(Debian: apt-get install {packages}, or scripts/install_system_packages.sh)"
+    )
+
+
+def _debian_package(soname: str) -> str:
+    """Debian's package for a library soname (its naming policy): libfoo.so.1 -> libfoo1,
+    libfoo-x11.so.0 -> libfoo-x11-0 (a hyphen where the name ends in a digit)."""
+    stem, _, version = soname.lower().partition(".so.")
+    major = version.split(".")[0]
+    return f"{stem}-{major}" if stem[-1].isdigit() else stem + major
 
 
 class MainWindow(QMainWindow):
@@ -198,7 +240,7 @@ class MainWindow(QMainWindow):
 
 def run_app(session: Path | str | None = None, argv: Sequence[str] | None = None) -> int:
     """Start the application (optionally with a session open); returns its exit status."""
-    problem = find_binding_problem()
+    problem = find_display_problem() or find_binding_problem()
     if problem is not None:
         raise AfpError(problem)
     app = QApplication.instance() or QApplication(list(argv or sys.argv[:1]))
