@@ -210,4 +210,4 @@ def _save(
             "false_match_rate": settings.false_match_rate,
             "source": SOURCE,
         }
-    db.save_search_settings(thresholds=thresholds)
+    db.save_search_settings(thresholds=thresholds, calibrated_generation=db.generation)

@@ -292,6 +292,12 @@ def run_identify(args: argparse.Namespace) -> int:
     method = args.method or "sequence"
     spec = model.spec.audio
     operating_point = _operating_point(db.search_settings, method, args)
+    if args.threshold is None and db.needs_calibration:
+        print(
+            f"afp: note: {args.db}: the no-match thresholds predate the last change to the "
+            f"index (an interrupted calibration?); run afp index {args.db} again",
+            file=sys.stderr,
+        )
     failures = 0
     for query in args.queries:
         try:
@@ -551,6 +557,7 @@ def run_info(args: argparse.Namespace) -> int:
     info = db.info()
     # a copy: info["model_info"] is the database's own manifest entry
     info["model_info"] = {**info["model_info"], "frontend": _model_frontend(info["model_info"])}
+    info["needs_calibration"] = db.needs_calibration
     if args.songs:
         info["song_list"] = _song_records(db.songs())
     if args.json:
@@ -558,6 +565,7 @@ def run_info(args: argparse.Namespace) -> int:
         return 0
     index = info["index"]
     model = info["model_info"]
+    thresholds = info["search"].get("thresholds", {}).get("sequence", {})
     rows = [
         ("database", str(args.db)),
         ("songs", f"{info['songs']} ({info['hours']:.2f} h of audio)"),
@@ -568,6 +576,7 @@ def run_info(args: argparse.Namespace) -> int:
         ("per hour of audio", _format_bytes(info["bytes_per_hour"])),
         ("model", f"{model.get('name')} (sha256 {str(model.get('checkpoint_sha256'))[:12]})"),
         ("front-end", _format_frontend(model.get("frontend"))),
+        ("no-match thresholds", _describe_thresholds(thresholds, db.needs_calibration)),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
@@ -575,6 +584,16 @@ def run_info(args: argparse.Namespace) -> int:
     for song in info.get("song_list", []):
         print(f"  {song['id']:>5}  {song['duration_s']:7.1f} s  {song['title']}")
     return 0
+
+
+def _describe_thresholds(entry: dict[str, Any], stale: bool) -> str:
+    if not entry:
+        return "none (run afp index again to calibrate)" if stale else "none"
+    rate = entry.get("false_match_rate")
+    text = f"calibrated for {100 * rate:g} % false matches" if rate else "calibrated"
+    if stale:
+        text += "; STALE: made before the last change to the index, run afp index again"
+    return text
 
 
 def _song_records(songs: list[Any]) -> list[dict[str, Any]]:

@@ -531,6 +531,23 @@ class FingerprintDB(SongCatalogue):
         self._manifest = manifest
 
     @property
+    def generation(self) -> int:
+        """The index generation the catalogue points to (0 before the first commit)."""
+        return self._generation
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether the "no match" thresholds are missing or from an earlier generation.
+
+        They are saved after the commit that makes a generation: an interrupted
+        calibration leaves those of an earlier one (or none), and ``afp index`` run again
+        calibrates even with nothing to add. A database of fewer than two songs has none
+        to calibrate.
+        """
+        calibrated = self._manifest["search"].get("calibrated_generation")
+        return calibrated != self._generation and len(self._song_ids) >= 2
+
+    @property
     def search_threshold(self) -> str | None:
         """Default ``threshold`` for ``search.identify_vectors``.
 

@@ -259,8 +259,9 @@ def index_library(
 
     result.elapsed_s = time.monotonic() - started
     task.set_message("building the index")
-    committed = db.commit(progress=lambda done, total: None, cancel=lambda: task.cancelled)
-    if committed and len(db.songs("indexed")) >= 2:
+    db.commit(progress=lambda done, total: None, cancel=lambda: task.cancelled)
+    if not task.cancelled and db.needs_calibration:
+        # also after a commit whose calibration was interrupted: nothing else repairs it
         task.set_message("calibrating the no-match threshold")
         calibrate_thresholds(db, model, device)
     return result
@@ -291,3 +292,4 @@ def calibrate_thresholds(
             break
         for method in METHODS:
             calibrate_threshold(db, n_windows, method=method, uninformative=silence)
+    db.save_search_settings(calibrated_generation=db.generation)

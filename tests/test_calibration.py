@@ -80,3 +80,31 @@ def test_threshold_at_false_match_rate_counts_from_the_top() -> None:
     assert sum(x >= threshold_at_false_match_rate(scores, 0.05) for x in scores) == 5
     assert sum(x >= threshold_at_false_match_rate(scores, 0.001) for x in scores) == 0
     assert threshold_at_false_match_rate([], 0.01) is None
+
+
+def test_an_interrupted_calibration_is_repaired_by_the_next_run(
+    song_library, untrained_checkpoint, tmp_path, monkeypatch, capsys
+) -> None:
+    import afp_core.indexing as indexing
+    from afp_core.cli import main
+
+    library = [Path(p) for p in song_library]
+    clean, checkpoint = open_database_for_indexing(tmp_path / "clean", untrained_checkpoint)
+    index_library(clean, checkpoint.model, library)
+    assert not clean.needs_calibration
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as Ctrl-C in the middle of calibrating
+
+    db, checkpoint = open_database_for_indexing(tmp_path / "db", untrained_checkpoint)
+    with monkeypatch.context() as patch:
+        patch.setattr(indexing, "calibrate_from_audio", killed)
+        with pytest.raises(KeyboardInterrupt):
+            index_library(db, checkpoint.model, library)
+    assert db.needs_calibration and not db.search_settings.get("thresholds")
+    assert main(["info", str(tmp_path / "db")]) == 0
+    assert "run afp index again" in capsys.readouterr().out
+    # nothing left to add, yet the rerun calibrates: the same thresholds as without the kill
+    result = index_library(db, checkpoint.model, library)
+    assert not result.added and not db.needs_calibration
+    assert db.search_settings["thresholds"] == clean.search_settings["thresholds"]
