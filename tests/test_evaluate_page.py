@@ -152,6 +152,7 @@ def test_library_is_indexed_on_the_fly_resumed_and_reused(
         calibrated.append(len(db.songs("indexed")))
         for method in ("sequence", "vote"):
             calibrate_threshold(db, 9, method=method, trials=40)
+        db.save_search_settings(calibrated_generation=db.generation)
 
     monkeypatch.setattr(indexing, "calibrate_thresholds", calibrate_5s)
     options = {"library": library, "checkpoint": untrained_checkpoint, "settings": SETTINGS}

@@ -272,7 +272,10 @@ def test_cli_round_trip(tmp_path, song_library, capsys):
     assert Path(found["path"]).name == "song4.flac" and found["score"] > 20
     assert set(found) == {
         "query", "song", "artist", "song_id", "path", "offset_s", "score", "method",
+        "threshold", "operating_point", "best",
     }  # fmt: skip
+    assert found["threshold"] >= 1 and found["operating_point"]["false_match_rate"] == 0.01
+    assert missing["best"] is None or missing["best"]["score"] < missing["threshold"]
     assert missing["song"] is None and missing["offset_s"] is None
 
     # an excerpt of a file, text output
