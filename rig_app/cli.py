@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0] not in COMMANDS and Path(argv[0]).is_dir():
+        argv = ["app", argv[0]]  # `afp-rig SESSION_DIR` opens the app on that session
     args = build_parser().parse_args(argv)
     command = args.command or "app"
     if command == "app" and not hasattr(args, "session"):

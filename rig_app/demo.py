@@ -187,7 +187,7 @@ def make_demo_takes(
 
 def run_demo_job(options: DemoOptions) -> Path:
     """Run the demo end to end; returns the report folder."""
-    from rig_app.evaluate import evaluate_session
+    from rig_app.evaluate import evaluate_session, new_report_folder
 
     log = (lambda _: None) if options.quiet else (lambda text: print(text, file=sys.stderr))
     music = list(options.library) or find_dev_music()
@@ -227,12 +227,13 @@ def run_demo_job(options: DemoOptions) -> Path:
     del db
 
     with progress_task(options.quiet, "s", "evaluating") as task:
+        # inside the session, where the app's Evaluate page lists earlier reports
         report, _results = evaluate_session(
             task,
             session.folder,
             checkpoint=model_path,
             database=db_dir,
-            out=out / "report",
+            out=new_report_folder(session.folder),
             settings=settings,
             device=options.device,
         )
@@ -242,4 +243,5 @@ def run_demo_job(options: DemoOptions) -> Path:
     )
     print((report / "table.md").read_text(encoding="utf-8"))
     log(f"report: {report}")
+    log(f"to see it in the app (Evaluate page): afp-rig {session.folder}")
     return report

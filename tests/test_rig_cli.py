@@ -58,14 +58,16 @@ def test_every_command_explains_every_option(capsys):
             assert action.help, f"{command}: {action.dest} has no help"
 
 
-def test_no_command_opens_the_app(monkeypatch):
+def test_no_command_opens_the_app(monkeypatch, tmp_path):
     from rig_app.ui import main_window
 
     opened: list[object] = []
+    # Mocked: the event loop would wait for a person to close the window.
     monkeypatch.setattr(main_window, "run_app", lambda session: opened.append(session) or 0)
     assert cli.main([]) == 0
     assert cli.main(["app", "somewhere"]) == 0
-    assert opened == [None, Path("somewhere")]
+    assert cli.main([str(tmp_path)]) == 0  # a session folder alone opens it in the app
+    assert opened == [None, Path("somewhere"), tmp_path]
 
 
 def test_new_songs_program_end_to_end(tmp_path, capsys):
