@@ -13,7 +13,8 @@ threshold (about 1 % false matches, ``afp_core.calibration`` and
 ``LandmarkDB.calibrate_thresholds``). Every song either method proposes gets the sum of
 its two r values (a method that did not propose it adds nothing), so two methods that
 agree on a song outweigh one that is sure of another. The fused score is the best song's
-sum; its offset is that of the method with the larger r for it.
+sum; its offset is the landmark method's where it proposed the song (aligned hashes place
+a query to a frame, 16 ms), else the neural one's.
 
 The threshold of the fused rule is ``FUSED_THRESHOLD`` = 1: at least one method at its
 own threshold, or both most of the way there. ``afp evaluate`` measures its false-match
@@ -74,6 +75,8 @@ class FusedRecogniser:
     def describe(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
+            "database": str(self.neural.db.path),  # names it in tables: "fused (<neural db>)"
+            "landmark_database": str(self.landmark.db.path),
             "neural": self.neural.describe(),
             "landmark": self.landmark.describe(),
             "neural_rule": NEURAL_RULE,
@@ -115,8 +118,9 @@ class FusedRecogniser:
         n_scale = self._neural_scale(length_s)
         l_scale = self._landmark_scale(length_s)
         evidence: dict[int, float] = {}
-        best: dict[int, tuple[float, Candidate]] = {}
+        offsets: dict[int, float] = {}
         songs: dict[int, Song] = {}
+        # the landmark's candidates last, so that their offsets win
         for candidates, scale, to_id in (
             (neural.candidates, n_scale, lambda song_id: song_id),
             (landmark.candidates, l_scale, self._to_neural.get),
@@ -125,21 +129,15 @@ class FusedRecogniser:
                 song_id = to_id(c.song.id)
                 if song_id is None:
                     continue
-                r = _relative(c.score, *scale)
-                evidence[song_id] = evidence.get(song_id, 0.0) + r
-                if song_id not in best or r > best[song_id][0]:
-                    best[song_id] = (r, c)
+                evidence[song_id] = evidence.get(song_id, 0.0) + _relative(c.score, *scale)
+                offsets[song_id] = c.offset_s
                 songs.setdefault(song_id, c.song)
         if not evidence:
             return Match(None, None, 0.0, METHOD, [])
         neural_songs = {s.id: s for s in self.neural.songs()}
         ranked = sorted(evidence, key=lambda i: (-evidence[i], i))
         candidates = [
-            Candidate(
-                song=neural_songs.get(i, songs[i]),
-                offset_s=best[i][1].offset_s,
-                score=evidence[i],
-            )
+            Candidate(song=neural_songs.get(i, songs[i]), offset_s=offsets[i], score=evidence[i])
             for i in ranked
         ][:5]
         top = candidates[0]
