@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -176,7 +176,11 @@ def plan_library_files(
     reason (unreadable, or shorter than ``min_duration_s``, described as ``shortest``)."""
     plan: list[AudioInfo] = []
     task.set_message("reading file headers")
-    for path in iter_audio_files(paths):
+    for path in _files_under(paths, skip):
+        if not path.is_file():  # a FIFO would block the decoder for ever
+            what = "a broken or looping link" if path.is_symlink() else "not a regular file"
+            skip(path, f"{path}: {what}")
+            continue
         try:
             info = probe_audio(path)
         except AudioError as exc:
@@ -187,6 +191,29 @@ def plan_library_files(
             continue
         plan.append(info)
     return plan
+
+
+def checksum_or_skip(
+    info: AudioInfo, skip: Callable[[Path, str], None], task: TaskState
+) -> str | None:
+    """The file's content checksum; None (skipped, its time counted done) when the file was
+    removed or made unreadable since its header was read."""
+    try:
+        return file_sha256(info.path)
+    except OSError as exc:
+        skip(info.path, f"{info.path}: cannot read ({exc.strerror or exc})")
+        task.advance(info.duration_s)
+        return None
+
+
+def _files_under(paths: Iterable[Path], skip: Callable[[Path, str], None]) -> Iterator[Path]:
+    """The files named and the audio files in the folders named; a name that leads
+    nowhere (a broken link, a file removed meanwhile) is skipped, not fatal."""
+    for item in paths:
+        try:
+            yield from iter_audio_files([item])
+        except AudioError as exc:
+            skip(Path(item), str(exc))
 
 
 def index_library(
@@ -220,7 +247,9 @@ def index_library(
     for info in plan:
         task.check_cancelled()
         before = task.done
-        checksum = file_sha256(info.path)
+        checksum = checksum_or_skip(info, skip, task)
+        if checksum is None:
+            continue
         if db.has_song(checksum):
             result.duplicates.append(info.path)
             task.advance(info.duration_s, f"{info.path.name} already indexed")

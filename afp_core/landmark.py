@@ -828,8 +828,13 @@ def index_landmark_library(
     Cancelling (``task.cancel()``) or an interrupt keeps the songs staged so far; the next
     run extracts only what is left.
     """
-    from afp_core.fileutil import file_sha256
-    from afp_core.indexing import IndexResult, Skipped, plan_library_files, read_tags
+    from afp_core.indexing import (
+        IndexResult,
+        Skipped,
+        checksum_or_skip,
+        plan_library_files,
+        read_tags,
+    )
 
     task = task or TaskState()
     result = IndexResult()
@@ -847,7 +852,9 @@ def index_landmark_library(
     for info in plan:
         task.check_cancelled()
         before = task.done
-        checksum = file_sha256(info.path)
+        checksum = checksum_or_skip(info, skip, task)
+        if checksum is None:
+            continue
         if db.has_song(checksum):
             result.duplicates.append(info.path)
             task.advance(info.duration_s, f"{info.path.name} already indexed")

@@ -10,6 +10,7 @@ robustness to both is what training adds. Trained accuracy belongs to benchmarks
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -138,6 +139,39 @@ def test_bad_files_are_skipped_with_reasons(tmp_path, song_library, untrained_ch
     assert any("nan.wav" in line and "NaN or infinite" in line for line in skipped)
     assert "added 1 songs" in captured.out and "5 skipped" in captured.out
     assert "Traceback" not in captured.err
+
+
+def test_links_pipes_and_vanishing_files_are_skipped_not_fatal(
+    tmp_path, song_library, untrained_checkpoint, capsys, monkeypatch
+):
+    import afp_core.indexing as indexing
+
+    library = tmp_path / "lib"
+    library.mkdir()
+    for name in ("a.wav", "b.flac", "gone.wav"):
+        shutil.copy(song_library[0 if name != "b.flac" else 1], library / name)
+    (library / "broken.wav").symlink_to(library / "nowhere.wav")
+    (library / "loop.wav").symlink_to(library / "loop.wav")
+    os.mkfifo(library / "pipe.wav")  # would block the decoder for ever
+    real_plan = indexing.plan_library_files
+
+    def plan_then_remove(*args, **kwargs):
+        plan = real_plan(*args, **kwargs)
+        (library / "gone.wav").unlink()  # removed between reading its header and hashing it
+        return plan
+
+    # Patched: only the moment of the removal, which a test cannot otherwise time.
+    monkeypatch.setattr(indexing, "plan_library_files", plan_then_remove)
+    db = tmp_path / "db"
+    code = main(["index", str(db), str(library), "--model", str(untrained_checkpoint), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0 and "Traceback" not in captured.err
+    skipped = [line for line in captured.err.splitlines() if line.startswith("skipped: ")]
+    reasons = {Path(line.split(": ")[1]).name: line for line in skipped}
+    assert set(reasons) == {"broken.wav", "loop.wav", "pipe.wav", "gone.wav"}, skipped
+    assert "not a regular file" in reasons["pipe.wav"]
+    assert "cannot read" in reasons["gone.wav"]
+    assert "added 2 songs" in captured.out
 
 
 def test_another_model_is_refused(built_db, tmp_path, song_library, capsys):
