@@ -325,10 +325,7 @@ def run_identify(args: argparse.Namespace) -> int:
 
 
 def _run_fused_identify(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from afp_core.fusion import METHOD, FusedRecogniser
-    from afp_core.query import load_query
     from afp_core.recogniser import NeuralRecogniser, open_recogniser
 
     neural = open_recogniser(args.db, args.model, k=args.k, device=args.device)
@@ -340,24 +337,47 @@ def _run_fused_identify(args: argparse.Namespace) -> int:
     if landmark.kind != "landmark":
         raise AfpError(f"{args.landmark_db}: --landmark-db must be a landmark database")
     fused = FusedRecogniser(neural, landmark)  # type: ignore[arg-type]
+
+    def answer(query: Path, audio: Any) -> Any:
+        length = len(audio) / fused.sample_rate
+        if length < fused.min_query_s:
+            raise AfpError(f"{query}: query is {length:.2f} s, shorter than one window")
+        return fused.identify(fused.analyse(audio), 0.0, length, METHOD)
+
+    return _identify_each(
+        args, fused.sample_rate, answer, lambda s: fused.threshold(METHOD, s), ".2f", None
+    )
+
+
+def _identify_each(
+    args: argparse.Namespace,
+    rate: int,
+    answer: Callable[[Path, Any], Any],
+    threshold_for: Callable[[float], float],
+    score_format: str,
+    operating_point: dict[str, Any] | None,
+) -> int:
+    """Each query read at ``rate``, answered, held to its threshold (``--threshold`` or
+    ``threshold_for(seconds)``) and reported; exit status 1 if any query failed."""
+    import dataclasses
+
+    from afp_core.query import load_query
+
     failures = 0
     for query in args.queries:
         try:
-            audio = load_query(query, fused.sample_rate, args.start, args.duration)
-            length = len(audio) / fused.sample_rate
-            if length < fused.min_query_s:
-                raise AfpError(f"{query}: query is {length:.2f} s, shorter than one window")
-            match = fused.identify(fused.analyse(audio), 0.0, length, METHOD)
+            audio = load_query(query, rate, args.start, args.duration)
+            match = answer(query, audio)
         except AfpError as exc:
             failures += 1
             _report_failure(args, query, exc)
             continue
         threshold = args.threshold
         if threshold is None:
-            threshold = fused.threshold(METHOD, length)
+            threshold = threshold_for(len(audio) / rate)
         if match.song is not None and match.score < threshold:
             match = dataclasses.replace(match, song=None, offset_s=None)
-        _report_match(args, query, match, ".2f", threshold, None)
+        _report_match(args, query, match, score_format, threshold, operating_point)
     return 1 if failures else 0
 
 
@@ -512,10 +532,7 @@ def _run_landmark_index(args: argparse.Namespace) -> int:
 
 
 def _run_landmark_identify(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from afp_core.landmark import METHOD, LandmarkDB, LandmarkRecogniser, identify_landmark_audio
-    from afp_core.query import load_query
 
     _refuse_neural_options(
         args.db,
@@ -528,24 +545,14 @@ def _run_landmark_identify(args: argparse.Namespace) -> int:
     )
     db = LandmarkDB.open(args.db)
     recogniser = LandmarkRecogniser(db)
-    rate = recogniser.sample_rate
-    operating_point = _operating_point(db.search_settings, METHOD, args)
-    failures = 0
-    for query in args.queries:
-        try:
-            audio = load_query(query, rate, args.start, args.duration)
-            match = identify_landmark_audio(db, audio, label=str(query))
-        except AfpError as exc:
-            failures += 1
-            _report_failure(args, query, exc)
-            continue
-        threshold = args.threshold
-        if threshold is None:
-            threshold = recogniser.threshold(METHOD, len(audio) / rate)
-        if match.song is not None and match.score < threshold:
-            match = dataclasses.replace(match, song=None, offset_s=None)
-        _report_match(args, query, match, ".0f", threshold, operating_point)
-    return 1 if failures else 0
+    return _identify_each(
+        args,
+        recogniser.sample_rate,
+        lambda query, audio: identify_landmark_audio(db, audio, label=str(query)),
+        lambda seconds: recogniser.threshold(METHOD, seconds),
+        ".0f",
+        _operating_point(db.search_settings, METHOD, args),
+    )
 
 
 def run_info(args: argparse.Namespace) -> int:
