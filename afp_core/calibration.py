@@ -38,7 +38,7 @@ from afp_core.database import FingerprintDB, Song
 from afp_core.errors import AfpError
 from afp_core.models import Fingerprinter
 from afp_core.query import embed_audio, load_query
-from afp_core.search import METHODS, search_majority_vote, search_offset_consistent
+from afp_core.search import METHODS, identify_vectors, search_offset_consistent
 from afp_core.tasks import TaskState
 from afp_core.training.irs import make_mic_ir, make_room_ir
 
@@ -128,7 +128,7 @@ def calibrate_from_audio(
         task.check_cancelled()
         song = songs[int(pick)]
         span = min(max(lengths), song.duration_s)
-        excerpt = _impostor_excerpt(db, model, song, span, rng, settings, device)
+        excerpt = _impostor_excerpt(db, model, song, span, rng, k, settings, device)
         if excerpt is not None:
             recorded = play_through_room(excerpt, rate, rng, settings.snr_db)
             heard = embed_audio(model, recorded, device=device)
@@ -136,11 +136,10 @@ def calibrate_from_audio(
                 n = windows[length]
                 if n > len(heard):
                     continue
-                for method, search in (
-                    ("sequence", search_offset_consistent),
-                    ("vote", search_majority_vote),
-                ):
-                    match = search(db, heard[:n], k=k, hop_s=audio.hop_s, exclude_song=song.id)
+                for method in METHODS:
+                    match = identify_vectors(
+                        db, heard[:n], method, k=k, hop_s=audio.hop_s, exclude_song=song.id
+                    )
                     scores[method][length].append(float(match.score))
         task.advance(1)
     table = {
@@ -170,6 +169,7 @@ def _impostor_excerpt(
     song: Song,
     span_s: float,
     rng: np.random.Generator,
+    k: int,
     settings: CalibrationSettings,
     device: str | torch.device,
 ) -> np.ndarray | None:
@@ -184,7 +184,7 @@ def _impostor_excerpt(
         if len(excerpt) < audio.window or not np.any(excerpt):
             continue  # too short, or digital silence: every song's silence is the same
         clean = embed_audio(model, excerpt, device=device)
-        copy = search_offset_consistent(db, clean, k=4, hop_s=audio.hop_s, exclude_song=song.id)
+        copy = search_offset_consistent(db, clean, k=k, hop_s=audio.hop_s, exclude_song=song.id)
         if copy.score < settings.copy_similarity:
             return excerpt
     return None

@@ -601,12 +601,7 @@ class LandmarkDB(SongCatalogue):
 
     def stored_impostor_mean(self, length_s: float) -> float:
         """The mean impostor score behind ``stored_threshold(length_s)`` (0 if unknown)."""
-        entry = self.search_settings.get("thresholds", {}).get(METHOD, {})
-        table = {float(k): float(v) for k, v in entry.get("impostor_mean_by_seconds", {}).items()}
-        if not table:
-            return 0.0
-        longer = [k for k in table if k >= length_s - 1e-9]
-        return table[min(longer)] if longer else table[max(table)]
+        return self._stored("impostor_mean_by_seconds", length_s, 0.0)
 
     def stored_threshold(self, length_s: float) -> int:
         """The calibrated threshold for queries of ``length_s`` seconds.
@@ -615,12 +610,16 @@ class LandmarkDB(SongCatalogue):
         shortest length >= ``length_s`` is used (safe: at least the exact one); beyond
         the longest calibrated length, that one. ``MIN_ALIGNED`` when not calibrated.
         """
+        return int(self._stored("by_seconds", length_s, MIN_ALIGNED))
+
+    def _stored(self, table: str, length_s: float, default: float) -> float:
+        """``table`` of the calibration entry at the shortest length >= ``length_s``."""
         entry = self.search_settings.get("thresholds", {}).get(METHOD, {})
-        table = {float(k): int(v) for k, v in entry.get("by_seconds", {}).items()}
-        if not table:
-            return MIN_ALIGNED
-        longer = [k for k in table if k >= length_s - 1e-9]
-        return table[min(longer)] if longer else table[max(table)]
+        values = {float(k): float(v) for k, v in entry.get(table, {}).items()}
+        if not values:
+            return default
+        longer = [k for k in values if k >= length_s - 1e-9]
+        return values[min(longer)] if longer else values[max(values)]
 
     # ------------------------------------------------------------------ search
 

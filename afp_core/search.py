@@ -275,24 +275,24 @@ def stored_threshold(db: FingerprintDB, method: str, n_windows: int, k: int = 4)
     none, or when it was measured with another ``k`` or nprobe: a vote share out of
     4 neighbours means nothing out of 10.
     """
-    entry = db.search_settings.get("thresholds", {}).get(method, {})
-    if entry.get("k") != k or entry.get("nprobe") != db.nprobe:
-        return None
-    table = entry.get("by_windows", {})
-    lengths = sorted(int(key) for key in table if int(key) <= n_windows)
-    return float(table[str(lengths[-1])]) if lengths else None
+    return _stored(db, method, "by_windows", n_windows, k)
 
 
 def stored_impostor_mean(
     db: FingerprintDB, method: str, n_windows: int, k: int = 4
 ) -> float | None:
     """The mean impostor score behind ``stored_threshold`` (None where not measured)."""
+    return _stored(db, method, "impostor_mean_by_windows", n_windows, k)
+
+
+def _stored(db: FingerprintDB, method: str, table: str, n_windows: int, k: int) -> float | None:
+    """``table`` of the calibration entry at the longest length <= ``n_windows``."""
     entry = db.search_settings.get("thresholds", {}).get(method, {})
     if entry.get("k") != k or entry.get("nprobe") != db.nprobe:
         return None
-    table = entry.get("impostor_mean_by_windows", {})
-    lengths = sorted(int(key) for key in table if int(key) <= n_windows)
-    return float(table[str(lengths[-1])]) if lengths else None
+    values = entry.get(table, {})
+    lengths = sorted(int(key) for key in values if int(key) <= n_windows)
+    return float(values[str(lengths[-1])]) if lengths else None
 
 
 def _check_query(db: FingerprintDB, vectors: np.ndarray) -> np.ndarray:

@@ -292,13 +292,15 @@ def plot_realworld_tradeoff(results: Sequence[RealWorldResult], path: Path | Bin
             ]
             if not rows:
                 continue
-            impostors = np.sort([t.impostor_score for t in rows])[::-1]
-            cuts = np.unique(np.r_[impostors, np.inf])
-            far = [np.mean(impostors >= cut) for cut in cuts]
-            accepted = [np.mean([t.song_hit and t.score >= cut for t in rows]) for cut in cuts]
+            impostors = np.array([t.impostor_score for t in rows])
+            scores = np.array([t.score for t in rows])
+            hits = np.array([t.song_hit for t in rows])
+            cuts = np.unique(np.r_[impostors, np.inf])[:, None]  # every threshold that matters
+            far = np.mean(impostors[None, :] >= cuts, axis=1)
+            accepted = np.mean(hits[None, :] & (scores[None, :] >= cuts), axis=1)
             ax.plot(
                 np.maximum(far, 5e-4) * 100,
-                np.asarray(accepted) * 100,
+                accepted * 100,
                 color=f"C{i}",
                 label=f"{length:g} s",
             )
