@@ -62,6 +62,7 @@ from scipy import ndimage, signal
 from afp_core.audio import resample
 from afp_core.errors import AfpError
 from afp_core.fileutil import check_document
+from afp_core.protocols.sessions import TakeVerdict, judge_take
 from rig_app.markers import (
     SweepSpec,
     analytic_template,
@@ -225,6 +226,10 @@ class Alignment:
     def program_time(self, take_s: float) -> float:
         """Program time (s) of take time ``take_s``."""
         return (take_s - self.offset_s) / self.ratio
+
+    def verdict(self, xruns: int = 0) -> TakeVerdict:
+        """The take's verdict once aligned like this (``xruns``: counted while recording)."""
+        return judge_take(True, {"ok": self.ok, "notes": self.notes}, xruns)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -213,10 +213,10 @@ def run_demo_job(options: DemoOptions) -> Path:
         raise SessionError(f"{session.path}: take {bad.label} did not align: {bad.error}")
     # the loopbacks' rate control can bend the clock enough for one marker to be dropped;
     # such a take is still on the program clock within milliseconds: evaluate it, say so
-    flagged = [t for t in takes if t.alignment is not None and not t.alignment.ok]
+    stored = Session.load(session.folder)
+    flagged = [take for take in stored.takes if not take.verdict.trusted]
     for take in flagged:
-        notes = "; ".join(take.alignment.notes) if take.alignment else ""
-        log(f"NOTE: take {take.label} is flagged by its alignment ({notes}); evaluated anyway")
+        log(f"NOTE: take {take.label} is {take.verdict.describe()}; evaluated anyway")
     settings = RealWorldSettings(allow_unchecked=bool(flagged))
 
     db_dir = out / "db"

@@ -149,7 +149,7 @@ def inspect_targets(session: Session) -> InspectTargets:
         if not entry.aligned_file:
             unaligned.append(entry.label)
             continue
-        flagged = bool(entry.xruns) or not bool((entry.alignment or {}).get("ok", True))
+        flagged = not entry.verdict.trusted
         takes.append(InspectTake(entry.label, session.resolve(entry.aligned_file), flagged))
     if not takes:
         what = f" ({', '.join(unaligned)} not aligned)" if unaligned else ""

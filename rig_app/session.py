@@ -57,6 +57,7 @@ import numpy as np
 from afp_core.audio import AUDIO_EXTENSIONS, load_audio, probe_audio, write_audio_atomic
 from afp_core.errors import AfpError
 from afp_core.fileutil import atomic_write_bytes, check_document, read_json_object
+from afp_core.protocols.sessions import TakeVerdict, judge_take
 from rig_app.align import Alignment, AlignmentError, align_without_markers
 from rig_app.program import Program, ProgramSong, build_program, load_program, write_program
 
@@ -121,6 +122,11 @@ class TakeEntry:
     def load_alignment(self) -> Alignment | None:
         """The take's alignment as an object (None when it was not aligned)."""
         return None if self.alignment is None else Alignment.from_dict(self.alignment)
+
+    @property
+    def verdict(self) -> TakeVerdict:
+        """Whether its numbers can be trusted: the rule the evaluation applies too."""
+        return judge_take(bool(self.aligned_file), self.alignment, self.xruns)
 
 
 def _now() -> str:

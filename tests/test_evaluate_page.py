@@ -202,12 +202,12 @@ def test_unaligned_take_is_refused_before_any_work(world, song_library, tmp_path
     with pytest.raises(SessionReadError) as error:
         evaluate_session(progress.task, session, database=db, settings=SETTINGS)
     message = str(error.value)
-    assert "\n" not in message and "'low' has no aligned file" in message
+    assert "\n" not in message and "take 'low' is not aligned" in message
     assert f"afp-rig align {session} --label low" in message
     assert progress.reports == []
     assert not (session / "evaluations").exists()
     # the library way too, before the library is read or a database made
-    with pytest.raises(SessionReadError, match="has no aligned file"):
+    with pytest.raises(SessionReadError, match="'low' is not aligned"):
         evaluate_session(progress.task, session, library=tmp_path, settings=SETTINGS)
     assert progress.reports == []
 
@@ -283,9 +283,18 @@ def test_page_comes_after_inspect_and_says_what_to_do(qtbot, window, song_librar
     assert "No session open" in page.placeholder_text
     unaligned = write_session(tmp_path / "s", song_library[:2], {"low": None}, align=False)
     assert window.open_session(unaligned) is None
-    assert "No aligned take yet (low not aligned or flagged)" in page.placeholder_text
-    assert "Record page" in page.placeholder_text
+    # the take's verdict, said as everywhere else; it is not ticked, so nothing runs
+    assert page.placeholder_text == ""
+    assert page.take_boxes["low"].text() == "low (not aligned)"
+    assert not page.take_boxes["low"].isChecked()
+    assert page.takes_note.text().startswith("low is not aligned. Align again on the Record")
     assert page.evaluate() is None and not page.workers
+    assert page.message.text() == "tick at least one take"
+    # asking to evaluate untrusted takes ticks them, and unasking unticks them
+    page.allow_unchecked.setChecked(True)
+    assert page.take_boxes["low"].isChecked()
+    page.allow_unchecked.setChecked(False)
+    assert not page.take_boxes["low"].isChecked()
 
 
 def test_page_evaluates_in_a_worker_and_shows_the_result(qtbot, window, world, monkeypatch):

@@ -198,7 +198,7 @@ def test_unaligned_take_is_refused_before_any_work(world, song_library, tmp_path
     with pytest.raises(SessionReadError) as error:
         run_realworld_protocol(recogniser, session, task=TaskState(fail))
     message = str(error.value)
-    assert "\n" not in message and "'low'" in message and "has no aligned file" in message
+    assert "\n" not in message and "take 'low' is not aligned" in message
     assert f"afp-rig align {session} --label low" in message
 
     # explicitly allowed: the raw take is read as starting with the program (it does here)
@@ -219,11 +219,34 @@ def test_failed_alignment_is_refused(world, tmp_path):
     data["takes"][1]["alignment"]["ok"] = False
     data["program"]["program_file"] = str((session / data["program"]["program_file"]).resolve())
     (copy / "session.json").write_text(json.dumps(data))
-    with pytest.raises(SessionReadError, match="'high' failed its alignment checks"):
+    with pytest.raises(SessionReadError, match="'high' is flagged: the alignment failed its"):
         plan_realworld([open_recogniser(world[0])], copy)
     # choosing only the good take is fine
     plan = plan_realworld([open_recogniser(world[0])], copy, RealWorldSettings(takes=("low",)))
     assert [s.take.label for s in plan.sources] == ["low"]
+
+
+def test_take_with_xruns_is_flagged_and_evaluated_only_when_asked(world, tmp_path):
+    # the same rule as the rig's views: audio lost while recording makes a take untrusted
+    _, session = world
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    data = json.loads((session / "session.json").read_text())
+    for take in data["takes"]:
+        for key in ("raw_file", "aligned_file"):
+            take[key] = str((session / take[key]).resolve())
+    data["takes"][0]["xruns"] = 3
+    data["program"]["program_file"] = str((session / data["program"]["program_file"]).resolve())
+    (copy / "session.json").write_text(json.dumps(data))
+    with pytest.raises(SessionReadError, match="'low' is flagged: 3 buffer under/overruns"):
+        plan_realworld([open_recogniser(world[0])], copy)
+    allowed = RealWorldSettings(allow_unchecked=True)
+    plan = plan_realworld([open_recogniser(world[0])], copy, allowed)
+    assert [s.take.label for s in plan.sources] == ["low", "high"]
+    assert plan.notes == [
+        "take 'low': flagged: 3 buffer under/overruns while recording (audio lost or "
+        "repeated); evaluated as asked"
+    ]
 
 
 def test_song_missing_from_database_is_named_before_work(world, song_library, tmp_path):

@@ -72,7 +72,7 @@ class RealWorldSettings:
     ``takes``: take labels to evaluate (None: every take of the session).
     ``threshold``: the "no match" threshold behind ``no_match_rate`` and
     ``accuracy_with_rejection``: "auto" (``Recogniser.threshold``), a number, or None.
-    ``allow_unchecked``: evaluate takes whose alignment is missing or failed its checks
+    ``allow_unchecked``: evaluate takes that are not aligned or flagged (``TakeVerdict``)
     (a take with no aligned file is then read raw, assumed to start with the program,
     as the paper's authors assumed). ``impostors``: answer every query a second time
     without its song (the "no match" trade-off; doubles the searches), at the operating
@@ -183,7 +183,6 @@ class _TakeSource:
     file: Path
     rate: int
     frames: int
-    checked: bool
 
 
 @dataclasses.dataclass
@@ -383,24 +382,17 @@ def resolve_takes(
         )
     sources = []
     for take in takes:
-        checked = take.aligned_ok
-        if not checked and not settings.allow_unchecked:
-            why = (
-                "has no aligned file"
-                if take.aligned_file is None or take.alignment is None
-                else "failed its alignment checks (alignment.ok is false)"
-            )
+        verdict = take.verdict
+        if not verdict.trusted and not settings.allow_unchecked:
             raise SessionReadError(
-                f"{where}: take {take.label!r} {why}; align it with "
+                f"{where}: take {take.label!r} is {verdict.describe()}; align it with "
                 f"`afp-rig align {where} --label {take.label}` "
                 "(or allow unchecked takes to evaluate it anyway)"
             )
         if take.aligned_file is not None:
             file = take.aligned_file
-            if not checked:
-                notes.append(
-                    f"take {take.label!r}: alignment not checked (ok is false); used anyway"
-                )
+            if not verdict.trusted:
+                notes.append(f"take {take.label!r}: {verdict.describe()}; evaluated as asked")
         else:
             file = take.raw_file
             notes.append(
@@ -417,7 +409,7 @@ def resolve_takes(
                 f"take {take.label!r}: {info.duration_s:.1f} s long, the program's songs end "
                 f"at {end:.1f} s; queries beyond its end are left out"
             )
-        sources.append(_TakeSource(take, file, info.sample_rate, info.frames, checked))
+        sources.append(_TakeSource(take, file, info.sample_rate, info.frames))
     return sources
 
 

@@ -67,6 +67,45 @@ class SessionSong:
 
 
 @dataclasses.dataclass(frozen=True)
+class TakeVerdict:
+    """Whether a take's numbers can be trusted, and why not: one rule for every view.
+
+    ``status`` is ``"ok"`` (aligned, the alignment passed its own checks and nothing was
+    lost while recording), ``"flagged"`` (aligned, but a check failed or audio was lost:
+    ``reasons`` says which) or ``"not aligned"``. The CLI, the demo, the app's pages and
+    the evaluation all read this, so a take is called the same everywhere.
+    """
+
+    status: str
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def trusted(self) -> bool:
+        return self.status == "ok"
+
+    def describe(self) -> str:
+        """``ok``, ``not aligned`` or ``flagged: reason; reason``."""
+        return f"{self.status}: {'; '.join(self.reasons)}" if self.reasons else self.status
+
+
+def judge_take(aligned: bool, alignment: dict[str, Any] | None, xruns: int) -> TakeVerdict:
+    """The verdict on a take from what its session records (see ``TakeVerdict``).
+
+    ``aligned``: an aligned file exists; ``alignment``: the stored alignment summary
+    (its ``ok`` and ``notes``); ``xruns``: buffer under/overruns counted while recording.
+    """
+    if not aligned or alignment is None:
+        return TakeVerdict("not aligned")
+    reasons = []
+    if not alignment.get("ok"):
+        notes = [str(note) for note in alignment.get("notes") or ()]
+        reasons.extend(notes or ["the alignment failed its checks"])
+    if xruns:
+        reasons.append(f"{xruns} buffer under/overruns while recording (audio lost or repeated)")
+    return TakeVerdict("flagged" if reasons else "ok", tuple(reasons))
+
+
+@dataclasses.dataclass(frozen=True)
 class SessionTake:
     """A take: its files and the summary of its alignment (None: never aligned)."""
 
@@ -81,13 +120,8 @@ class SessionTake:
     alignment: dict[str, Any] | None
 
     @property
-    def aligned_ok(self) -> bool:
-        """An aligned file exists and its alignment passed its own checks."""
-        return (
-            self.aligned_file is not None
-            and self.alignment is not None
-            and bool(self.alignment.get("ok"))
-        )
+    def verdict(self) -> TakeVerdict:
+        return judge_take(self.aligned_file is not None, self.alignment, self.xruns)
 
     def metadata(self) -> dict[str, Any]:
         """What a report records about the take (no channel response arrays)."""
@@ -114,6 +148,7 @@ class SessionTake:
             "speaker_distance_m": self.speaker_distance_m,
             "notes": self.notes,
             "xruns": self.xruns,
+            "verdict": self.verdict.describe(),
             "recorded_at": self.recorded_at,
             "alignment": alignment,
         }

@@ -525,19 +525,14 @@ def align_session_take(task: TaskState, session: Session, label: str) -> Alignme
 
 
 def describe_alignment(alignment: Alignment | dict[str, Any], xruns: int = 0) -> str:
-    """One line: offset, drift, residual, SNR and whether the take can be used."""
+    """One line: offset, drift, residual, SNR and the take's verdict with its reasons."""
     if isinstance(alignment, dict):
         alignment = Alignment.from_dict(alignment)
-    verdict = "ok" if alignment.ok and not xruns else "FLAGGED"
-    reasons = list(alignment.notes) if not alignment.ok else []
-    if xruns:
-        reasons.append(f"{xruns} buffer under/overruns while recording")
-    text = (
+    return (
         f"offset {alignment.offset_s * 1000:.2f} ms, drift {alignment.drift_ppm:+.1f} ppm, "
         f"max residual {_ms(alignment.max_residual_ms)}, min SNR {_db(alignment.min_snr_db)}: "
-        f"{verdict}"
+        f"{alignment.verdict(xruns).describe()}"
     )
-    return text + (f" ({'; '.join(reasons)})" if reasons else "")
 
 
 def _ms(value: float) -> str:

@@ -100,7 +100,7 @@ class EvaluatePage(Page):
     def __init__(self, state: RigState, parent: QWidget | None = None) -> None:
         super().__init__(state, parent)
         self._view: EvaluationView | None = None
-        self._takes: list[tuple[str, bool]] = []  # (label, usable: aligned and ok)
+        self._untrusted: list[str] = []  # flagged or unaligned takes (``TakeVerdict``)
         self._job: Worker | None = None
         self._job_kind = ""
 
@@ -147,9 +147,14 @@ class EvaluatePage(Page):
         self.take_boxes: dict[str, QCheckBox] = {}
         self.allow_unchecked = QCheckBox("evaluate unaligned or flagged takes anyway")
         self.allow_unchecked.setToolTip(
-            "A take whose alignment failed its checks, or an unaligned take (read as if it "
-            "started exactly with the program), is refused unless this is ticked"
+            "A flagged take (its alignment failed a check, or audio was lost while "
+            "recording) or an unaligned take (read as if it started exactly with the "
+            "program) is evaluated only when this is ticked; the report says which"
         )
+        self.allow_unchecked.toggled.connect(self._on_allow_unchecked)
+        self.takes_note = QLabel("")
+        self.takes_note.setWordWrap(True)
+        self.takes_note.setStyleSheet(_RED)
         self.out = QLineEdit()
         self.out.setPlaceholderText("<session>/evaluations/<date-time>")
         self.out_browse = QPushButton("Browse…")
@@ -185,11 +190,12 @@ class EvaluatePage(Page):
         takes.addStretch(1)
         grid.addWidget(QLabel("Takes:"), 4, 0)
         grid.addLayout(takes, 4, 1, 1, 2)
+        grid.addWidget(self.takes_note, 5, 1, 1, 2)
         out_row = _browse_row(self.out, self.out_browse)
         out_row.addSpacing(12)
         out_row.addWidget(self.evaluate_button)
-        grid.addWidget(QLabel("Report folder:"), 5, 0)
-        grid.addLayout(out_row, 5, 1, 1, 2)
+        grid.addWidget(QLabel("Report folder:"), 6, 0)
+        grid.addLayout(out_row, 6, 1, 1, 2)
         self.panel = TaskPanel()
         self.message = QLabel("")
         self.message.setWordWrap(True)
@@ -319,25 +325,37 @@ class EvaluatePage(Page):
         self._read_takes(self.session)
 
     def _read_takes(self, session: Session | None) -> None:
-        takes: list[tuple[str, bool]] = []
-        if session is not None:
-            for entry in session.takes:
-                ok = bool(entry.aligned_file) and bool((entry.alignment or {}).get("ok", False))
-                takes.append((entry.label, ok and not entry.xruns))
+        takes = [(entry.label, entry.verdict) for entry in session.takes] if session else []
         order = {label: i for i, label in enumerate(TAKE_ORDER)}
         takes.sort(key=lambda t: (order.get(t[0], len(order)), t[0]))
-        self._takes = takes
         while self.takes_row.count():
             item = self.takes_row.takeAt(0)
             if item.widget() is not None:
                 item.widget().deleteLater()
         self.take_boxes = {}
-        for label, usable in takes:
-            box = QCheckBox(label if usable else f"{label} (not aligned or flagged)")
-            box.setChecked(usable)
+        self._untrusted = [label for label, verdict in takes if not verdict.trusted]
+        for label, verdict in takes:
+            box = QCheckBox(label if verdict.trusted else f"{label} ({verdict.status})")
+            box.setToolTip(f"{label}: {verdict.describe()}")
+            box.setChecked(verdict.trusted or self.allow_unchecked.isChecked())
             self.takes_row.addWidget(box)
             self.take_boxes[label] = box
+        why = [f"{label} is {v.describe()}" for label, v in takes if not v.trusted]
+        them = "it" if len(why) == 1 else "them"
+        self.takes_note.setText(
+            f"{'; '.join(why)}. Align again on the Record page, or tick “evaluate … anyway” "
+            f"to evaluate {them} (the report then says so)."
+            if why
+            else ""
+        )
+        self.takes_note.setVisible(bool(why))
         self.refresh()
+
+    def _on_allow_unchecked(self, checked: bool) -> None:
+        # asking to evaluate flagged takes means ticking them
+        for label in self._untrusted:
+            if label in self.take_boxes:
+                self.take_boxes[label].setChecked(checked)
 
     def _problem(self) -> str:
         session = self.session
@@ -348,16 +366,10 @@ class EvaluatePage(Page):
                 "This session has no program yet: build it on the Program page, record and "
                 "align takes on the Record page, then evaluate them here."
             )
-        if not any(usable for _, usable in self._takes):
-            if self._takes:
-                names = ", ".join(label for label, _ in self._takes)
-                return (
-                    f"No aligned take yet ({names} not aligned or flagged): align them on the "
-                    "Record page, then evaluate them here."
-                )
+        if not session.takes:
             return (
-                "No aligned take yet: record a take on the Record page (it is aligned when "
-                "recording ends), then evaluate it here."
+                "No take yet: record a take on the Record page (it is aligned when recording "
+                "ends), then evaluate it here."
             )
         return ""
 

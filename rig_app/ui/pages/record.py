@@ -590,12 +590,11 @@ class RecordPage(Page):
         fields["Drift"].setText(f"{alignment.drift_ppm:+.1f} ppm")
         fields["Max residual"].setText(_number(alignment.max_residual_ms, "ms", 3))
         fields["Min marker SNR"].setText(_number(alignment.min_snr_db, "dB", 1))
-        good = alignment.ok and xruns == 0
-        fields["Quality"].setText("ok" if good else "flagged")
-        fields["Quality"].setStyleSheet(_GREEN if good else _RED)
-        reasons = list(alignment.notes)
-        if xruns:
-            reasons.append(f"{xruns} buffer under/overruns while recording")
+        verdict = alignment.verdict(xruns)
+        fields["Quality"].setText(verdict.status)
+        fields["Quality"].setStyleSheet(_GREEN if verdict.trusted else _RED)
+        # notes of a trusted alignment are information (a weak marker it did without)
+        reasons = list(verdict.reasons) or list(alignment.notes)
         self.anchors.setRowCount(len(alignment.anchors))
         for row, anchor in enumerate(alignment.anchors):
             cells = (
@@ -677,8 +676,7 @@ class RecordPage(Page):
             if session is not None:
                 take = next((t for t in session.takes if t.label == label), None)
             row.status.setText("not recorded" if take is None else self._take_status(take))
-            flagged = take is not None and not (take.alignment and take.alignment.get("ok"))
-            row.status.setStyleSheet(_RED if flagged else "")
+            row.status.setStyleSheet(_RED if take is not None and not take.verdict.trusted else "")
         if session is None:
             self.hint.setText("Create or open a session first.")
         elif program is None:
@@ -689,17 +687,15 @@ class RecordPage(Page):
 
     @staticmethod
     def _take_status(take: TakeEntry) -> str:
-        seconds = ""
-        if take.alignment is not None:
-            samples = take.alignment.get("take_samples")
-            if isinstance(samples, int) and take.recording_rate:
-                seconds = f"{format_duration(samples / take.recording_rate)}, "
-        xruns = f"{take.xruns} xruns, " if take.xruns else ""
+        """``10:02, aligned, drift +3.1 ppm: ok`` or ``recorded: not aligned``."""
         if take.alignment is None:
-            return f"recorded, {xruns}not aligned"
-        verdict = "ok" if take.alignment.get("ok") and not take.xruns else "flagged"
-        drift = take.alignment.get("drift_ppm")
-        return f"{seconds}{xruns}aligned: {verdict} (drift {float(drift):+.1f} ppm)"
+            return f"recorded: {take.verdict.describe()}"
+        samples = take.alignment.get("take_samples")
+        seconds = ""
+        if isinstance(samples, int) and take.recording_rate:
+            seconds = f"{format_duration(samples / take.recording_rate)}, "
+        drift = float(take.alignment.get("drift_ppm") or 0.0)
+        return f"{seconds}aligned, drift {drift:+.1f} ppm: {take.verdict.describe()}"
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt's name
         self.shutdown()
