@@ -1,8 +1,9 @@
 """Distortions applied to audio: noise at a chosen SNR, speech babble, training pipelines.
 
-``Augmenter`` is the training pipeline of notes §1 (baseline, or proposed = baseline plus
-low/high-pass filters); ``draw_spec_masks``/``apply_spec_masks`` the weak spectrogram
-masks; ``synthesise_noise`` background noises for machines without a noise data set.
+``Augmenter`` is the training pipeline of docs/design.md §1.6 (baseline, or proposed =
+baseline plus low/high-pass filters); ``draw_spec_masks``/``apply_spec_masks`` the weak
+spectrogram masks; ``synthesise_noise`` background noises for machines without a noise
+data set.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def make_babble(
     return (babble / (np.sqrt(np.mean(babble**2)) + EPS)).astype(np.float32)
 
 
-# --- training pipelines (notes §1, paper §2.2) ------------------------------------------
+# --- training pipelines (docs/design.md §1.6, paper §2.2) ----------------------------------
 
 
 @contextmanager

@@ -38,7 +38,10 @@ class AudioConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LogMelConfig:
-    """Log-mel front-end of the CNN encoders (notes §1): a 256 x 32 image in [-80, 0] dB."""
+    """Log-mel front-end of the CNN encoders: a 256 x 32 image in [-80, 0] dB.
+
+    docs/design.md §1.2.
+    """
 
     n_fft: int = 1024
     hop_length: int = 256
@@ -105,7 +108,7 @@ class ResNetSTAConfig:
 
 @dataclasses.dataclass(frozen=True)
 class KaldiFbankConfig:
-    """Kaldi-style log mel filterbank of BEATs (notes §1; ``afp_core.features.KaldiFbank``).
+    """Kaldi log mel filterbank of BEATs (docs/design.md §1.2; ``features.KaldiFbank``).
 
     Kaldi's ``compute-fbank-feats`` definitions with snip edges, per-frame DC removal,
     pre-emphasis, a Povey window, an FFT of the next power of two, the power spectrum,
@@ -251,7 +254,7 @@ class IndexConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Training distortions of the positive (notes §1; paper §2.2). Defaults are the spec.
+    """Training distortions of the positive (docs/design.md §1.6; paper §2.2): the spec.
 
     ``pipeline`` "baseline": background noise with ``noise_p`` at an SNR drawn from
     ``snr_bands_db`` (rows of low dB, high dB, weight: 50 % 0-5, 30 % 5-10, 20 % 10-15),

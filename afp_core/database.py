@@ -572,7 +572,8 @@ class FingerprintDB(SongCatalogue):
 
     def _apply_nprobe(self) -> None:
         if self._index is not None and self._index_type == INDEX_IVFPQ:
-            # The attribute is `nprobe`: the authors' `nprobes` was silently ignored (notes §1).
+            # The attribute is `nprobe`: the authors' `nprobes` was silently ignored
+            # (docs/design.md §2.1).
             faiss.extract_index_ivf(self._index).nprobe = self._nprobe
 
     # ------------------------------------------------------------------ catalogue

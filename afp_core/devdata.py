@@ -1,4 +1,4 @@
-"""Where the development audio lives (notes §4): Debian packages of music and speech.
+"""Where the development audio lives (docs/design.md §6): Debian packages of music, speech.
 
 ``datasets/fetch_debian_audio.sh`` unpacks them into ``datasets/cache/debian``; packages
 installed system-wide with apt-get are found too. Only this audio is used for training and

@@ -1,4 +1,6 @@
-"""Log-mel front-end of the CNN encoders (notes §1): each 1 s window -> 256 x 32 in [-80, 0] dB.
+"""Log-mel front-end of the CNN encoders: each 1 s window -> 256 x 32 in [-80, 0] dB.
+
+The parameters and why they are what they are: docs/design.md §1.2.
 
 The mel filterbank is the Slaney one (librosa's default: ``htk=False, norm='slaney'``),
 computed here in numpy so that librosa is needed by the tests only.

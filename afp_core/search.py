@@ -4,10 +4,10 @@ The query is n window vectors; window j starts at ``j * hop_s`` seconds into the
 Each window retrieves its k nearest database vectors. Two decision rules:
 
 - ``search_majority_vote`` (the paper, §3): every hit votes for its song; most votes wins.
-- ``search_offset_consistent`` (notes §2): every hit proposes a (song, start) alignment;
-  each alignment is re-scored by the mean inner product between the query windows and the
-  song's windows at start + j (vectors rebuilt from the index), so hits must agree on
-  where in the song the query is, not only on which song.
+- ``search_offset_consistent`` (docs/design.md §3.2): every hit proposes a (song, start)
+  alignment; each alignment is re-scored by the mean inner product between the query
+  windows and the song's windows at start + j (vectors rebuilt from the index), so hits
+  must agree on where in the song the query is, not only on which song.
 
 ``identify_vectors`` dispatches and applies a "no match" threshold. ``calibrate_threshold``
 estimates that threshold from the database alone (see its docstring).

@@ -1,4 +1,4 @@
-"""Baseline vs proposed augmentation with an equal budget (paper Table 3, issue 3).
+"""Baseline vs proposed augmentation with an equal budget (paper Table 3).
 
     nice -n 10 python benchmarks/bench_augmentation.py --config configs/nafp-small-cpu.yaml \
         --epochs 10 --out runs/ablation

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fetch the development audio (notes §4) from Debian's package registry without installing
-# anything: `apt-get download` + `dpkg -x` into datasets/cache/debian/. Idempotent.
+# Fetch the development audio (docs/design.md §6) from Debian's package registry without
+# installing anything: `apt-get download` + `dpkg -x` into datasets/cache/debian/.
+# Idempotent.
 # Music for development and training; speech for babble noise. Other audio is kept for
 # independent evaluation and must not be fetched here.
 set -euo pipefail

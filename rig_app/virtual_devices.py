@@ -2,10 +2,10 @@
 
 A user-mode PulseAudio daemon with three null sinks (``music``, ``noise``, ``room``) and
 two loopbacks that play the monitors of ``music`` and ``noise`` into ``room``, each with
-30 ms of latency (the recipe in the project's reference notes). Three ALSA PCMs make them
-PortAudio devices: ``music_out`` (plays into ``music``), ``noise_out`` (into ``noise``)
-and ``mic_in`` (records ``room.monitor``), so what ``mic_in`` records is what was played
-on the other two, with the loopbacks' real latency and a little drift.
+30 ms of latency (the recipe of docs/design.md §5). Three ALSA PCMs make them PortAudio
+devices: ``music_out`` (plays into ``music``), ``noise_out`` (into ``noise``) and
+``mic_in`` (records ``room.monitor``), so what ``mic_in`` records is what was played on
+the other two, with the loopbacks' real latency and a little drift.
 
 Nothing in the user's home is touched: the daemon runs with a private HOME and runtime
 folder in a temporary directory, the PCMs are defined in a file of their own that is

@@ -1,4 +1,4 @@
-"""The training augmentation pipelines (notes §1) and the synthetic noises and IRs."""
+"""The training augmentation pipelines (docs/design.md §1.6), synthetic noises and IRs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The NAFP encoder (Chang et al. 2021; paper §4.1, notes §1).
+"""The NAFP encoder (Chang et al. 2021; paper §4.1, docs/design.md §1.3).
 
 Eight blocks of separable convolutions, each halving time then frequency, turn a
 (1, 256, 32) log-mel image into a (1024, 1, 1) map that is flattened into the feature

@@ -39,8 +39,8 @@ ResNet block and an all-zeros one a pure shortcut; the output never vanishes.
 
 Normalisation is GroupNorm (groups of 16 channels), not BatchNorm: every operation works
 on one item, in training as in evaluation, so an item's fingerprint never depends on its
-batch-mates (notes §1), and the contrastive batch (clean anchors and distorted positives)
-cannot leak through batch statistics.
+batch-mates (docs/design.md §2.1), and the contrastive batch (clean anchors and distorted
+positives) cannot leak through batch statistics.
 """
 
 from __future__ import annotations

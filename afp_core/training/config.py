@@ -5,7 +5,7 @@ A training YAML file has five sections (all optional; see ``configs/``)::
     model:        a ModelSpec (name, audio, frontend, arch)
     data:         DataConfig: songs, noise, impulse responses, splits, cache
     training:     TrainingConfig: batch, epochs, optimiser, schedule, device, budget
-    augmentation: afp_core.config.AugmentConfig (notes §1 defaults)
+    augmentation: afp_core.config.AugmentConfig (defaults: docs/design.md §1.6)
     output:       the run folder (relative paths are relative to the working directory)
 
 An unknown key or a value of the wrong type raises ``ConfigError`` naming the key
@@ -51,7 +51,8 @@ class DataConfig:
     - Shares: songs split train/validation/test by song; noise 70/20/10 and IRs 80/20
       as in the paper, each with ``split_seed``.
     - ``cache_dir``: decoded 8 kHz audio (keyed by file checksum) and prepared clips.
-    - ``energy_floor``: a training window is kept when sum(x^2) exceeds it (notes §1).
+    - ``energy_floor``: a training window is kept when sum(x^2) exceeds it
+      (docs/design.md §1.5).
     """
 
     songs: tuple[str, ...] = ()

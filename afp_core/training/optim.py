@@ -1,8 +1,8 @@
 """LAMB and the warm-up + cosine learning-rate schedule (paper §4.3).
 
 torch has no LAMB, and no small well-kept package provides one without pulling
-torchvision (notes §1), so it is written here after You et al. (2020), "Large Batch
-Optimization for Deep Learning: Training BERT in 76 minutes", algorithm 2.
+torchvision (docs/design.md §2.1), so it is written here after You et al. (2020),
+"Large Batch Optimization for Deep Learning: Training BERT in 76 minutes", algorithm 2.
 """
 
 from __future__ import annotations
