@@ -7,9 +7,11 @@ block, so memory stays proportional to the block, however long the file is.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +84,18 @@ _WRITE_FORMATS: dict[str, tuple[str, str | None]] = {
 # Errors libsndfile / soundfile raise for unreadable or undecodable data.
 _DECODE_ERRORS = (sf.SoundFileError, RuntimeError, ValueError, TypeError, OSError)
 
+# libsndfile reads only what a truncated file holds and leaves one trace of the header's
+# promise in its log: "data : 640000 (should be 96000)" (declared bytes, bytes there).
+_SHOULD_BE = re.compile(r":\s*(\d+)\s*\(should be (\d+)\)")
+# Sizes a streaming writer puts in the header before it knows the length: not a promise.
+_UNKNOWN_SIZE = 0x7FFF0000
+# A file decoding this much short of its header (and at least this share) is reported:
+# MP3 headers overshoot by a fraction of a second on whole files.
+_SHORT_READ_S = 1.0
+_SHORT_READ_SHARE = 0.01
+
+_log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class AudioInfo:
@@ -92,6 +106,8 @@ class AudioInfo:
     channels: int
     frames: int
     format: str
+    # What the header promises where the file holds fewer frames (a truncated file).
+    header_frames: int | None = None
 
     @property
     def duration_s(self) -> float:
@@ -135,28 +151,49 @@ def probe_audio(path: Path | str) -> AudioInfo:
         channels=int(info.channels),
         frames=int(info.frames),
         format=str(info.format),
+        header_frames=_header_frames(int(info.frames), str(info.extra_info or "")),
     )
 
 
+def _header_frames(frames: int, log: str) -> int | None:
+    """Frames the header declares, from libsndfile's log, where the file holds fewer."""
+    declared = None
+    for line in log.splitlines():
+        found = _SHOULD_BE.search(line)
+        if found is None:
+            continue
+        claimed, there = int(found[1]), int(found[2])
+        if 0 < there < claimed < _UNKNOWN_SIZE:
+            declared = round(frames * claimed / there)  # the last one is the data chunk
+    return declared
+
+
 def stream_audio(
-    path: Path | str, sample_rate: int = 8000, block_s: float = 30.0
+    path: Path | str,
+    sample_rate: int = 8000,
+    block_s: float = 30.0,
+    on_warning: Callable[[str], None] | None = None,
 ) -> Iterator[np.ndarray]:
     """Decode ``path`` block by block to mono float32 at ``sample_rate``.
 
     Yields non-empty 1-D float32 blocks (about ``block_s`` seconds each, the last shorter)
     whose concatenation is the whole resampled signal. The header is checked at once (a
     missing, unreadable or empty file raises ``AudioError`` here, not at the first block);
-    a decoding error later in the file raises ``AudioError`` from the iterator.
+    a decoding error later in the file raises ``AudioError`` from the iterator. A file that
+    ends well before its header says (truncated) is decoded as far as it goes and
+    ``on_warning`` gets one line saying so (default: the log).
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     if block_s <= 0:
         raise ValueError(f"block_s must be positive, got {block_s}")
     info = probe_audio(path)
-    return _stream(info, sample_rate, block_s)
+    return _stream(info, sample_rate, block_s, on_warning or _log.warning)
 
 
-def _stream(info: AudioInfo, sample_rate: int, block_s: float) -> Iterator[np.ndarray]:
+def _stream(
+    info: AudioInfo, sample_rate: int, block_s: float, on_warning: Callable[[str], None]
+) -> Iterator[np.ndarray]:
     path = info.path
     block = max(1, round(block_s * info.sample_rate))
     resampler = (
@@ -193,6 +230,22 @@ def _stream(info: AudioInfo, sample_rate: int, block_s: float) -> Iterator[np.nd
                 yield mono
             if last:
                 break
+    short = _short_read(info, done)
+    if short:
+        on_warning(short)
+
+
+def _short_read(info: AudioInfo, decoded: int) -> str | None:
+    """One line where ``decoded`` frames fall well short of what the header promised."""
+    promised = info.header_frames or info.frames
+    missing = promised - decoded
+    if missing <= max(_SHORT_READ_S * info.sample_rate, _SHORT_READ_SHARE * promised):
+        return None
+    rate = info.sample_rate
+    return (
+        f"{info.path}: truncated: the header says {promised / rate:.1f} s, "
+        f"the file holds {decoded / rate:.1f} s"
+    )
 
 
 def _downmix(frames: np.ndarray) -> np.ndarray:

@@ -254,7 +254,7 @@ def run_index(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=args.device,
             task=TaskState(progress),
-            on_skip=lambda s: tqdm.write(f"skipped: {s.reason}", file=sys.stderr),
+            **_index_reports(),
         )
     finally:
         if progress is not None:
@@ -463,6 +463,16 @@ def _report_failure(args: argparse.Namespace, query: Path, exc: AfpError) -> Non
     print(f"afp: error: {exc}", file=sys.stderr)
 
 
+def _index_reports() -> dict[str, Callable[[Any], None]]:
+    """``afp index``'s one line per file left out (skipped) or added despite a problem."""
+    from tqdm import tqdm
+
+    def line(prefix: str) -> Callable[[Any], None]:
+        return lambda entry: tqdm.write(f"{prefix}: {entry.reason}", file=sys.stderr)
+
+    return {"on_skip": line("skipped"), "on_warning": line("warning")}
+
+
 def _existing_database_kind(db_dir: Path) -> str | None:
     """ "neural" or "landmark" for a database folder, None where there is none yet."""
     from afp_core.database import MANIFEST
@@ -491,8 +501,6 @@ def _refuse_neural_options(db_dir: Path, given: dict[str, bool]) -> None:
 
 
 def _run_landmark_index(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from afp_core.landmark import LandmarkDB, index_landmark_library
     from afp_core.tasks import TaskState, TqdmProgress
 
@@ -515,7 +523,7 @@ def _run_landmark_index(args: argparse.Namespace) -> int:
             db,
             files,
             task=TaskState(progress),
-            on_skip=lambda s: tqdm.write(f"skipped: {s.reason}", file=sys.stderr),
+            **_index_reports(),
         )
     finally:
         if progress is not None:

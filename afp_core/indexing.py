@@ -9,6 +9,7 @@ indexed; a file already in the database (same content checksum) is skipped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -40,10 +41,24 @@ from afp_core.tasks import TaskState
 
 @dataclasses.dataclass(frozen=True)
 class Skipped:
-    """A file left out of the database, and why (one line)."""
+    """A file left out of the database (or, in ``IndexResult.warnings``, indexed despite a
+    problem), and why (one line)."""
 
     path: Path
     reason: str
+
+
+def recorder(
+    entries: list[Skipped], report: Callable[[Skipped], None]
+) -> Callable[[Path, str], None]:
+    """A callback that keeps (path, reason) in ``entries`` and passes it on to ``report``."""
+
+    def record(path: Path, reason: str) -> None:
+        entry = Skipped(path, reason)
+        entries.append(entry)
+        report(entry)
+
+    return record
 
 
 @dataclasses.dataclass
@@ -53,14 +68,16 @@ class IndexResult:
     added: list[Song] = dataclasses.field(default_factory=list)
     duplicates: list[Path] = dataclasses.field(default_factory=list)
     skipped: list[Skipped] = dataclasses.field(default_factory=list)
+    warnings: list[Skipped] = dataclasses.field(default_factory=list)  # added all the same
     audio_s: float = 0.0
     elapsed_s: float = 0.0  # reading and extraction; index building not included
 
     def summary(self) -> str:
         """One line for the end of a run."""
         rate = self.audio_s / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        warned = f" ({len(self.warnings)} with a warning)" if self.warnings else ""
         return (
-            f"added {len(self.added)} songs ({self.audio_s / 60:.1f} min of audio, "
+            f"added {len(self.added)} songs{warned} ({self.audio_s / 60:.1f} min of audio, "
             f"{rate:.0f} s of audio per s), {len(self.duplicates)} already in the database, "
             f"{len(self.skipped)} skipped"
         )
@@ -147,14 +164,16 @@ def extract_file_vectors(
     device: str | torch.device = "cpu",
     on_audio: Callable[[float], None] = lambda _: None,
     task: TaskState | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """Fingerprints of every window of a file: (n_windows, dim) float32 unit vectors.
 
-    ``on_audio`` is called with the seconds of audio each batch covered.
+    ``on_audio`` is called with the seconds of audio each batch covered, ``on_warning``
+    with a line about a file shorter than its header says (``stream_audio``).
     """
     audio = model.spec.audio
     chunks = []
-    blocks = stream_audio(path, sample_rate=audio.sample_rate)
+    blocks = stream_audio(path, sample_rate=audio.sample_rate, on_warning=on_warning)
     for windows in stream_windows(blocks, audio.window, audio.hop, max_windows=batch_size):
         if task is not None:
             task.check_cancelled()
@@ -225,20 +244,19 @@ def index_library(
     device: str | torch.device = "cpu",
     task: TaskState | None = None,
     on_skip: Callable[[Skipped], None] = lambda _: None,
+    on_warning: Callable[[Skipped], None] = lambda _: None,
 ) -> IndexResult:
     """Add every audio file under ``paths`` to ``db`` and commit the index.
 
-    Cancelling (``task.cancel()``) or an interrupt keeps the songs staged so far; the next
-    run extracts only what is left.
+    ``on_skip`` gets each file left out, ``on_warning`` each file added despite a problem
+    (a truncated file: what it holds is added). Cancelling (``task.cancel()``) or an
+    interrupt keeps the songs staged so far; the next run extracts only what is left.
     """
     task = task or TaskState()
     result = IndexResult()
     started = time.monotonic()
-
-    def skip(path: Path, reason: str) -> None:
-        entry = Skipped(path, reason)
-        result.skipped.append(entry)
-        on_skip(entry)
+    skip = recorder(result.skipped, on_skip)
+    warn = recorder(result.warnings, on_warning)
 
     window_s = model.spec.audio.window_s
     plan = plan_library_files(paths, window_s, f"one {window_s:g} s window", skip, task)
@@ -263,6 +281,7 @@ def index_library(
                 device=device,
                 on_audio=task.advance,
                 task=task,
+                on_warning=functools.partial(warn, info.path),
             )
         except AudioError as exc:
             skip(info.path, str(exc))

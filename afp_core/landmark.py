@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -819,31 +820,30 @@ def index_landmark_library(
     paths: Iterable[Path],
     task: TaskState | None = None,
     on_skip: Callable[[Any], None] = lambda _: None,
+    on_warning: Callable[[Any], None] = lambda _: None,
 ) -> Any:
     """Add every audio file under ``paths`` to ``db`` and commit; an ``IndexResult``.
 
     Files already in the database (same content checksum) are skipped, and so are
-    unreadable, shorter than ``MIN_SONG_S`` and silent files, each with a one-line reason.
+    unreadable, shorter than ``MIN_SONG_S`` and silent files, each with a one-line reason;
+    ``on_warning`` gets each file added despite a problem (truncated: what it holds).
     Cancelling (``task.cancel()``) or an interrupt keeps the songs staged so far; the next
     run extracts only what is left.
     """
     from afp_core.indexing import (
         IndexResult,
-        Skipped,
         checksum_or_skip,
         plan_library_files,
         read_tags,
+        recorder,
     )
 
     task = task or TaskState()
     result = IndexResult()
     started = time.monotonic()
     sample_rate = db.settings.sample_rate
-
-    def skip(path: Path, reason: str) -> None:
-        entry = Skipped(path, reason)
-        result.skipped.append(entry)
-        on_skip(entry)
+    skip = recorder(result.skipped, on_skip)
+    warn = recorder(result.warnings, on_warning)
 
     plan = plan_library_files(paths, MIN_SONG_S, f"{MIN_SONG_S:g} s", skip, task)
 
@@ -860,7 +860,8 @@ def index_landmark_library(
             continue
         task.set_message(info.path.name)
         try:
-            landmarks = fingerprint_blocks(_tracked(info.path, sample_rate, task), db.settings)
+            blocks = _tracked(info.path, sample_rate, task, functools.partial(warn, info.path))
+            landmarks = fingerprint_blocks(blocks, db.settings)
         except AudioError as exc:
             skip(info.path, str(exc))
             task.advance(before + info.duration_s - task.done)
@@ -893,9 +894,11 @@ def index_landmark_library(
     return result
 
 
-def _tracked(path: Path, sample_rate: int, task: TaskState) -> Iterator[np.ndarray]:
+def _tracked(
+    path: Path, sample_rate: int, task: TaskState, on_warning: Callable[[str], None]
+) -> Iterator[np.ndarray]:
     """The file's blocks, reporting progress and stopping on cancel between blocks."""
-    for block in stream_audio(path, sample_rate=sample_rate):
+    for block in stream_audio(path, sample_rate=sample_rate, on_warning=on_warning):
         task.check_cancelled()
         yield block
         task.advance(len(block) / sample_rate)

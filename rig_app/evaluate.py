@@ -227,6 +227,7 @@ def _index_then_plan(
             "already in the database"
         )
     notes += [f"skipped: {reason}" for reason in skipped]
+    notes += [f"warning: {entry.reason}" for entry in result.warnings]
     plan = plan_realworld([recogniser], session, settings)
     return recogniser, plan, _phase(task, middle, 1.0, "evaluating")
 

@@ -232,6 +232,45 @@ def test_empty_file(tmp_path: Path) -> None:
         assert "empty" in str(info.value)
 
 
+def truncate_wav(tmp_path: Path, seconds: float, keep_s: float, suffix: str = ".wav") -> Path:
+    """A real file whose header promises ``seconds`` but whose data stops at ``keep_s``."""
+    whole = tmp_path / f"whole{suffix}"
+    sf.write(whole, tone(440, seconds, SR), SR, subtype="PCM_16")
+    path = tmp_path / f"cut{suffix}"
+    data = whole.read_bytes()
+    path.write_bytes(data[: len(data) - round((seconds - keep_s) * SR) * 2])
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".aiff"])
+def test_truncated_file_is_decoded_as_far_as_it_goes_with_a_warning(
+    tmp_path: Path, suffix: str
+) -> None:
+    path = truncate_wav(tmp_path, 40.0, 6.0, suffix)
+    info = probe_audio(path)
+    assert abs(info.duration_s - 6.0) < 0.01  # libsndfile reads what is there...
+    assert abs(info.header_frames / SR - 40.0) < 0.01  # ...and its log keeps the promise
+    warnings: list[str] = []
+    audio = np.concatenate(list(stream_audio(path, on_warning=warnings.append)))
+    assert abs(len(audio) / SR - 6.0) < 0.01
+    assert warnings == [f"{path}: truncated: the header says 40.0 s, the file holds 6.0 s"]
+
+
+def test_whole_files_and_unknown_length_headers_give_no_warning(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, tone(440, 3.0, SR), SR, subtype="PCM_16")
+    # a streaming writer's header: sizes 0xFFFFFFFF until it knows the length
+    streamed = tmp_path / "streamed.wav"
+    data = bytearray(whole.read_bytes())
+    data[4:8] = data[40:44] = b"\xff\xff\xff\xff"
+    streamed.write_bytes(bytes(data))
+    for path in (whole, streamed):
+        assert probe_audio(path).header_frames is None
+        warnings: list[str] = []
+        assert sum(map(len, stream_audio(path, on_warning=warnings.append))) == 3 * SR
+        assert warnings == []
+
+
 # --- windows ----------------------------------------------------------------------------
 
 

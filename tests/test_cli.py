@@ -141,6 +141,24 @@ def test_bad_files_are_skipped_with_reasons(tmp_path, song_library, untrained_ch
     assert "Traceback" not in captured.err
 
 
+@pytest.mark.parametrize("kind", ["neural", "landmark"])
+def test_truncated_file_is_indexed_with_a_warning(tmp_path, untrained_checkpoint, capsys, kind):
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, synthesise_song(100, 24.0, 8000), 8000, subtype="PCM_16")
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: len(data) - 18 * 8000 * 2])  # the header still says 24 s
+    option = ["--model", str(untrained_checkpoint)] if kind == "neural" else ["--landmark"]
+    # one song: the no-match calibration from excerpts (two songs or more) takes a minute
+    code = main(["index", str(tmp_path / "db"), str(cut), *option, "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0 and "Traceback" not in captured.err
+    assert f"warning: {cut}: truncated: the header says 24.0 s, the file holds 6.0 s" in (
+        captured.err.splitlines()
+    )
+    assert "added 1 songs (1 with a warning)" in captured.out
+
+
 def test_links_pipes_and_vanishing_files_are_skipped_not_fatal(
     tmp_path, song_library, untrained_checkpoint, capsys, monkeypatch
 ):
