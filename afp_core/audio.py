@@ -11,9 +11,14 @@ import logging
 import os
 import re
 import secrets
+import sys
+import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import IO
 
 import numpy as np
 import soundfile as sf
@@ -28,6 +33,7 @@ __all__ = [
     "iter_audio_files",
     "load_audio",
     "probe_audio",
+    "quiet_stderr",
     "resample",
     "stream_audio",
     "stream_windows",
@@ -115,6 +121,77 @@ class AudioInfo:
         return self.frames / self.sample_rate
 
 
+class _StderrToLog:
+    """While entered, what C code writes to file descriptor 2 goes to the debug log.
+
+    libmpg123 and libsndfile print notes ("Note: Illegal Audio-MPEG-Header ...") straight
+    to the process's stderr, past Python; the user gets one line per file from us instead.
+    fd 2 belongs to the whole process, so overlapping users (threads) share one
+    redirection: the first starts it, the last restores fd 2 and replays what was caught.
+    Keep it around C calls only: Python writes to stderr meanwhile are caught too.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: int | None = None
+        self._capture: IO[bytes] | None = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._start()
+            self._users += 1
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._stop()
+
+    def _start(self) -> None:
+        if sys.stderr is not None:
+            sys.stderr.flush()  # what Python wrote before belongs on the terminal
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 (a detached process): nothing to keep off the terminal
+            return
+        try:
+            self._capture = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _stop
+        except OSError:  # nowhere to put it: leave stderr as it is
+            os.close(saved)
+            return
+        os.dup2(self._capture.fileno(), 2)
+        self._saved = saved
+
+    def _stop(self) -> None:
+        if self._saved is None or self._capture is None:
+            return
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._saved = None
+        capture, self._capture = self._capture, None
+        with capture:
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace")
+        for line in text.splitlines():
+            if line.strip():
+                _log.debug("decoder: %s", line)
+
+
+_STDERR_TO_LOG = _StderrToLog()
+
+
+def quiet_stderr() -> _StderrToLog:
+    """``with quiet_stderr():`` around a C library's call sends its chatter to the log."""
+    return _STDERR_TO_LOG
+
+
 def _reason(exc: BaseException) -> str:
     """libsndfile's message for ``exc`` on one line, without the repeated file name."""
     text = getattr(exc, "error_string", None) or str(exc) or type(exc).__name__
@@ -124,8 +201,16 @@ def _reason(exc: BaseException) -> str:
     return text.rstrip(".")
 
 
+# What libsndfile says when no decoder recognises a regular file's content: its MP3
+# decoder blames a missing file or a pipe, the others say "Format not recognised".
+_UNRECOGNISED = ("File does not exist or is not a regular file", "Format not recognised")
+
+
 def _unreadable(path: Path, exc: BaseException) -> AudioError:
-    return AudioError(f"{path}: not an audio file libsndfile can read ({_reason(exc)})")
+    reason = _reason(exc)
+    if reason.startswith(_UNRECOGNISED) and path.is_file():
+        return AudioError(f"{path}: not an audio file the decoder recognises")
+    return AudioError(f"{path}: not an audio file libsndfile can read ({reason})")
 
 
 def _check_exists(path: Path) -> None:
@@ -140,7 +225,8 @@ def probe_audio(path: Path | str) -> AudioInfo:
     path = Path(path)
     _check_exists(path)
     try:
-        info = sf.info(str(path))
+        with quiet_stderr():
+            info = sf.info(str(path))
     except _DECODE_ERRORS as exc:
         raise _unreadable(path, exc) from None
     if info.frames <= 0 or info.samplerate <= 0 or info.channels <= 0:
@@ -203,7 +289,8 @@ def _stream(
     )
     done = 0
     try:
-        handle = sf.SoundFile(str(path))
+        with quiet_stderr():
+            handle = sf.SoundFile(str(path))
     except _DECODE_ERRORS as exc:
         raise _unreadable(path, exc) from None
     with handle:
@@ -211,7 +298,8 @@ def _stream(
         buffer = np.empty((block, handle.channels), dtype=np.float32)
         while True:
             try:
-                frames = handle.read(block, dtype="float32", always_2d=True, out=buffer)
+                with quiet_stderr():  # not around the yield: the caller's output is its own
+                    frames = handle.read(block, dtype="float32", always_2d=True, out=buffer)
             except _DECODE_ERRORS as exc:
                 where = done / info.sample_rate
                 raise AudioError(

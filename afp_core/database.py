@@ -771,6 +771,10 @@ class FingerprintDB(SongCatalogue):
         )
         index.own_fields = True
         quantizer.this.disown()  # the index now owns and frees its quantiser
+        # faiss prints "WARNING clustering ..." below 39 points per centroid; the sample
+        # has at least _MIN_POINTS_PER_CENTROID, which is enough, so that is no news.
+        for clustering in (index.cp, index.pq.cp):
+            clustering.min_points_per_centroid = _MIN_POINTS_PER_CENTROID
         index.train(sample)
         # Array direct map: vectors are added with sequential ids, and reconstruct(id)
         # (offset-consistent re-scoring) needs id -> list position.

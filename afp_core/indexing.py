@@ -23,6 +23,7 @@ from afp_core.audio import (
     AudioInfo,
     iter_audio_files,
     probe_audio,
+    quiet_stderr,
     stream_audio,
     stream_windows,
     window_count,
@@ -148,7 +149,7 @@ def read_tags(path: Path) -> tuple[str, str]:
     """(title, artist) from the file's tags; the file name when it has none."""
     title, artist = "", ""
     try:
-        with sf.SoundFile(path) as f:
+        with quiet_stderr(), sf.SoundFile(path) as f:
             tags = f.copy_metadata()
         title, artist = tags.get("title", "").strip(), tags.get("artist", "").strip()
     except (RuntimeError, sf.LibsndfileError):

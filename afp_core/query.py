@@ -9,7 +9,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from afp_core.audio import frame_windows, probe_audio, resample
+from afp_core.audio import frame_windows, probe_audio, quiet_stderr, resample
 from afp_core.database import FingerprintDB
 from afp_core.errors import AudioError
 from afp_core.models import Fingerprinter, embed_windows
@@ -68,7 +68,8 @@ def load_query(
     first = round(start_s * info.sample_rate)
     frames = -1 if duration_s is None else round(duration_s * info.sample_rate)
     try:
-        data, rate = sf.read(path, start=first, frames=frames, dtype="float32", always_2d=True)
+        with quiet_stderr():
+            data, rate = sf.read(path, start=first, frames=frames, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:
         raise AudioError(f"{path}: cannot read excerpt ({exc})") from None
     return resample(data.mean(axis=1), rate, sample_rate)

@@ -197,6 +197,21 @@ def test_text_file_with_wav_suffix(tmp_path: Path) -> None:
         assert "not an audio file" in str(info.value)
 
 
+def test_text_file_named_mp3_is_not_audio_and_decoder_notes_go_to_the_log(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "notes.mp3"
+    path.write_text("this is not audio\nat all\n")
+    with caplog.at_level("DEBUG", logger="afp_core.audio"):
+        for call in (probe_audio, load_audio):
+            with pytest.raises(AudioError) as info:
+                call(path)
+            # libsndfile's own reason blames a missing file or a pipe
+            assert str(info.value) == f"{path}: not an audio file the decoder recognises"
+    assert capfd.readouterr().err == ""  # libmpg123 printed "Note: Illegal Audio-MPEG-Header"
+    assert "Illegal Audio-MPEG-Header" in caplog.text
+
+
 def test_truncated_header(tmp_path: Path) -> None:
     good = tmp_path / "good.wav"
     sf.write(good, tone(440, 1.0, SR), SR)

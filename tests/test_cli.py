@@ -159,6 +159,23 @@ def test_truncated_file_is_indexed_with_a_warning(tmp_path, untrained_checkpoint
     assert "added 1 songs (1 with a warning)" in captured.out
 
 
+def test_decoder_chatter_stays_off_the_terminal(tmp_path, untrained_checkpoint, capfd):
+    library = tmp_path / "lib"
+    library.mkdir()
+    (library / "notes.mp3").write_text("a text file with the wrong name")
+    whole = tmp_path / "whole.mp3"
+    sf.write(whole, synthesise_song(101, 24.0, 8000), 8000)
+    data = whole.read_bytes()
+    (library / "cut.mp3").write_bytes(data[: len(data) // 4])  # libmpg123 complains
+    model = ["--model", str(untrained_checkpoint)]
+    code = main(["index", str(tmp_path / "db"), str(library), *model, "--quiet"])
+    skipped, warning = capfd.readouterr().err.splitlines()  # and nothing else
+    assert code == 0
+    assert skipped == f"skipped: {library / 'notes.mp3'}: not an audio file the decoder recognises"
+    cut = library / "cut.mp3"
+    assert warning.startswith(f"warning: {cut}: truncated: the header says 24.0 s, the file holds")
+
+
 def test_links_pipes_and_vanishing_files_are_skipped_not_fatal(
     tmp_path, song_library, untrained_checkpoint, capsys, monkeypatch
 ):

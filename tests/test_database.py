@@ -343,6 +343,16 @@ def test_contiguous_ids_and_locate(tmp_path: Path) -> None:
         assert pos_back.tolist() == list(range(song.vector_count))
 
 
+def test_training_ivfpq_prints_no_faiss_warning(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    db = FingerprintDB.create(tmp_path / "db", MODEL, dim=32, index_config=SMALL)
+    stage_songs(db, np.random.default_rng(4), 17, 200)  # 3400 vectors: 13 per centroid
+    db.commit()
+    assert db.index_type == "ivfpq"
+    assert capfd.readouterr().err == ""  # faiss: "WARNING clustering 3400 points to 256 ..."
+
+
 def test_reconstruct_exact_for_flat_and_close_for_ivfpq(tmp_path: Path) -> None:
     rng = np.random.default_rng(6)
     flat = FingerprintDB.create(tmp_path / "flat", MODEL, dim=32, index_config=SMALL)
