@@ -2,10 +2,11 @@
 
 ``afp-rig`` alone opens the app. The sub-commands run the paper's protocol (§3) step by
 step: ``new`` session, add ``songs``, build the ``program``, ``record`` the low/mid/high
-takes (each aligned as soon as it is recorded), ``align`` again, or ``import-authors`` the
-paper authors' published recordings. A user error prints one line ``afp-rig: error: ...``
-and exits 1; usage errors exit 2; Ctrl-C stops at the next safe point, keeps what was done
-and exits 130 (a second Ctrl-C quits at once).
+takes (each aligned as soon as it is recorded), ``recover`` a take whose recording was
+killed, ``align`` again, or ``import-authors`` the paper authors' published recordings. A
+user error prints one line ``afp-rig: error: ...`` and exits 1; usage errors exit 2;
+Ctrl-C stops at the next safe point, keeps what was done and exits 130 (a second Ctrl-C
+quits at once).
 """
 
 from __future__ import annotations
@@ -201,6 +202,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser(
+        "recover",
+        help="store takes whose recording was killed, then align them",
+        description="A recording killed mid-way (kill -9, a crash, a power cut) leaves "
+        "takes/LABEL.raw.wav readable up to its last half second but not in the session. "
+        "Extend the file's header to every whole frame on disk, store it as the take LABEL "
+        "(its notes say how much was recovered) and align it like `record` does.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
+    p.add_argument(
+        "--label", help="only this take (default: every take file the session does not hold)"
+    )
+    p.add_argument("--no-align", action="store_true", help="store the takes without aligning")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
         "simulate",
         help="simulate takes through a virtual room (no audio devices), then align them",
         description="Make each LABEL's take without audio devices: the program's music "
@@ -276,9 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         epilog=EPILOG,
     )
-    p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
-    p.add_argument("--songs", type=int, default=6, help="songs in the session")
-    p.add_argument("--excerpt-s", type=float, default=40.0, help="seconds of each song")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="the same steps on less audio, a few minutes: 4 excerpts of 20 s, a database "
+        "of 30 songs, OUT demo-quick (the options below still override)",
+    )
+    p.add_argument("--out", type=Path, help="output folder (default: demo-output)")
+    p.add_argument("--songs", type=int, help="songs in the session (default: 6)")
+    p.add_argument("--excerpt-s", type=float, help="seconds of each song (default: 40)")
+    p.add_argument(
+        "--library-songs", type=int, help="songs in the database (default: the whole library)"
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--live", dest="live", action="store_const", const=True,
                       help="record through the virtual devices or fail")  # fmt: skip
@@ -505,6 +532,26 @@ def run_record(args: argparse.Namespace) -> int:
     return 1 if refused or result.error else 0
 
 
+def run_recover(args: argparse.Namespace) -> int:
+    from afp_core.tasks import TaskState
+    from rig_app.ui.state import format_duration, recover_session_takes, unstored_takes
+
+    session = _open(args.session)
+    labels = [args.label] if args.label else unstored_takes(session)
+    if not labels:
+        raise AfpError(f"{session.path}: every take file is stored already; nothing to recover")
+    results = recover_session_takes(TaskState(), session, labels)
+    for label, result in zip(labels, results, strict=True):
+        expected = format_duration(result.frames_expected / result.sample_rate)
+        print(
+            f"{result.path}: {format_duration(result.duration_s)} of {expected} recovered "
+            f"({result.ended_by}); stored as take {label!r}"
+        )
+    if args.no_align:
+        return 0
+    return 1 if _align(session, labels, args.quiet) else 0
+
+
 def run_simulate(args: argparse.Namespace) -> int:
     from rig_app.room import simulate_session_take
 
@@ -591,22 +638,25 @@ def run_import_authors(args: argparse.Namespace) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     from afp_core.audio import iter_audio_files
-    from rig_app.demo import DemoOptions, run_demo_job
+    from rig_app.demo import DemoOptions, quick_demo_options, run_demo_job
 
-    library = tuple(iter_audio_files(args.library)) if args.library else ()
-    run_demo_job(
-        DemoOptions(
-            out=args.out,
-            songs=args.songs,
-            excerpt_s=args.excerpt_s,
-            live=args.live,
-            model=args.model,
-            library=library,
-            seed=args.seed,
-            device=args.device,
-            quiet=args.quiet,
-        )
-    )
+    given = {
+        "out": args.out,
+        "songs": args.songs,
+        "excerpt_s": args.excerpt_s,
+        "library_songs": args.library_songs,
+    }
+    options = {key: value for key, value in given.items() if value is not None}
+    if args.library:
+        options["library"] = tuple(iter_audio_files(args.library))
+    options |= {
+        "live": args.live,
+        "model": args.model,
+        "seed": args.seed,
+        "device": args.device,
+        "quiet": args.quiet,
+    }
+    run_demo_job(quick_demo_options(**options) if args.quick else DemoOptions(**options))
     return 0
 
 
@@ -618,6 +668,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "songs": run_songs,
     "program": run_program,
     "record": run_record,
+    "recover": run_recover,
     "simulate": run_simulate,
     "align": run_align,
     "import-authors": run_import_authors,

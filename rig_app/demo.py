@@ -52,9 +52,34 @@ class DemoOptions:
     live: bool | None = None  # None: live when the virtual devices start, else offline
     model: Path | None = None
     library: tuple[Path, ...] = ()
+    library_songs: int | None = None  # None: the whole library; else the session's songs + others
     seed: int = 0
     device: str = "cpu"
     quiet: bool = False
+
+
+def quick_demo_options(**overrides: object) -> DemoOptions:
+    """``afp-rig demo --quick``: the same steps on less audio (a few minutes on 2 cores).
+
+    Four 20 s excerpts, and a database of those songs among 30 of the library instead of
+    all of it: the figures are less precise and the search easier than the full job's.
+    """
+    quick = DemoOptions(songs=4, excerpt_s=20.0, library_songs=30, out=Path("demo-quick"))
+    return dataclasses.replace(quick, **overrides)
+
+
+def pick_database_songs(
+    music: list[Path], session_songs: list[DemoSong], options: DemoOptions
+) -> list[Path]:
+    """The library to index: all of it, or the session's songs and others drawn by seed."""
+    if options.library_songs is None or options.library_songs >= len(music):
+        return music
+    chosen = {song.path for song in session_songs}
+    others = [path for path in music if path not in chosen]
+    rng = np.random.default_rng(options.seed + 1)
+    extra = max(0, options.library_songs - len(chosen))
+    picked = rng.choice(len(others), min(extra, len(others)), replace=False)
+    return sorted(chosen) + [others[i] for i in sorted(picked)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +228,7 @@ def run_demo_job(options: DemoOptions) -> Path:
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     songs = pick_demo_songs(music, unseen, options, log)
+    music = pick_database_songs(music, songs, options)
     session = build_demo_session(out / "session", songs, options, log)
     how, takes = make_demo_takes(session, options, log)
     for take in takes:

@@ -59,3 +59,27 @@ def test_demo_without_enough_songs_is_one_line(tmp_path, song_library, capsys):
     argv = ["demo", "--out", str(tmp_path / "o"), "--songs", "8", "--offline", "--quiet"]
     assert main([*argv, "--library", str(song_library[0].parent)]) == 1
     assert "afp-rig: error:" in capsys.readouterr().err
+
+
+def test_quick_demo_indexes_the_session_songs_among_a_few_others(tmp_path, song_library):
+    from rig_app.demo import DemoSong, pick_database_songs, quick_demo_options
+
+    quick = quick_demo_options(library_songs=3, out=tmp_path / "q")
+    assert (quick.songs, quick.excerpt_s, quick.out) == (4, 20.0, tmp_path / "q")
+    session_songs = [DemoSong(song_library[4], "t", "a", 0.0)]
+    picked = pick_database_songs(list(song_library), session_songs, quick)
+    assert len(picked) == 3 and song_library[4] in picked and len(set(picked)) == 3
+    # the same seed draws the same distractors; the whole library when not limited
+    assert picked == pick_database_songs(list(song_library), session_songs, quick)
+    full = DemoOptions()
+    assert pick_database_songs(list(song_library), session_songs, full) == list(song_library)
+
+
+def test_quick_demo_from_the_command_line(tmp_path, song_library, untrained_checkpoint, capsys):
+    argv = ["demo", "--quick", "--offline", "--quiet", "--songs", "2", "--excerpt-s", "12"]
+    argv += ["--library-songs", "3", "--out", str(tmp_path / "q")]
+    argv += ["--model", str(untrained_checkpoint), "--library", str(song_library[0].parent)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"{tmp_path / 'q' / 'db'} holds 3 songs" in printed
+    assert len(FingerprintDB.open(tmp_path / "q" / "db").songs()) == 3
