@@ -545,4 +545,3 @@ def test_transfer_learning_config_has_the_papers_settings() -> None:
     assert 2 * t.batch_size == 512
     assert (t.epochs, t.lr, t.min_lr, t.temperature) == (120, 0.003, 1e-7, 0.05)
     assert config.augmentation.pipeline == "proposed"
-    assert config.data.val_share == 0.2

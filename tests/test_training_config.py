@@ -35,7 +35,13 @@ def test_paper_config_has_the_papers_settings() -> None:
     assert (t.epochs, t.lr, t.min_lr, t.temperature) == (120, 0.003, 1e-7, 0.05)
     assert t.effective_lr() == pytest.approx(0.003 * 512 / 640)
     assert config.augmentation == AugmentConfig(pipeline="proposed")
-    assert config.data.val_share == 0.2  # 80/20 by song
+
+
+def test_no_config_trains_on_the_development_test_songs() -> None:
+    # every config splits the development music alike, so its test songs stay unseen
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        data = load_train_config(path).data
+        assert (data.val_share, data.test_share, data.split_seed) == (0.1, 0.1, 0), path.name
 
 
 def test_small_cpu_config() -> None:
