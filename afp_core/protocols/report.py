@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from afp_core import __version__
+from afp_core.colours import take_colour
 from afp_core.errors import AfpError
 from afp_core.fileutil import atomic_path, atomic_write_text, check_document, read_json_object
 from afp_core.protocols.baseline import (
@@ -237,7 +238,6 @@ def format_realworld_table(results: Sequence[RealWorldResult]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-_TAKE_COLOURS = {"low": "tab:green", "mid": "tab:orange", "high": "tab:red"}
 _STYLES = ("-", "--", ":", "-.")
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 
@@ -245,12 +245,11 @@ _MARKERS = ("o", "s", "^", "D", "v", "P")
 def plot_realworld(results: Sequence[RealWorldResult], path: Path | BinaryIO) -> None:
     """Accuracy vs query length, one line per system x take x rule."""
     figure, ax = _figure()
-    others = iter(["tab:blue", "tab:purple", "tab:brown", "tab:gray", "tab:olive", "tab:cyan"])
     colours: dict[str, str] = {}
     for s, result in enumerate(results):
         for t, take in enumerate(_take_order(result.takes)):
             if take not in colours:
-                colours[take] = _TAKE_COLOURS.get(take) or next(others, f"C{t}")
+                colours[take] = take_colour(take, t)  # as the app draws it
             for m, method in enumerate(result.methods):
                 cells = [c for c in result.summary if c.take == take and c.method == method]
                 if not cells:
@@ -487,7 +486,7 @@ def plot_quantisation(result: QuantisationResult, path: Path | BinaryIO) -> None
     keys = list(dict.fromkeys(c[0] for c in columns))
     lengths = list(dict.fromkeys(c[2] for c in columns))
     for key, method, length, header in columns:
-        colour = _TAKE_COLOURS.get(key, f"C{keys.index(key) % 10}")
+        colour = take_colour(key, keys.index(key))
         marker = _MARKERS[lengths.index(length) % len(_MARKERS)]
         style = (
             _STYLES[list(METHOD_LABELS).index(method) % len(_STYLES)]

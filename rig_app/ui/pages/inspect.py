@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from afp_core.colours import take_colour as shared_take_colour
 from afp_core.errors import AfpError
 from afp_core.fileutil import one_line
 from rig_app.inspect import (
@@ -61,8 +62,6 @@ from rig_app.ui.workers import TaskPanel, Worker
 __all__ = ["InspectPage"]
 
 CLEAN_COLOUR = "#202020"
-TAKE_COLOURS = {"low": "#1f77b4", "mid": "#ff7f0e", "high": "#d62728"}
-OTHER_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 KEPT_COLOUR = "#ffffff"
 LOST_COLOUR = "#ff2d2d"
 CURSOR_COLOUR = "#ffd400"
@@ -76,8 +75,8 @@ _RED = "color: #b00020;"
 
 
 def take_colour(label: str, index: int) -> str:
-    """The take's colour: low/mid/high fixed, others from a palette."""
-    return TAKE_COLOURS.get(label, OTHER_COLOURS[index % len(OTHER_COLOURS)])
+    """The take's colour, the one the reports' figures use (``afp_core.colours``)."""
+    return shared_take_colour(label, index)
 
 
 def _percent(share: float) -> str:
