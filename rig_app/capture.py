@@ -68,6 +68,7 @@ __all__ = [
     "play_test_tone",
     "read_take_info",
     "record_take",
+    "recording_process",
     "recover_take",
     "take_info_path",
 ]
@@ -353,6 +354,16 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def recording_process(path: Path | str) -> int | None:
+    """The id of another process still recording the take at ``path`` (None: none is)."""
+    info = read_take_info(path) or {}
+    pid = info.get("pid")
+    recording = info.get("state") == "recording" and isinstance(pid, int)
+    if recording and pid != os.getpid() and _process_alive(pid):
+        return pid
+    return None
+
+
 def recover_take(path: Path | str) -> TakeResult:
     """Make a take file whose recording was interrupted cover every whole frame on disk.
 
@@ -365,11 +376,10 @@ def recover_take(path: Path | str) -> TakeResult:
     path = Path(path)
     if not path.is_file():
         raise CaptureError(f"{path}: no such take file")
-    info = read_take_info(path) or {}
-    pid = info.get("pid")
-    recording = info.get("state") == "recording" and isinstance(pid, int)
-    if recording and pid != os.getpid() and _process_alive(pid):
+    pid = recording_process(path)
+    if pid is not None:
         raise CaptureError(f"{path}: still being recorded by process {pid}")
+    info = read_take_info(path) or {}
     try:
         with path.open("r+b") as handle:
             header = handle.read(_HEADER_BYTES)

@@ -203,11 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "recover",
-        help="store takes whose recording was killed, then align them",
+        help="store takes whose recording was killed",
         description="A recording killed mid-way (kill -9, a crash, a power cut) leaves "
         "takes/LABEL.raw.wav readable up to its last half second but not in the session. "
-        "Extend the file's header to every whole frame on disk, store it as the take LABEL "
-        "(its notes say how much was recovered) and align it like `record` does.",
+        "Extend the file's header to every whole frame on disk and store it, unaligned, as "
+        "the take LABEL (its notes say how much was recovered); then run `align`. A take "
+        "cut short before the program's end marker is refused by `align` with its reason.",
         formatter_class=fmt,
         epilog=EPILOG,
     )
@@ -215,8 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--label", help="only this take (default: every take file the session does not hold)"
     )
-    p.add_argument("--no-align", action="store_true", help="store the takes without aligning")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser(
         "simulate",
@@ -545,11 +544,10 @@ def run_recover(args: argparse.Namespace) -> int:
         expected = format_duration(result.frames_expected / result.sample_rate)
         print(
             f"{result.path}: {format_duration(result.duration_s)} of {expected} recovered "
-            f"({result.ended_by}); stored as take {label!r}"
+            f"({result.ended_by}); stored as take {label!r}, unaligned "
+            f"(next: {PROG} align {session.folder} --label {label})"
         )
-    if args.no_align:
-        return 0
-    return 1 if _align(session, labels, args.quiet) else 0
+    return 0
 
 
 def run_simulate(args: argparse.Namespace) -> int:

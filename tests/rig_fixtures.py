@@ -4,13 +4,20 @@ Register it once (``pytest_plugins = ["tests.rig_fixtures"]`` in the root confte
 ``virtual_devices`` starts one PulseAudio daemon for the whole session
 (``rig_app.virtual_devices``: music_out, noise_out and mic_in, where mic_in hears the
 other two through 30 ms loopbacks) and stops it at the end. It skips, saying why, only
-when PortAudio or PulseAudio cannot be started here.
+when PortAudio or PulseAudio cannot be started here. ``write_killed_take`` leaves the take
+file a recorder killed mid-way leaves, without devices.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rig_app.devices import DeviceError, load_sounddevice
@@ -29,3 +36,35 @@ def virtual_devices() -> Iterator[VirtualDevices]:
         pytest.skip(f"virtual audio devices unavailable: {exc}")
     with devices:
         yield devices
+
+
+_KILLED_TAKE = """
+import os, signal, sys
+import numpy as np
+from rig_app.capture import TakeConfig, TakeRecorder
+
+out, rate, synced, label = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+audio = np.load(sys.argv[5])
+config = TakeConfig("music_out", None, "mic_in", sample_rate=rate, label=label)
+recorder = TakeRecorder(config, audio, None, out)
+recorder._create_file()  # the take file and its "recording" sidecar, as start() makes them
+recorder._file.append(audio[:synced])
+recorder._file.sync(durable=True)
+recorder._file.append(audio[synced:])  # reaches the file, not yet the header
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def write_killed_take(path: Path, audio: np.ndarray, rate: int, synced: int, label: str) -> None:
+    """The take file a recorder leaves when killed (kill -9) after writing ``audio`` to
+    ``path``, its header covering the first ``synced`` frames: the real writer, no devices."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = path.with_name(f".{path.name}.npy")
+    np.save(source, np.asarray(audio, np.float32))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = [str(path), str(rate), str(synced), label, str(source)]
+    process = subprocess.run(
+        [sys.executable, "-c", _KILLED_TAKE, *args], env=env, capture_output=True, timeout=60
+    )
+    source.unlink()
+    assert process.returncode == -signal.SIGKILL, process.stderr.decode()

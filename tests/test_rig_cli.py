@@ -19,11 +19,13 @@ from afp_core.tasks import TaskState
 from rig_app import cli
 from rig_app.program import synthesize_song
 from rig_app.session import Session
+from tests.rig_fixtures import write_killed_take
 
 pytest_plugins = ["tests.rig_fixtures"]
 
 RATE = 16000
-COMMANDS = ("app", "devices", "new", "songs", "program", "record", "align", "import-authors")
+COMMANDS = ("app", "devices", "new", "songs", "program", "record", "recover", "align")
+COMMANDS += ("import-authors",)
 
 
 def _library(folder: Path, seconds: float = 2.0) -> Path:
@@ -220,3 +222,55 @@ def test_devices_record_and_align_through_virtual_devices(virtual_devices, tmp_p
     assert code == 0, err
     assert out.startswith("high: offset ")
     assert Session.load(session_dir).take("high").recorded_at == take.recorded_at
+
+
+def _session_with_killed_take(tmp_path: Path, capsys, label: str = "low") -> Path:
+    """A session with a program, and its take ``label`` killed 70 % of the way through."""
+    session_dir = tmp_path / "session"
+    assert _run(capsys, "new", session_dir)[0] == 0
+    _run(
+        capsys, "songs", session_dir, _library(tmp_path / "library"), "--min-duration", 1, "--quiet"
+    )
+    code, _, err = _run(capsys, "program", session_dir, "--min-song-s", 1, "--gap", 0.5, "--quiet")
+    assert code == 0, err
+    program = Session.load(session_dir).load_program()
+    rate = program.sample_rate
+    take = np.concatenate([np.zeros(rate // 2, np.float32), 0.5 * program.music])
+    killed = round(0.7 * len(take))
+    path = session_dir / "takes" / f"{label}.raw.wav"
+    write_killed_take(path, take[:killed], rate, killed - rate // 4, label)
+    return session_dir
+
+
+def test_a_killed_take_is_recovered_into_its_session(tmp_path, capsys):
+    session_dir = _session_with_killed_take(tmp_path, capsys)
+    code, _, err = _run(capsys, "align", session_dir, "--label", "low")
+    assert code == 1 and "no take labelled 'low'" in err  # not in the session yet
+
+    path = session_dir / "takes" / "low.raw.wav"
+    frames = (path.stat().st_size - 56) // 4
+    assert sf.info(path).frames < frames  # the header covers the last sync only
+
+    code, out, err = _run(capsys, "recover", session_dir)
+    assert code == 0 and err == ""
+    assert out.startswith(f"{path}: ") and "recovered (crashed); stored as take 'low'" in out
+    assert f"(next: afp-rig align {session_dir} --label low)" in out
+    take = Session.load(session_dir).take("low")
+    assert take.notes.startswith("recovered after the recording stopped (crashed)")
+    assert sf.info(path).frames == frames  # every frame that reached the file
+    code, _, err = _run(capsys, "align", session_dir, "--label", "low", "--quiet")
+    assert code == 1 and "take 'low' not aligned" in err  # found; its end is missing
+
+    code, _, err = _run(capsys, "recover", session_dir)
+    assert code == 1 and "nothing to recover" in err
+
+
+def test_record_over_an_unstored_take_names_recover(tmp_path, capsys):
+    session_dir = _session_with_killed_take(tmp_path, capsys)
+    path = session_dir / "takes" / "low.raw.wav"
+    before = path.read_bytes()
+    record = ["record", session_dir, "--label", "low", "--music-out", "out", "--mic", "in"]
+    code, _, err = _run(capsys, *record, "--quiet")
+    assert code == 1 and err.count("\n") == 1
+    assert f"afp-rig recover {session_dir} --label low" in err
+    assert path.read_bytes() == before  # the killed take is left as it was

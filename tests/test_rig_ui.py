@@ -27,6 +27,7 @@ from rig_app.ui import state as state_module
 from rig_app.ui.main_window import MainWindow, find_binding_problem
 from rig_app.ui.state import ProgramOptions, add_session_songs, build_session_program
 from rig_app.ui.workers import TaskPanel, Worker
+from tests.rig_fixtures import write_killed_take
 
 pytest_plugins = ["tests.rig_fixtures"]
 
@@ -308,6 +309,30 @@ def test_record_page_without_a_program_says_what_to_do(window, tmp_path):
     assert page.settings() is None or page.settings().noise_out is None
     assert page.rows["low"].radio.isChecked()
     assert page.rows["high"].status.text() == "not recorded"
+
+
+def test_opening_a_session_with_a_killed_take_offers_to_recover_it(window, qtbot, tmp_path):
+    from PySide6.QtWidgets import QApplication
+
+    session = Session.create(tmp_path / "session")
+    audio = synthesize_song(3.0, RATE, seed=0)
+    write_killed_take(session.folder / "takes" / "low.raw.wav", audio, RATE, RATE, "low")
+    assert not window.recover_bar.isVisible()
+    assert window.open_session(session.folder) is None
+    assert window.recover_bar.isVisible() and QApplication.activeModalWidget() is None
+    assert "Take low was recorded but is not in the session" in window.recover_label.text()
+    page = window.show_page("Record")
+    assert page.rows["low"].status.text() == "not recorded"
+
+    qtbot.waitUntil(window.recover_button.isEnabled, timeout=JOB_MS)  # the page lists devices
+    window.recover_button.click()
+    message = window.statusBar().currentMessage
+    qtbot.waitUntil(lambda: message().startswith("Recovered take low (0:03.0)"), timeout=JOB_MS)
+    assert not window.recover_bar.isVisible()
+    assert Session.load(session.folder).take("low").notes.startswith("recovered after")
+    assert page.rows["low"].status.text() != "not recorded"
+    window.open_session(session.folder)  # nothing left to offer
+    assert not window.recover_bar.isVisible()
 
 
 XVFB = shutil.which("Xvfb")

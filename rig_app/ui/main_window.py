@@ -35,7 +35,8 @@ from rig_app.ui.pages.inspect import InspectPage
 from rig_app.ui.pages.program import ProgramPage
 from rig_app.ui.pages.record import RecordPage
 from rig_app.ui.pages.songs import SongsPage
-from rig_app.ui.state import RigState
+from rig_app.ui.state import RigState, format_duration, recover_session_takes, unstored_takes
+from rig_app.ui.workers import Worker
 
 __all__ = ["MainWindow", "find_binding_problem", "find_display_problem", "run_app"]
 
@@ -127,6 +128,19 @@ class MainWindow(QMainWindow):
         bar.addSpacing(12)
         bar.addWidget(self.folder_label, 1)
 
+        # Offered, never forced, when the session has takes a killed recording left behind.
+        self.recover_label = QLabel()
+        self.recover_label.setWordWrap(True)
+        self.recover_button = QPushButton("Recover")
+        self.recover_button.clicked.connect(self.recover_takes)
+        self.recover_bar = QWidget()
+        offer = QHBoxLayout(self.recover_bar)
+        offer.setContentsMargins(0, 0, 0, 0)
+        offer.addWidget(self.recover_label, 1)
+        offer.addWidget(self.recover_button)
+        self.recover_bar.setVisible(False)
+        self._recovery: Worker | None = None
+
         self.songs_page = SongsPage(self.state)
         self.program_page = ProgramPage(self.state)
         self.record_page = RecordPage(self.state)
@@ -156,6 +170,7 @@ class MainWindow(QMainWindow):
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.addLayout(bar)
+        layout.addWidget(self.recover_bar)
         layout.addLayout(body, 1)
         self.setCentralWidget(central)
 
@@ -218,7 +233,48 @@ class MainWindow(QMainWindow):
             if error:
                 QMessageBox.warning(self, "Open session", error)
 
+    # --- takes a killed recording left behind ---------------------------------------------
+
+    def recover_takes(self) -> Worker | None:
+        """Store the open session's unstored takes in a worker (``recover_session_takes``)."""
+        session = self.state.session
+        if session is None or self._recovery is not None or self.state.busy:
+            return None
+        worker = Worker(recover_session_takes, session)
+        worker.finished.connect(self._on_recovered)
+        worker.errored.connect(self._on_recovery_failed)
+        worker.done.connect(self._on_recovery_done)
+        self._recovery = worker
+        self.recover_button.setEnabled(False)
+        self.state.begin_job()
+        return worker.start()
+
+    def _offer_recovery(self, session: Session | None) -> None:
+        labels = unstored_takes(session) if session is not None else []
+        self.recover_bar.setVisible(bool(labels))
+        if labels:
+            names = ", ".join(labels)
+            self.recover_label.setText(
+                f"Take {names} was recorded but is not in the session (the recording was "
+                "interrupted). Recover it into the session?"
+            )
+
+    def _on_recovered(self, results: list) -> None:
+        done = ", ".join(f"{r.label} ({format_duration(r.duration_s)})" for r in results)
+        self.state.takes_changed.emit()
+        self._offer_recovery(self.state.session)
+        self.show_status(f"Recovered take {done}; align it on the Record page")
+
+    def _on_recovery_failed(self, message: str) -> None:
+        self.recover_label.setText(message)  # the offer stays: Recover tries again
+        self.show_status(message)
+
+    def _on_recovery_done(self) -> None:
+        self._recovery = None
+        self.state.end_job()  # busy_changed enables the button again
+
     def _on_session_changed(self, session: Session | None) -> None:
+        self._offer_recovery(session)
         if session is None:
             self.folder_label.setText("No session open")
             self.setWindowTitle("afp-rig — recording rig")
@@ -229,6 +285,7 @@ class MainWindow(QMainWindow):
     def _on_busy_changed(self, busy: bool) -> None:
         self.new_button.setEnabled(not busy)
         self.open_button.setEnabled(not busy)
+        self.recover_button.setEnabled(not busy)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt's name
         self.record_page.shutdown()

@@ -23,7 +23,15 @@ from afp_core.audio import load_audio, resample
 from afp_core.errors import AfpError
 from afp_core.tasks import TaskState
 from rig_app.align import Alignment, align_take, align_without_markers
-from rig_app.capture import TakeConfig, TakeRecorder, TakeResult, record_take
+from rig_app.capture import (
+    TakeConfig,
+    TakeRecorder,
+    TakeResult,
+    read_take_info,
+    record_take,
+    recording_process,
+    recover_take,
+)
 from rig_app.devices import find_device
 from rig_app.program import (
     Overload,
@@ -54,9 +62,11 @@ __all__ = [
     "make_overview",
     "program_is_stale",
     "record_session_take",
+    "recover_session_takes",
     "songs_folder",
     "sync_session_songs",
     "take_path",
+    "unstored_takes",
 ]
 
 OVERVIEW_COLUMNS = 1600
@@ -389,9 +399,63 @@ class TakeSettings:
     room: VirtualRoom | None = None
 
 
+_RAW_TAKE = ".raw.wav"
+
+
 def take_path(session: Session, label: str) -> Path:
     """Where a take of ``label`` is recorded."""
-    return session.folder / TAKES_DIR / f"{label}.raw.wav"
+    return session.folder / TAKES_DIR / f"{label}{_RAW_TAKE}"
+
+
+def unstored_takes(session: Session) -> list[str]:
+    """Labels of takes the recorder wrote into the session's folder but the session does
+    not hold: a recording killed before it could store itself. Takes another process is
+    still recording are left out; ``recover_session_takes`` brings the others back."""
+    stored = {take.label for take in session.takes}
+    found = []
+    for path in sorted((session.folder / TAKES_DIR).glob(f"*{_RAW_TAKE}")):
+        label = path.name.removesuffix(_RAW_TAKE)
+        recorded = read_take_info(path) is not None  # the recorder's sidecar is there
+        if label not in stored and recorded and recording_process(path) is None:
+            found.append(label)
+    return found
+
+
+def recover_session_takes(
+    task: TaskState, session: Session, labels: Sequence[str] | None = None
+) -> list[TakeResult]:
+    """Store takes whose recording was killed (default: every ``unstored_takes``).
+
+    Each take file is made to cover every whole frame on disk (``capture.recover_take``)
+    and stored unaligned, its notes saying how much was recovered; align it with
+    ``align_session_take``.
+    """
+    labels = unstored_takes(session) if labels is None else list(labels)
+    results = []
+    for label in labels:
+        task.check_cancelled()
+        task.set_message(f"recovering {label}")
+        if any(take.label == label for take in session.takes):
+            raise SessionError(f"{session.path}: take {label!r} is stored already")
+        path = take_path(session, label)
+        if not path.is_file():
+            raise SessionError(f"{path}: no such take file to recover")
+        result = recover_take(path)
+        if result.frames == 0:
+            raise SessionError(f"{path}: the recording ended before any audio reached it")
+        expected = result.frames_expected / result.sample_rate
+        session.add_take(
+            label,
+            result.path,
+            result.sample_rate,
+            devices=result.devices,
+            sample_rates=result.sample_rates,
+            notes=f"recovered after the recording stopped ({result.ended_by}): "
+            f"{format_duration(result.duration_s)} of {format_duration(expected)}",
+            xruns=result.xrun_total,
+        )
+        results.append(result)
+    return results
 
 
 def record_session_take(
@@ -412,7 +476,11 @@ def record_session_take(
         raise SessionError(f"{session.path}: a take labelled {label!r} exists already")
     out = take_path(session, label)
     if out.exists() and not settings.replace:
-        raise SessionError(f"{out}: exists already (an earlier, unstored take?); replace it")
+        raise SessionError(
+            f"{out}: exists already, a take the session does not hold (a killed recording?); "
+            f"bring it back with `afp-rig recover {session.folder} --label {label}`, or "
+            "replace it"
+        )
     # a wrong device name should not cost the wait for a long program to load
     find_device(settings.music_out, "output")
     find_device(settings.mic_in, "input")
