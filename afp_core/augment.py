@@ -223,7 +223,8 @@ class Augmenter:
         if cfg.distortion_p > 0:
             draw = np.random.default_rng([seed, 1])
             if draw.random() < cfg.distortion_p:
-                x = overdrive(x, float(draw.uniform(*cfg.distortion_drive_db)))
+                low_db, high_db = cfg.distortion_drive_db  # validated: [low, high]
+                x = overdrive(x, float(draw.uniform(low_db, high_db)))
         with seeded_global_rngs(seed), warnings.catch_warnings():
             # "too silent to be added as noise" for a quiet stretch of a noise clip: the
             # excerpt then stays noise-free, which is what the warning says anyway.

@@ -388,13 +388,20 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         raise ConfigError(f"{label}: {exc}") from None
 
 
+def expect_config(value: object, cls: type[T], where: str) -> T:
+    """``value`` if it is a ``cls``, else ``ConfigError`` naming ``where`` (``model.arch``)."""
+    if not isinstance(value, cls):
+        raise ConfigError(f"{where}: expected a {cls.__name__}, got {type(value).__name__}")
+    return value
+
+
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return from_dict(hint, value, key)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)

@@ -92,6 +92,8 @@ class LogMel(torch.nn.Module):
     """
 
     amin: float = 1e-10
+    window: Tensor  # buffers registered in __init__
+    mel_basis: Tensor
 
     def __init__(self, config: LogMelConfig = _DEFAULT, sample_rate: int = 8000) -> None:
         super().__init__()
@@ -207,6 +209,8 @@ class KaldiFbank(torch.nn.Module):
     """
 
     eps: float = float(torch.finfo(torch.float32).eps)
+    window: Tensor  # buffers registered in __init__
+    mel_basis: Tensor
 
     def __init__(self, config: KaldiFbankConfig = _DEFAULT_FBANK, sample_rate: int = 8000) -> None:
         super().__init__()

@@ -28,13 +28,13 @@ import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from afp_core.config import BEATsConfig
+from afp_core.config import BEATsConfig, KaldiFbankConfig, expect_config
 from afp_core.errors import CheckpointError, ConfigError
 from afp_core.features import KaldiFbank
 from afp_core.models.fingerprinter import Fingerprinter
@@ -261,7 +261,7 @@ class BEATsTransformer(nn.Module):
                     module.weight.normal_(0.0, 0.02)
                 if isinstance(module, nn.Linear) and module.bias is not None:
                     module.bias.zero_()
-            for layer in self.layers:
+            for layer in self._layers():
                 attn = layer.self_attn
                 nn.init.xavier_normal_(attn.k_proj.weight, gain=1.0)
                 nn.init.xavier_normal_(attn.q_proj.weight, gain=1.0)
@@ -270,11 +270,15 @@ class BEATsTransformer(nn.Module):
                 nn.init.xavier_normal_(layer.fc1.weight, gain=beta)
                 nn.init.xavier_normal_(layer.fc2.weight, gain=beta)
 
+    def _layers(self) -> list[BEATsLayer]:
+        # nn.ModuleList is not generic: its items type as nn.Module
+        return cast("list[BEATsLayer]", list(self.layers))
+
     def forward(self, x: Tensor) -> Tensor:
         """(B, N, C) -> (B, N, C)."""
         x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
         x = self.dropout(self.layer_norm(x))
-        position_bias = self.layers[0].self_attn.position_bias(x.shape[1])
+        position_bias = self._layers()[0].self_attn.position_bias(x.shape[1])
         decay = self.config.layer_grad_decay
         drop = self.config.layerdrop if self.training else 0.0
         for layer in self.layers:
@@ -362,13 +366,14 @@ class BEATsEncoder(nn.Module):
 
 def build_beats(spec: ModelSpec) -> Fingerprinter:
     """Kaldi fbank -> BEATsEncoder -> DivEncProjection; never reads ``arch.pretrained``."""
-    arch: BEATsConfig = spec.arch
-    frontend = KaldiFbank(spec.frontend, sample_rate=spec.audio.sample_rate)
+    arch = expect_config(spec.arch, BEATsConfig, "model.arch")
+    frontend_config = expect_config(spec.frontend, KaldiFbankConfig, "model.frontend")
+    frontend = KaldiFbank(frontend_config, sample_rate=spec.audio.sample_rate)
     input_shape = frontend.output_shape(spec.audio.window)
     if input_shape[1] < 1:
         raise ConfigError(
             f"model.audio.window_s: {spec.audio.window_s} s is shorter than one "
-            f"{spec.frontend.frame_length_ms} ms fbank frame"
+            f"{frontend_config.frame_length_ms} ms fbank frame"
         )
     backbone = BEATsEncoder(arch, input_shape)
     head = DivEncProjection(arch.embed_dim, arch.dim, arch.proj_hidden)
@@ -547,9 +552,14 @@ def initialise_beats(model: Fingerprinter, note: Note | None = None) -> None:
     Called by the trainer for a fresh run only (a resumed run or a saved afp checkpoint
     already holds its weights, and the official file need not exist where it is rebuilt).
     """
-    arch: BEATsConfig = model.spec.arch
+    arch = expect_config(model.spec.arch, BEATsConfig, "model.arch")
     if arch.pretrained is None:
         return
+    if not isinstance(model.backbone, BEATsEncoder):
+        raise ConfigError(
+            f"model {model.spec.name!r}: the backbone is a {type(model.backbone).__name__}, "
+            "not a BEATsEncoder, so BEATs weights cannot be loaded into it"
+        )
     checkpoint = load_beats_checkpoint(arch.pretrained)
     ignored = initialise_from_beats(model.backbone, checkpoint)
     if note is not None:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
+    from afp_core.features import KaldiFbank, LogMel
     from afp_core.models.registry import ModelSpec
 
 
@@ -25,7 +26,11 @@ class Fingerprinter(nn.Module):
     """
 
     def __init__(
-        self, spec: ModelSpec, frontend: nn.Module, backbone: nn.Module, head: nn.Module
+        self,
+        spec: ModelSpec,
+        frontend: LogMel | KaldiFbank,
+        backbone: nn.Module,
+        head: nn.Module,
     ) -> None:
         super().__init__()
         self.spec = spec

@@ -24,6 +24,7 @@ from afp_core.config import (
     LogMelConfig,
     NAFPConfig,
     ResNetSTAConfig,
+    expect_config,
     from_dict,
     to_dict,
 )
@@ -176,10 +177,11 @@ def _check_positive(key: str, value: int) -> None:
 
 
 def _build_nafp(spec: ModelSpec) -> Fingerprinter:
-    arch = spec.arch
+    arch = expect_config(spec.arch, NAFPConfig, "model.arch")
     _check_positive("dim", arch.dim)
     _check_positive("proj_hidden", arch.proj_hidden)
-    frontend = LogMel(spec.frontend, sample_rate=spec.audio.sample_rate)
+    frontend_config = expect_config(spec.frontend, LogMelConfig, "model.frontend")
+    frontend = LogMel(frontend_config, sample_rate=spec.audio.sample_rate)
     n_mels, frames = frontend.output_shape(spec.audio.window)
     backbone = NAFPEncoder(arch, input_shape=(n_mels, frames))
     if backbone.out_features % arch.dim:

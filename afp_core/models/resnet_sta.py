@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from afp_core.config import ResNetSTAConfig
+from afp_core.config import LogMelConfig, ResNetSTAConfig, expect_config
 from afp_core.errors import ConfigError
 from afp_core.features import LogMel
 from afp_core.models.fingerprinter import Fingerprinter
@@ -230,8 +230,9 @@ def _halve(size: int) -> int:
 
 def build_resnet_sta(spec: ModelSpec) -> Fingerprinter:
     """Log-mel front-end -> ``ResNetSTAEncoder`` -> ``DivEncProjection``."""
-    arch = spec.arch
-    frontend = LogMel(spec.frontend, sample_rate=spec.audio.sample_rate)
+    arch = expect_config(spec.arch, ResNetSTAConfig, "model.arch")
+    frontend_config = expect_config(spec.frontend, LogMelConfig, "model.frontend")
+    frontend = LogMel(frontend_config, sample_rate=spec.audio.sample_rate)
     n_mels, frames = frontend.output_shape(spec.audio.window)
     backbone = ResNetSTAEncoder(arch, input_shape=(n_mels, frames))
     if backbone.out_features % arch.dim:

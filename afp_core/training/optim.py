@@ -158,4 +158,5 @@ class WarmupCosine(LRScheduler):
         return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
-        return [self.lr_at(self.last_epoch, base) for base in self.base_lrs]
+        # the groups' rates are floats (torch also allows tensors, which we never pass)
+        return [self.lr_at(self.last_epoch, float(base)) for base in self.base_lrs]

@@ -182,8 +182,8 @@ class StopFlag:
         try:
             yield self
         finally:
-            for signum, handler in self._previous.items():
-                signal.signal(signum, handler)
+            for number, handler in self._previous.items():
+                signal.signal(number, handler)
 
 
 class Trainer:
@@ -510,7 +510,7 @@ class Trainer:
             "step": self.global_step,
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
             **self.validate(),
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": float(self.scheduler.get_last_lr()[0]),
             "seconds": round(self.elapsed(), 1),
         }
         self.history.append(row)
