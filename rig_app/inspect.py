@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ANALYSIS_RATES",
     "CHUNK_S",
+    "COLOUR_RANGE_DB",
     "DEFAULT_EXCERPT_S",
     "LEVEL_BAND_HZ",
     "ExcerptView",
@@ -73,6 +74,8 @@ LEVEL_BAND_HZ = (300.0, 3000.0)
 CHUNK_S = 30.0
 DEFAULT_EXCERPT_S = 10.0
 WELCH_S = 0.128  # Welch segment: 2048 samples at 16 kHz, 1024 at 8 kHz
+COLOUR_RANGE_DB = 70.0
+"""Spectrogram colours span this many dB down from the loudest (99.5th percentile) level."""
 PEAK_TOLERANCE = (2, 2)  # a clean peak is kept if the take has one within ±2 bins, ±2 frames
 _READ_PAD_S = 0.05  # read this much more on each side so resampling has no edge effects
 
@@ -509,6 +512,19 @@ class ExcerptView:
             spec, (f, t) = self.take_spec, self.take_peaks
         return spec.times_s[t], spec.freqs_hz[f]
 
+    def colour_levels(
+        self, same: bool = True, range_db: float = COLOUR_RANGE_DB
+    ) -> tuple[tuple[float, float], tuple[float, float]]:
+        """The (low, high) dB colour ranges of the clean and the take spectrograms.
+
+        ``same``: both from the clean program's loudest level down ``range_db``, so that a
+        colour is the same level in both and a quieter take looks darker; otherwise each
+        from its own loudest level (the take's detail at its own level).
+        """
+        clean_top = _loudest_db(self.clean.db)
+        take_top = clean_top if same else _loudest_db(self.take_spec.db)
+        return (clean_top - range_db, clean_top), (take_top - range_db, take_top)
+
     @property
     def tolerance_text(self) -> str:
         bin_hz = float(self.clean.freqs_hz[1]) if len(self.clean.freqs_hz) > 1 else 0.0
@@ -584,6 +600,11 @@ def compute_excerpt(
     )
     task.advance(1, f"{song.title}: done")
     return view
+
+
+def _loudest_db(spec_db: np.ndarray) -> float:
+    # a percentile, not the maximum: one click must not darken the whole image
+    return float(np.percentile(spec_db, 99.5)) if spec_db.size else 0.0
 
 
 def _shift(spec: Spectrogram, seconds: float) -> Spectrogram:

@@ -3,6 +3,7 @@ the page that shows them (offscreen, on a real session folder)."""
 
 from __future__ import annotations
 
+import html
 import os
 import threading
 from pathlib import Path
@@ -336,6 +337,51 @@ def test_controls_choose_the_excerpt(qtbot, window, session: Session) -> None:
         timeout=JOB_MS,
     )
     assert page.clean_view.image.image.shape[0] == 513  # the landmark method's 1024-point frames
+
+
+def test_spectra_key_is_a_row_under_the_plot_not_over_the_curves(
+    qtbot, window, session: Session
+) -> None:
+    from PySide6.QtCore import QPoint, QRect
+
+    page = _open(qtbot, window, session.folder)
+    assert page.spectra_plot.legend is None  # nothing drawn over the low frequencies
+    key = page.spectra_legend
+    assert key.isVisible()
+    names = [curve.name() for curve in page.spectra_plot.listDataItems()]
+    assert names[0] == "clean program" and len(names) == 4
+    text = key.text()
+    assert all(html.escape(name) in text for name in names)
+    assert text.index("clean program") < text.index("copy") < text.index("noisy")
+
+    def rect(widget) -> QRect:
+        return QRect(widget.mapTo(page, QPoint(0, 0)), widget.size())
+
+    plot = rect(page.spectra_widget)
+    assert not plot.intersects(rect(key)) and rect(key).top() > plot.bottom()
+    page.difference.setChecked(True)
+    assert "clean (0 dB)" in key.text()
+
+
+def test_spectrograms_share_one_colour_range(qtbot, window, session: Session) -> None:
+    page = _open(qtbot, window, session.folder)
+    page.take.setCurrentIndex(page.take.findData("lowpass"))  # 6 dB quieter, no highs
+    qtbot.waitUntil(lambda: not page.workers and page.excerpt.take == "lowpass", timeout=JOB_MS)
+    excerpt = page.excerpt
+    clean_top = float(np.percentile(excerpt.clean.db, 99.5))
+    take_top = float(np.percentile(excerpt.take_spec.db, 99.5))
+    assert take_top < clean_top - 3
+    # by default one range, from the clean program's loudest down 70 dB
+    assert page.same_levels.isChecked()
+    assert page.clean_view.levels == page.take_view.levels
+    assert page.clean_view.levels == pytest.approx((clean_top - 70, clean_top))
+    # unticked: each its own range; the clean one does not move
+    page.same_levels.setChecked(False)
+    assert page.take_view.levels == pytest.approx((take_top - 70, take_top))
+    assert page.clean_view.levels == pytest.approx((clean_top - 70, clean_top))
+    page.same_levels.setChecked(True)
+    assert page.take_view.levels == page.clean_view.levels
+    assert excerpt.colour_levels() == (page.clean_view.levels, page.take_view.levels)
 
 
 def test_export_writes_a_png(qtbot, window, session: Session, tmp_path: Path) -> None:

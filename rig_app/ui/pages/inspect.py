@@ -3,14 +3,16 @@
 Top: the average spectrum of the clean program against each aligned take, over all songs
 or one song, each take level-matched to the clean program at 300-3000 Hz, with a table of
 each take's level, its coloration below 300 Hz and above 3 kHz and the share of the clean
-program's spectral peaks it kept. Bottom: spectrograms of one excerpt of the clean program
-and of a take side by side, with their peaks, linked axes and a shared time cursor.
+program's spectral peaks it kept, the key in a row under the plot. Bottom: spectrograms of
+one excerpt of the clean program and of a take side by side, on one dB colour range (a
+toggle), with their peaks, linked axes and a shared time cursor.
 
 The numbers come from ``rig_app.inspect`` on worker threads; this page only draws them.
 """
 
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
 
@@ -42,6 +44,7 @@ from afp_core.errors import AfpError
 from afp_core.fileutil import one_line
 from rig_app.inspect import (
     ANALYSIS_RATES,
+    COLOUR_RANGE_DB,
     DEFAULT_EXCERPT_S,
     ExcerptView,
     InspectError,
@@ -67,7 +70,6 @@ LOST_COLOUR = "#ff2d2d"
 CURSOR_COLOUR = "#ffd400"
 MIN_FREQ_HZ = 40.0
 SMOOTHING = 12  # 1/12 octave
-DYNAMIC_RANGE_DB = 70.0
 EXCERPT_DELAY_MS = 250
 TABLE_COLUMNS = ("Take", "Level", "< 300 Hz", "> 3 kHz", "Peaks kept")
 _RATE_TEXT = {16000: "16 kHz (the whole band)", 8000: "8 kHz (what the model hears)"}
@@ -88,6 +90,15 @@ def _db(value: float) -> str:
         return "—"
     value = round(value, 1) + 0.0  # no "-0.0"
     return f"{value:+.1f} dB"
+
+
+def _legend_html(entries: list[tuple[str, str]]) -> str:
+    """A one-line key: a thick line in each curve's colour, then its name."""
+    return "&nbsp;&nbsp;&nbsp;&nbsp;".join(
+        f'<span style="color:{colour}; font-weight:bold;">&#x2501;&#x2501;</span>&nbsp;'
+        f"{html.escape(name)}"
+        for name, colour in entries
+    )
 
 
 def _frequency_ticks(low_hz: float, high_hz: float) -> list[tuple[float, str]]:
@@ -126,7 +137,7 @@ class _Spectrogram:
         self.image = pg.ImageItem(axisOrder="row-major")
         self.plot.addItem(self.image)
         self.colour_bar = pg.ColorBarItem(
-            values=(-DYNAMIC_RANGE_DB, 0.0),
+            values=(-COLOUR_RANGE_DB, 0.0),
             colorMap=pg.colormap.get("viridis"),
             interactive=False,
             width=12,
@@ -169,10 +180,10 @@ class _Spectrogram:
         kept: tuple[np.ndarray, np.ndarray],
         lost: tuple[np.ndarray, np.ndarray],
         title: str,
+        levels: tuple[float, float],
     ) -> None:
-        top = float(np.percentile(spec_db, 99.5)) if spec_db.size else 0.0
         self.image.setImage(spec_db, autoLevels=False)
-        self.colour_bar.setLevels((top - DYNAMIC_RANGE_DB, top))
+        self.colour_bar.setLevels(levels)
         hop = float(times_s[1] - times_s[0]) if len(times_s) > 1 else 0.0
         bin_hz = float(freqs_hz[1] - freqs_hz[0]) if len(freqs_hz) > 1 else 0.0
         if len(times_s):
@@ -197,6 +208,12 @@ class _Spectrogram:
     @property
     def has_image(self) -> bool:
         return self.image.image is not None and self.image.image.size > 0
+
+    @property
+    def levels(self) -> tuple[float, float]:
+        """The dB range the colours span (the colour bar's)."""
+        low, high = self.colour_bar.levels()
+        return float(low), float(high)
 
 
 class InspectPage(Page):
@@ -249,14 +266,11 @@ class InspectPage(Page):
         self.spectra_plot.setLogMode(x=True, y=False)
         self.spectra_plot.setLabel("bottom", "Frequency (Hz)", color="k")
         self.spectra_plot.showGrid(x=True, y=True, alpha=0.25)
-        self.spectra_legend = self.spectra_plot.addLegend(
-            offset=(8, -8),  # bottom left: music's spectrum falls, that corner is free
-            brush=pg.mkBrush(255, 255, 255, 230),
-            pen="k",
-            labelTextColor="k",
-            labelTextSize="8pt",
-            verSpacing=-6,
-        )
+        # the key in a row of its own: inside the plot, any corner hides some curve
+        # (below 200 Hz the takes fall to the bottom, the top is the loud midrange)
+        self.spectra_legend = QLabel("")
+        self.spectra_legend.setTextFormat(Qt.TextFormat.RichText)
+        self.spectra_legend.setWordWrap(True)
         self.spectra_panel = TaskPanel()
         self.spectra_note = QLabel("")
         self.spectra_note.setWordWrap(True)
@@ -292,8 +306,11 @@ class InspectPage(Page):
         side.addWidget(self.table)
         side.addWidget(self.table_note)
         side.addStretch(1)
+        plot_column = QVBoxLayout()
+        plot_column.addWidget(self.spectra_widget, 1)
+        plot_column.addWidget(self.spectra_legend)
         spectra_row = QHBoxLayout()
-        spectra_row.addWidget(self.spectra_widget, 1)
+        spectra_row.addLayout(plot_column, 1)
         spectra_row.addLayout(side)
         spectra_box = QGroupBox("Average spectrum: clean program vs takes (Welch)")
         spectra_layout = QVBoxLayout(spectra_box)
@@ -316,6 +333,14 @@ class InspectPage(Page):
         self.length.setSingleStep(1.0)
         self.length.setSuffix(" s")
         self.length.setValue(DEFAULT_EXCERPT_S)
+        self.same_levels = QCheckBox("Same colour range")
+        self.same_levels.setChecked(True)
+        self.same_levels.setToolTip(
+            f"Colour both spectrograms from the clean program's loudest level down "
+            f"{COLOUR_RANGE_DB:g} dB, so that a colour means the same level in both (a quieter "
+            "take looks darker); untick to colour each from its own loudest level"
+        )
+        self.same_levels.toggled.connect(self._draw_excerpt)
         self.cursor_label = QLabel("")
         self._excerpt_timer = QTimer(self)
         self._excerpt_timer.setSingleShot(True)
@@ -334,6 +359,8 @@ class InspectPage(Page):
         ):
             controls.addWidget(QLabel(text))
             controls.addWidget(widget)
+        controls.addSpacing(12)
+        controls.addWidget(self.same_levels)
         controls.addStretch(1)
         controls.addWidget(self.cursor_label)
 
@@ -602,6 +629,7 @@ class InspectPage(Page):
         view = self._spectra
         if view is None or not view.scopes:
             self.table.setRowCount(0)
+            self.spectra_legend.setText("")
             return
         scope = view.scopes[min(self.scope_index(), len(view.scopes) - 1)]
         difference = self.difference.isChecked()
@@ -618,16 +646,15 @@ class InspectPage(Page):
         band.setZValue(-10)
         plot.addItem(band, ignoreBounds=True)
         ys = []
+        key = [("clean (0 dB)" if difference else "clean program", CLEAN_COLOUR)]
         clean = smooth_octave(freqs, scope.clean_db, SMOOTHING)
         if difference:
             zero = plot.plot(
-                x, np.zeros_like(x), pen=pg.mkPen(CLEAN_COLOUR, width=2), name="clean (0 dB)"
+                x, np.zeros_like(x), pen=pg.mkPen(CLEAN_COLOUR, width=2), name=key[0][0]
             )
             zero.setZValue(5)
         else:
-            curve = plot.plot(
-                x, clean[show], pen=pg.mkPen(CLEAN_COLOUR, width=2.5), name="clean program"
-            )
+            curve = plot.plot(x, clean[show], pen=pg.mkPen(CLEAN_COLOUR, width=2.5), name=key[0][0])
             curve.setZValue(5)  # on top: a take that did not colour the music hides under it
             ys.append(clean[show])
         for index, label in enumerate(view.takes):
@@ -639,9 +666,10 @@ class InspectPage(Page):
             name = f"{label} ({_db(scope.gain_db[label])})" if not difference else label
             if label in view.flagged:
                 name += " flagged"
-            plot.plot(
-                x, y, pen=pg.mkPen(take_colour(label, index), width=2), name=name, antialias=True
-            )
+            colour = take_colour(label, index)
+            plot.plot(x, y, pen=pg.mkPen(colour, width=2), name=name, antialias=True)
+            key.append((name, colour))
+        self.spectra_legend.setText(_legend_html(key))
         plot.setLabel(
             "left",
             "Take − clean (dB)" if difference else "Level (dB re full scale)",
@@ -720,6 +748,7 @@ class InspectPage(Page):
         clean_t, clean_f = view.peak_points("clean")
         take_t, take_f = view.peak_points("take")
         kept, matched = view.clean_kept, view.take_matched
+        clean_levels, take_levels = view.colour_levels(same=self.same_levels.isChecked())
         self.clean_view.show(
             view.clean.db,
             view.clean.times_s,
@@ -727,6 +756,7 @@ class InspectPage(Page):
             (clean_t[kept], clean_f[kept]),
             (clean_t[~kept], clean_f[~kept]),
             f"Clean program — {count.clean} peaks",
+            clean_levels,
         )
         self.take_view.show(
             view.take_spec.db,
@@ -735,6 +765,7 @@ class InspectPage(Page):
             (take_t[matched], take_f[matched]),
             (take_t[~matched], take_f[~matched]),
             f"Take “{view.take}” — {count.take} peaks",
+            take_levels,
         )
         end = view.start_s + view.length_s
         self.clean_view.plot.setXRange(view.start_s, end, padding=0)
