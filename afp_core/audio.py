@@ -29,6 +29,7 @@ from afp_core.errors import AudioError
 __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioInfo",
+    "check_finite",
     "frame_windows",
     "iter_audio_files",
     "load_audio",
@@ -306,9 +307,7 @@ def _stream(
                     f"{path}: decoding failed after {where:.2f} s ({_reason(exc)})"
                 ) from None
             n = len(frames)
-            if not np.isfinite(frames).all():
-                where = done / info.sample_rate
-                raise AudioError(f"{path}: NaN or infinite samples after {where:.2f} s")
+            check_finite(path, frames, done, info.sample_rate)
             done += n
             last = n < block
             mono = _downmix(frames)
@@ -334,6 +333,16 @@ def _short_read(info: AudioInfo, decoded: int) -> str | None:
         f"{info.path}: truncated: the header says {promised / rate:.1f} s, "
         f"the file holds {decoded / rate:.1f} s"
     )
+
+
+def check_finite(path: Path | str, frames: np.ndarray, first: int, sample_rate: int) -> None:
+    """``AudioError`` naming the file and the time when (n,) or (n, channels) ``frames``,
+    starting at frame ``first`` of ``path``, hold a NaN or an infinity."""
+    finite = np.isfinite(frames)
+    if finite.all():
+        return
+    bad = int(np.flatnonzero(~finite.reshape(len(frames), -1).all(axis=1))[0])
+    raise AudioError(f"{path}: NaN or infinite samples at {(first + bad) / sample_rate:.2f} s")
 
 
 def _downmix(frames: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import os
 import pickle
 import re
@@ -114,8 +115,7 @@ def load_checkpoint(
         sha256 = file_sha256(path)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    _check_zip_crc(path)
-    data = _load_payload(path)
+    data = load_torch_file(path)
     spec, state_dict, meta = _validate_payload(path, data)
     try:
         model = build_model(spec)
@@ -151,7 +151,11 @@ def _check_zip_crc(path: Path) -> None:
         raise CheckpointError(f"{path}: corrupt file (checksum mismatch in {bad})")
 
 
-def _load_payload(path: Path) -> Any:
+def load_torch_file(path: Path, what: str = "checkpoint") -> Any:
+    """What ``torch.load(weights_only=True)`` reads from ``path`` (a checkpoint, a training
+    state); any problem is a one-line ``CheckpointError`` naming the file, never torch's
+    several lines of advice (which ends in loading the pickle unrestricted)."""
+    _check_zip_crc(path)
     try:
         with warnings.catch_warnings():
             # Pickle-protocol notices about foreign files add nothing to the error below.
@@ -161,22 +165,24 @@ def _load_payload(path: Path) -> Any:
         refused = _REFUSED.search(str(exc))
         if refused:
             name = next((g for g in refused.groups() if g), None)
-            what = f" ({name.rstrip('.')})" if name else ""
+            held = f" ({name.rstrip('.')})" if name else ""
             raise CheckpointError(
-                f"{path}: refused: the file holds a Python object{what} other than tensors "
-                "and plain containers; checkpoints are loaded with weights_only=True"
+                f"{path}: refused: the file holds a Python object{held} other than tensors "
+                f"and plain containers; {what}s are loaded with weights_only=True"
             ) from None
-        raise CheckpointError(f"{path}: not a torch checkpoint file") from None
+        raise CheckpointError(f"{path}: not a torch {what} file") from None
     except EOFError:
         raise CheckpointError(f"{path}: truncated or empty file") from None
     except OSError as exc:
+        if exc.errno == errno.EINVAL:  # torch's zip reader seeking past a cut-off end
+            raise CheckpointError(f"{path}: corrupt or truncated torch file") from None
         raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except RuntimeError as exc:  # torch's zip reader: a damaged or cut-off archive
         raise CheckpointError(
             f"{path}: corrupt or truncated torch file ({_first_line(exc)})"
         ) from None
     except Exception:  # the legacy unpickler fails on foreign bytes with any error type
-        raise CheckpointError(f"{path}: not a torch checkpoint file") from None
+        raise CheckpointError(f"{path}: not a torch {what} file") from None
 
 
 def _validate_payload(path: Path, data: Any) -> tuple[ModelSpec, dict[str, torch.Tensor], dict]:

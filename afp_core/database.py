@@ -934,9 +934,13 @@ class FingerprintDB(SongCatalogue):
     def _require_index(self) -> faiss.Index:
         if self._index is None:
             staged = len(self.songs("staged"))
-            raise DatabaseError(
-                f"{self.path}: nothing is indexed yet ({staged} songs staged; commit first)"
+            command = f"`afp index {self.path} PATH...`"
+            todo = (
+                f" ({staged} songs extracted, not yet in the index); run {command} again"
+                if staged
+                else f"; add songs with {command}"
             )
+            raise DatabaseError(f"{self.path}: nothing is indexed yet{todo}")
         return self._index
 
     def _check_vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:

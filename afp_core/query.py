@@ -9,7 +9,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from afp_core.audio import frame_windows, probe_audio, quiet_stderr, resample
+from afp_core.audio import check_finite, frame_windows, probe_audio, quiet_stderr, resample
 from afp_core.database import FingerprintDB
 from afp_core.errors import AudioError
 from afp_core.models import Fingerprinter, embed_windows
@@ -72,6 +72,7 @@ def load_query(
             data, rate = sf.read(path, start=first, frames=frames, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:
         raise AudioError(f"{path}: cannot read excerpt ({exc})") from None
+    check_finite(path, data, first, rate)  # else the error would blame the database
     return resample(data.mean(axis=1), rate, sample_rate)
 
 

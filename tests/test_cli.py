@@ -209,6 +209,23 @@ def test_links_pipes_and_vanishing_files_are_skipped_not_fatal(
     assert "added 2 songs" in captured.out
 
 
+@pytest.mark.parametrize("kind", ["neural", "landmark"])
+def test_a_nan_query_is_an_error_naming_the_query(tmp_path, untrained_checkpoint, capsys, kind):
+    song = tmp_path / "song.wav"
+    sf.write(song, synthesise_song(100, 8.0, 8000), 8000)
+    option = ["--model", str(untrained_checkpoint)] if kind == "neural" else ["--landmark"]
+    db = tmp_path / "db"
+    assert main(["index", str(db), str(song), *option, "--quiet"]) == 0
+    query = tmp_path / "nan.wav"
+    audio = synthesise_song(100, 3.0, 8000)
+    audio[8000:] = np.nan  # the decoder hands NaN on
+    sf.write(query, audio, 8000, subtype="FLOAT")
+    capsys.readouterr()
+    assert main(["identify", str(db), str(query)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"afp: error: {query}: NaN or infinite samples at 1.00 s\n"
+
+
 def test_another_model_is_refused(built_db, tmp_path, song_library, capsys):
     from afp_core.checkpoint import save_checkpoint
     from afp_core.config import NAFPConfig

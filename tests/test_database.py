@@ -100,6 +100,16 @@ def test_create_writes_manifest_catalogue_and_model_copy(tmp_path: Path) -> None
     assert_one_line(exc, str(path), "nothing is indexed")
 
 
+def test_searching_before_the_first_commit_says_which_command_finishes(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    db = FingerprintDB.create(path, MODEL, dim=32, index_config=SMALL)
+    stage_songs(db, np.random.default_rng(3), 2, 20)  # an `afp index` cut short
+    with pytest.raises(DatabaseError) as exc:
+        db.search(np.zeros((1, 32), np.float32), 4)
+    assert_one_line(exc, "nothing is indexed yet (2 songs extracted, not yet in the index)")
+    assert f"run `afp index {path} PATH...` again" in str(exc.value)  # no command commits
+
+
 def test_create_refuses_existing_database_and_foreign_folder(tmp_path: Path) -> None:
     FingerprintDB.create(tmp_path / "db", MODEL, dim=32, index_config=SMALL)
     with pytest.raises(DatabaseError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,6 +229,30 @@ def test_cli_train_rejects_bad_config_before_any_work(setup, tmp_path: Path, cap
     few.write_text(few.read_text().replace("batch_size: 8", "batch_size: 32"))
     assert main(["train", str(few)]) == 1
     assert "N=32 different songs, but there are only 10" in capsys.readouterr().err
+
+
+def test_truncated_state_or_model_is_one_line_without_torch_advice(
+    setup, straight, tmp_path: Path, capsys
+) -> None:
+    paths, _, _ = setup
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)
+    config = write_yaml(tmp_path / "run.yaml", paths, out)
+    data = (out / STATE_FILE).read_bytes()
+    for cut in (1, 5000, len(data) // 2):  # torch's unpickler, its zip reader, the archive
+        (out / STATE_FILE).write_bytes(data[:cut])
+        assert main(["train", str(config), "--resume", "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"afp: error: {out / STATE_FILE}: ") and err.count("\n") == 1
+        assert "weights_only" not in err, err
+    model = (out / MODEL_FILE).read_bytes()
+    for cut in (1, 5000, len(model) // 2):
+        (out / MODEL_FILE).write_bytes(model[:cut])
+        with pytest.raises(AfpError) as exc:
+            load_checkpoint(out / MODEL_FILE)
+        text = str(exc.value)
+        assert text.startswith(f"{out / MODEL_FILE}: ") and "\n" not in text
+        assert "weights_only" not in text
 
 
 def test_cli_train_interrupt_exits_130(monkeypatch, tmp_path: Path, setup, capsys) -> None:

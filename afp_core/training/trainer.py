@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 import afp_core
 from afp_core.augment import apply_spec_masks
-from afp_core.checkpoint import load_checkpoint, save_checkpoint
+from afp_core.checkpoint import load_checkpoint, load_torch_file, save_checkpoint
 from afp_core.errors import AfpError, CheckpointError, ConfigError
 from afp_core.fileutil import atomic_path, atomic_write_text
 from afp_core.models import (
@@ -727,12 +727,9 @@ def save_train_state(path: Path, state: dict[str, Any]) -> Path:
 
 def load_train_state(path: Path) -> dict[str, Any]:
     """Read a training state with ``weights_only=True``; ``CheckpointError`` if unusable."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such training state") from None
-    except Exception as exc:  # unpickling refusals, truncated zips...: unusable either way
-        raise CheckpointError(f"{path}: unreadable training state ({exc})") from None
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such training state")
+    state = load_torch_file(path, "training state")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not an afp training state")
     if state.get("format_version", 0) > STATE_VERSION:
