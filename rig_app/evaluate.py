@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import math
 import re
@@ -66,6 +67,7 @@ __all__ = [
     "new_report_folder",
     "parse_lengths",
     "previous_reports",
+    "short_path",
 ]
 
 EVALUATIONS_DIR = "evaluations"
@@ -498,7 +500,8 @@ def load_evaluation(task: TaskState | None, folder: Path | str) -> EvaluationVie
 
 
 def _describe(data: dict[str, Any]) -> str:
-    """One line: when, which model and database, k."""
+    """One line: when, which model (its file and architecture) and database, k."""
+    session_folder = Path(str((data.get("session") or {}).get("folder", "")))
     parts = []
     created = str(data.get("created", ""))
     if created:
@@ -511,14 +514,12 @@ def _describe(data: dict[str, Any]) -> str:
         info = system.get("recogniser") or {}
         text = []
         if info.get("checkpoint"):
-            text.append(f"model {Path(str(info['checkpoint'])).name}")
-            if info.get("trained") is False:
-                text[-1] += " (untrained)"
+            text.append(f"model {_describe_checkpoint(info, session_folder)}")
         if info.get("database"):
             db = info.get("database_info") or {}
             songs = db.get("songs")
             text.append(
-                f"database {Path(str(info['database'])).name}"
+                f"database {short_path(Path(str(info['database'])), session_folder)}"
                 + (f" ({songs} songs)" if isinstance(songs, int) else "")
             )
         if info.get("k"):
@@ -526,3 +527,44 @@ def _describe(data: dict[str, Any]) -> str:
         if text:
             parts.append(", ".join(text))
     return "; ".join(parts)
+
+
+def _describe_checkpoint(info: dict[str, Any], session_folder: Path) -> str:
+    """'evaluations/db-x/model.pt (nafp width 0.25, the shipped model)': the file, then
+    the architecture from the checkpoint's metadata (a database's model.pt is a copy of
+    the checkpoint it was built with, so the file name alone says little)."""
+    about = []
+    spec = info.get("model")
+    if isinstance(spec, dict) and spec.get("name"):
+        arch = spec.get("arch") if isinstance(spec.get("arch"), dict) else {}
+        width = arch.get("width")
+        width_text = f" width {width:g}" if isinstance(width, int | float) else ""
+        about.append(f"{spec['name']}{width_text}")
+    if info.get("trained") is False:
+        about.append("untrained")
+    elif info.get("checkpoint_sha256") and info.get("checkpoint_sha256") == _shipped_sha256():
+        about.append("the shipped model")
+    path = short_path(Path(str(info["checkpoint"])), session_folder)
+    return path + (f" ({', '.join(about)})" if about else "")
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_sha256() -> str | None:
+    try:
+        return file_sha256(SHIPPED_MODEL)
+    except OSError:
+        return None
+
+
+def short_path(path: Path, session_folder: Path | None = None) -> str:
+    """``path`` relative to the session folder when inside it, else '~/...' when inside
+    the home folder, else as it is."""
+    if session_folder is not None and str(session_folder) not in ("", "."):
+        try:
+            return path.relative_to(session_folder).as_posix()
+        except ValueError:
+            pass
+    try:
+        return "~/" + path.relative_to(Path.home()).as_posix()
+    except ValueError:
+        return str(path)

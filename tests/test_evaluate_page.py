@@ -123,6 +123,33 @@ def test_evaluates_a_session_with_a_database(world, tmp_path):
     assert series["low, offset-consistent"].values == (100.0, 100.0)
 
 
+def test_summary_names_the_checkpoint_by_its_path_and_model(tmp_path, monkeypatch):
+    from afp_core.fileutil import file_sha256
+
+    session = tmp_path / "session"
+    spec = {"name": "nafp", "arch": {"width": 0.25, "dim": 128}}
+
+    def describe(checkpoint: Path, **info) -> str:
+        system = {"checkpoint": str(checkpoint), "model": spec, "database": str(db), **info}
+        return evaluate._describe(
+            {"session": {"folder": str(session)}, "systems": [{"recogniser": system}]}
+        )
+
+    db = session / "evaluations" / "db-library-0123456789"
+    text = describe(db / "model.pt", checkpoint_sha256=file_sha256(SHIPPED_MODEL))
+    assert text == (
+        "model evaluations/db-library-0123456789/model.pt (nafp width 0.25, the shipped model), "
+        "database evaluations/db-library-0123456789"
+    )
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    db = tmp_path / "home" / "dbs" / "music"
+    text = describe(db / "model.pt", checkpoint_sha256="0" * 64, trained=True)
+    assert text == "model ~/dbs/music/model.pt (nafp width 0.25), database ~/dbs/music"
+    assert describe(Path("/elsewhere/m.pt"), trained=False).startswith(
+        "model /elsewhere/m.pt (nafp width 0.25, untrained)"
+    )
+
+
 def test_default_report_folder_is_in_the_session(world):
     _, db, session = world
     before = set(previous_reports(session))
@@ -352,6 +379,8 @@ def test_page_evaluates_in_a_worker_and_shows_the_result(qtbot, window, world, m
     assert page.open_button.isEnabled()
     assert page.previous.currentData() == str(new)
     assert f"{len(report.trials)} queries identified" in page.notes.text()
+    # the model by its file and architecture, not "model model.pt"
+    assert f"model {db / 'model.pt'} (nafp width 0.25, untrained)" in page.notes.text()
     opened = []
     monkeypatch.setattr(
         "rig_app.ui.pages.evaluate.QDesktopServices.openUrl",
