@@ -28,6 +28,7 @@ import functools
 import hashlib
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ from afp_core.tasks import TaskState
 
 __all__ = [
     "EVALUATIONS_DIR",
+    "FULL_RANGE",
     "MEASURES",
     "METHOD_NAMES",
     "EvaluationView",
@@ -68,6 +70,7 @@ __all__ = [
     "parse_lengths",
     "previous_reports",
     "short_path",
+    "value_range",
 ]
 
 EVALUATIONS_DIR = "evaluations"
@@ -450,6 +453,31 @@ class EvaluationView:
                     xs, ys = zip(*points, strict=True)
                     out.append(Series(label, system, take, method, xs, ys))
         return out
+
+
+FULL_RANGE = (-3.0, 105.0)
+"""The plot's y range showing all of 0-100 % (a little room for the markers)."""
+_MIN_SPAN = 10.0  # percentage points: a flat line is not blown up into noise
+
+
+def value_range(series: Sequence[Series], full: bool = False) -> tuple[float, float]:
+    """The y range (percent) of an accuracy-vs-length plot: the data's, with a margin of
+    8 % of their span (at least 2 points, at least 10 points in all), inside ``FULL_RANGE``;
+    ``full`` (or no data): ``FULL_RANGE``."""
+    values = [v for line in series for v in line.values if math.isfinite(v)]
+    if full or not values:
+        return FULL_RANGE
+    low, high = min(values), max(values)
+    pad = max(2.0, 0.08 * (high - low))
+    low, high = low - pad, high + pad
+    if high - low < _MIN_SPAN:
+        middle = (low + high) / 2
+        low, high = middle - _MIN_SPAN / 2, middle + _MIN_SPAN / 2
+    if high > FULL_RANGE[1]:
+        low, high = low - (high - FULL_RANGE[1]), FULL_RANGE[1]
+    if low < FULL_RANGE[0]:
+        low, high = FULL_RANGE[0], min(FULL_RANGE[1], high + FULL_RANGE[0] - low)
+    return low, high
 
 
 def load_evaluation(task: TaskState | None, folder: Path | str) -> EvaluationView:

@@ -424,6 +424,39 @@ def test_page_shows_a_previous_report(qtbot, window, world, tmp_path):
     assert page.view.folder == folder
 
 
+def test_value_range_fits_the_data_with_a_margin():
+    def line(*values: float) -> evaluate.Series:
+        return evaluate.Series("x", "s", "low", "vote", tuple(range(len(values))), values)
+
+    assert evaluate.value_range([line(60.0, 80.0), line(70.0, 95.0)]) == pytest.approx(
+        (60.0 - 2.8, 95.0 + 2.8)
+    )
+    assert evaluate.value_range([line(100.0, 100.0)]) == (95.0, 105.0)  # at least 10 points
+    assert evaluate.value_range([line(0.0, 1.0)]) == (-3.0, 7.0)
+    full = evaluate.FULL_RANGE
+    assert evaluate.value_range([line(60.0, 80.0)], full=True) == full == (-3.0, 105.0)
+    assert evaluate.value_range([]) == full
+
+
+def test_page_accuracy_axis_fits_the_values_unless_asked_for_0_to_100(qtbot, window, world):
+    _, db, session = world
+    settings = RealWorldSettings(lengths_s=(3, 5), takes=("low",))  # the clean take: ~100 %
+    folder, _ = evaluate_session(TaskState(), session, database=db, settings=settings)
+    page = _page(window, session)
+    assert not page.full_axis.isChecked()
+    with qtbot.waitSignal(page.job_done, timeout=JOB_MS):
+        page.load_report(folder)
+    values = [y for item in page.plot.listDataItems() for y in item.getData()[1]]
+    assert min(values) >= 85.0
+    low, high = page.plot.getViewBox().viewRange()[1]
+    assert min(values) - 10 <= low < min(values) and max(values) < high <= 105.0
+    assert low > 50  # 0 % is not on the axis
+    page.full_axis.setChecked(True)
+    assert page.plot.getViewBox().viewRange()[1] == pytest.approx([-3.0, 105.0])
+    page.full_axis.setChecked(False)
+    assert page.plot.getViewBox().viewRange()[1] == pytest.approx([low, high])
+
+
 def test_page_errors_are_one_line_in_the_page(qtbot, window, world):
     _, db, session = world
     page = _page(window, session)

@@ -54,6 +54,7 @@ from rig_app.evaluate import (
     load_evaluation,
     parse_lengths,
     previous_reports,
+    value_range,
 )
 from rig_app.session import Session
 from rig_app.ui.pages import Page, placeholder
@@ -222,6 +223,12 @@ class EvaluatePage(Page):
         for key in MEASURES:
             self.measure.addItem(MEASURES[key].format(tol=0.5), key)
         self.measure.currentIndexChanged.connect(self._draw)
+        self.full_axis = QCheckBox("full 0–100 % axis")
+        self.full_axis.setToolTip(
+            "Show the plot's whole 0-100 % range; unticked, the axis fits the values "
+            "(look at its numbers before comparing two reports)"
+        )
+        self.full_axis.toggled.connect(self._draw)
         top = QHBoxLayout()
         top.addWidget(QLabel("Report:"))
         top.addWidget(self.report_label, 1)
@@ -233,6 +240,8 @@ class EvaluatePage(Page):
         measure_row = QHBoxLayout()
         measure_row.addWidget(QLabel("Measure:"))
         measure_row.addWidget(self.measure)
+        measure_row.addSpacing(12)
+        measure_row.addWidget(self.full_axis)
         measure_row.addStretch(1)
 
         self.table = QTableWidget(0, 0)
@@ -659,14 +668,17 @@ class EvaluatePage(Page):
                 name=series.label,
                 antialias=True,
             )
+        series = view.series(measure)
+        low, high = value_range(series, full=self.full_axis.isChecked())
+        self.plot.setYRange(low, high, padding=0)
         lengths = list(view.lengths_s)
         if lengths:
             self.plot.getAxis("bottom").setTicks([[(x, f"{x:g}") for x in lengths], []])
             span = max(lengths) - min(lengths)
             pad = 0.04 * span + 0.3
             self.plot.setXRange(min(lengths) - pad, max(lengths) + pad, padding=0)
-            self.legend.setOffset(_legend_corner(view.series(measure), min(lengths), span))
-        self.plot.setYRange(-3, 105, padding=0)
+            corner = _legend_corner(series, min(lengths), span, (low + high) / 2)
+            self.legend.setOffset(corner)
         self.plot.setTitle(f"{short} vs query length", color="k", size="10pt")
 
     # --- for tests and scripts -----------------------------------------------------------
@@ -686,7 +698,9 @@ class EvaluatePage(Page):
         return [headers, *rows]
 
 
-def _legend_corner(series: list[Series], x0: float, span: float) -> tuple[int, int]:
+def _legend_corner(
+    series: list[Series], x0: float, span: float, middle: float = 50.0
+) -> tuple[int, int]:
     """The legend's offset: the corner of the plot with the fewest points (bottom right
     when tied: accuracy rises with the query length, so that corner is usually free)."""
     corners = {(-8, -8): 0, (8, -8): 0, (-8, 8): 0, (8, 8): 0}  # BR, BL, TR, TL
@@ -696,7 +710,7 @@ def _legend_corner(series: list[Series], x0: float, span: float) -> tuple[int, i
             left = span > 0 and (x - x0) / span <= 0.45
             for dx, dy in corners:
                 in_x = right if dx < 0 else left
-                in_y = y <= 50 if dy < 0 else y >= 50
+                in_y = y <= middle if dy < 0 else y >= middle
                 if in_x and in_y:
                     corners[dx, dy] += 1
     return min(corners, key=lambda corner: corners[corner])
