@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the model CONFIG.yaml describes (see configs/). The configuration "
         "is checked before any work. Every epoch writes OUT/model.pt (a checkpoint `afp index "
         "--model` takes), OUT/train-state.pt and a line of OUT/log.csv. Ctrl-C finishes the "
-        "current step, saves and exits 130; --resume continues where the run stopped.",
+        "current step, saves and exits 130 (so does SIGTERM); --resume continues where the run "
+        "stopped.",
         epilog=EPILOG,
     )
     p.add_argument("config", metavar="CONFIG.yaml", type=Path, help="training configuration")
@@ -767,7 +768,7 @@ def run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from afp_core.training.config import load_train_config
-    from afp_core.training.trainer import train
+    from afp_core.training.trainer import TrainingInterrupted, train
 
     config = load_train_config(args.config)
     overrides = {}
@@ -778,7 +779,10 @@ def run_train(args: argparse.Namespace) -> int:
     if overrides:
         training = dataclasses.replace(config.training, **overrides)  # validates again
         config = dataclasses.replace(config, training=training)
-    result = train(config, out=args.out, resume=args.resume, quiet=args.quiet)
+    try:
+        result = train(config, out=args.out, resume=args.resume, quiet=args.quiet)
+    except TrainingInterrupted:
+        return 130  # saved; the trainer's last line said where and how to resume
     last = result.history[-1] if result.history else {}
     print(
         f"{result.checkpoint}: {result.stopped} after {result.epochs} epochs, "

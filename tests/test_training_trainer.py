@@ -7,6 +7,9 @@ import dataclasses
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -266,6 +269,48 @@ def test_cli_train_interrupt_exits_130(monkeypatch, tmp_path: Path, setup, capsy
     config = write_yaml(tmp_path / "run.yaml", paths, tmp_path / "run")
     assert main(["train", str(config)]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_sigterm_to_the_process_group_saves_and_exits_130_with_one_line(
+    setup, tmp_path: Path
+) -> None:
+    paths, _, _ = setup
+    out = tmp_path / "run"
+    config = write_yaml(tmp_path / "run.yaml", paths, out)
+    config.write_text(
+        config.read_text()
+        .replace("steps_per_epoch: 1", "steps_per_epoch: 100")
+        .replace("workers: 0", "workers: 2")  # the workers get the signal too
+    )
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "afp_core.cli", "train", str(config), "--quiet"],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,  # its own process group, as a service or `timeout` runs it
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while "parameters on cpu" not in log.read_text():  # the epoch is starting
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            time.sleep(1.0)  # the loader's workers are up
+            os.killpg(process.pid, signal.SIGTERM)
+            code = process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    lines = log.read_text().splitlines()
+    assert code == 130, lines
+    assert lines[-1].startswith(f"afp: interrupted: saved {out / MODEL_FILE} at epoch 1, step ")
+    assert lines[-1].endswith("; continue with --resume")
+    assert not any("Traceback" in line or "killed by signal" in line for line in lines)
+    state = load_train_state(out / STATE_FILE)
+    assert state["epoch"] == 0 and state["step_in_epoch"] >= 1  # the step it was on finished
 
 
 def test_a_fresh_run_can_start_from_a_trained_checkpoint(setup, straight, tmp_path: Path) -> None:

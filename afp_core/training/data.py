@@ -873,9 +873,12 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    # Ctrl-C reaches the whole process group: the main process finishes its step, saves
-    # and shuts the workers down, so they must not die first.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C, and a SIGTERM sent to the process group (kill -TERM -PGID, timeout, a
+    # service manager), reach every worker: the main process finishes its step, saves
+    # and shuts the workers down, so they must not die first (torch would raise
+    # "DataLoader worker ... is killed by signal" inside the step).
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
     torch.set_num_threads(1)  # workers do numpy/scipy work; leave the cores to training
     _ = worker_id
 

@@ -9,7 +9,9 @@ A run folder holds::
     config.yaml      the configuration of the run
 
 Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves both files and raises
-``KeyboardInterrupt`` (the CLI exits 130); a ``max_minutes`` budget stops the same way
+``TrainingInterrupted``, a ``KeyboardInterrupt`` (the CLI exits 130); the data loader's
+workers ignore both signals, which reach them too when sent to the process group, and
+leave the stopping to the main process. A ``max_minutes`` budget stops the same way
 but returns normally. ``resume=True`` continues from ``train-state.pt``: batches are a
 function of (seed, epoch, step) only, so a resumed run sees exactly the batches the
 uninterrupted run would have seen and, on the same machine, ends with the same weights.
@@ -92,6 +94,10 @@ LOG_COLUMNS = (
 RESUMABLE_CHANGES = {"output", "training.device", "training.workers", "training.max_minutes"}
 
 Note = Callable[[str], None]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM after saving; its last note said where."""
 
 
 @dataclasses.dataclass
@@ -337,7 +343,7 @@ class Trainer:
     def run(self, resume: bool = False, until_epoch: int | None = None) -> TrainResult:
         """Train to the configured number of epochs (or ``until_epoch``, for tests).
 
-        Raises ``KeyboardInterrupt`` after saving when interrupted.
+        Raises ``TrainingInterrupted`` after saving when interrupted.
         """
         state_path = self.out / STATE_FILE
         if not resume and state_path.exists():
@@ -394,7 +400,7 @@ class Trainer:
                     f"step {self.step_in_epoch}; continue with --resume"
                 )
         if stopped == "interrupted":
-            raise KeyboardInterrupt
+            raise TrainingInterrupted
         return TrainResult(
             out=self.out,
             checkpoint=self.out / MODEL_FILE,
