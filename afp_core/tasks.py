@@ -19,7 +19,11 @@ ProgressCallback = Callable[[float, float, str], None]
 
 
 class TaskState:
-    """Progress counter with a thread-safe cancel flag."""
+    """Progress counter with a thread-safe cancel flag.
+
+    ``unit`` names what ``done`` and ``total`` count ("s of audio", "songs"), for a view
+    that shows them as numbers; "" when they are only a fraction of the work.
+    """
 
     def __init__(self, on_progress: ProgressCallback | None = None) -> None:
         self._on_progress = on_progress
@@ -27,10 +31,14 @@ class TaskState:
         self.done = 0.0
         self.total = 0.0
         self.message = ""
+        self.unit = ""
 
-    def set_total(self, total: float, message: str = "") -> None:
+    def set_total(self, total: float, message: str = "", unit: str | None = None) -> None:
+        """Start counting to ``total`` (0: unknown) in ``unit`` (None: the same as before)."""
         self.total = float(total)
         self.done = 0.0
+        if unit is not None:
+            self.unit = unit
         self._emit(message)
 
     def advance(self, amount: float = 1.0, message: str = "") -> None:

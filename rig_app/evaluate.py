@@ -56,6 +56,7 @@ from afp_core.shipped import SHIPPED_MODEL, default_checkpoint_path
 from afp_core.tasks import TaskState
 
 __all__ = [
+    "AUDIO_UNIT",
     "EVALUATIONS_DIR",
     "FULL_RANGE",
     "MEASURES",
@@ -83,7 +84,8 @@ MEASURES = {
     "no_match_rate": "“No match” rate (queries the threshold rejects)",
 }
 DEFAULT_SETTINGS = RealWorldSettings()  # the paper's: 1-15 s queries, every rule and take
-_INDEX_SPEED = 1.0  # indexing a second of audio costs about what evaluating one does
+AUDIO_UNIT = "s of audio"
+"""What an evaluation's progress counts: seconds of audio indexed, then evaluated."""
 
 
 # ---------------------------------------------------------------------- running
@@ -109,8 +111,9 @@ def evaluate_session(
     check that needs no audio analysis comes first and fails with one line saying what
     to do: the session, its takes (aligned), the settings, the checkpoint against the
     database, the session's songs in the database or the library. Progress goes through
-    ``task`` (indexing, then evaluating, as one bar); cancelling keeps the songs indexed
-    so far and writes no report.
+    ``task`` in seconds of audio (``AUDIO_UNIT``): the library's new songs indexed, then
+    the takes evaluated, as one count; cancelling keeps the songs indexed so far and
+    writes no report.
     """
     if (database is None) == (library is None):
         raise ConfigError("give either a database folder or a library folder to index")
@@ -121,12 +124,13 @@ def evaluate_session(
     checkpoint = None if checkpoint is None else Path(checkpoint)
     if checkpoint is not None and not checkpoint.is_file():
         raise ConfigError(f"{checkpoint}: no such checkpoint file")
-    task.set_total(1.0, "checking")
+    task.set_total(0, "checking", unit=AUDIO_UNIT)
     notes: list[str] = []
     if database is not None:
         recogniser = open_recogniser(Path(database), checkpoint, device=device)
         plan = plan_realworld([recogniser], session, settings)
-        evaluating = _phase(task, 0.0, 1.0, "evaluating")
+        task.set_total(plan.audio_s, "evaluating")
+        evaluating = _phase(task, 0.0, plan.audio_s, "evaluating")
     else:
         recogniser, plan, evaluating = _index_then_plan(
             task, session, Path(library), checkpoint, settings, device, notes
@@ -185,20 +189,18 @@ def _index_then_plan(
         raise ConfigError(f"{library}: no audio files in the library folder")
     db_dir = library_database_folder(session.folder, library, model.sha256)
     known = _existing_checksums(db_dir)
-    task.set_message("checking the library")
-    checking = _phase(task, 0.0, 0.02, "checking the library")
-    checking.set_total(len(files))
     library_checksums: dict[str, Path] = {}
     titles: set[str] = set()
     new_s = 0.0
-    for path in files:
-        checking.check_cancelled()
+    for count, path in enumerate(files, 1):
+        # no count of audio yet (that needs this pass): the bar stays busy, the text counts
+        task.check_cancelled()
+        task.set_message(f"checking the library: {count} / {len(files)} files")
         checksum = file_sha256(path)
         library_checksums[checksum] = path
         titles.add(_title_key(read_tags(path)[0]))
         if checksum not in known:
             new_s += _duration(path)
-        checking.advance(1, path.name)
     _check_library_covers(session, library, library_checksums, titles)
 
     db, model = open_database_for_indexing(db_dir, model_path)
@@ -210,10 +212,9 @@ def _index_then_plan(
             f"decision rule {', '.join(unknown)} unknown (rules: {', '.join(recogniser.methods)})"
         )
     evaluate_s = sum(s.duration_s for s in session.songs) * _take_count(session, settings)
-    share = new_s * _INDEX_SPEED / max(new_s * _INDEX_SPEED + evaluate_s, 1e-9)
-    start = 0.02
-    middle = start + (1.0 - start) * share
-    indexing = _phase(task, start, middle, "indexing the library")
+    # one count of audio: the new songs indexed, then the takes evaluated (about as costly)
+    task.set_total(new_s + evaluate_s, "indexing the library")
+    indexing = _phase(task, 0.0, new_s, "indexing the library")
     skipped: list[str] = []
     result = index_library(
         db,
@@ -234,7 +235,7 @@ def _index_then_plan(
     notes += [f"skipped: {reason}" for reason in skipped]
     notes += [f"warning: {entry.reason}" for entry in result.warnings]
     plan = plan_realworld([recogniser], session, settings)
-    return recogniser, plan, _phase(task, middle, 1.0, "evaluating")
+    return recogniser, plan, _phase(task, new_s, new_s + evaluate_s, "evaluating")
 
 
 def _check_library_covers(
@@ -274,7 +275,8 @@ def _take_count(session: EvalSession, settings: RealWorldSettings) -> int:
 
 
 def _phase(task: TaskState, start: float, end: float, label: str) -> TaskState:
-    """A task for one phase: its progress fills [start, end] of ``task``'s 0..1 bar."""
+    """A task for one phase: its progress fills [start, end] of ``task``'s total (the
+    phase's own count is scaled: "already indexed" songs and estimates still add up)."""
 
     def report(done: float, total: float, message: str) -> None:
         fraction = min(1.0, done / total) if total > 0 else 0.0

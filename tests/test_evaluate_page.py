@@ -26,7 +26,7 @@ from afp_core.database import FingerprintDB
 from afp_core.errors import Cancelled, ConfigError, DatabaseError
 from afp_core.protocols.realworld import RealWorldSettings
 from afp_core.protocols.report import read_report
-from afp_core.protocols.sessions import SessionReadError
+from afp_core.protocols.sessions import SessionReadError, read_session
 from afp_core.search import calibrate_threshold
 from afp_core.shipped import SHIPPED_MODEL
 from afp_core.tasks import TaskState
@@ -100,6 +100,10 @@ def test_evaluates_a_session_with_a_database(world, tmp_path):
     fractions = progress.fractions()
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     assert any(m.startswith("evaluating: low: ") for _, _, m in progress.reports)
+    # counting seconds of audio: every song of both takes
+    seconds = 2 * sum(song.duration_s for song in read_session(session).songs)
+    assert progress.task.unit == "s of audio"
+    assert progress.reports[-1][:2] == pytest.approx((seconds, seconds))
     report = read_report(folder)
     assert report.data["inputs"]["database"] == str(db)
     assert report.data["inputs"]["library"] is None
@@ -148,6 +152,25 @@ def test_summary_names_the_checkpoint_by_its_path_and_model(tmp_path, monkeypatc
     assert describe(Path("/elsewhere/m.pt"), trained=False).startswith(
         "model /elsewhere/m.pt (nafp width 0.25, untrained)"
     )
+
+
+def test_progress_bar_counts_seconds_of_audio(qtbot, world, tmp_path):
+    from rig_app.ui.workers import TaskPanel, Worker
+
+    _, db, session = world
+    panel = TaskPanel()
+    qtbot.addWidget(panel)
+    worker = Worker(evaluate_session, session, database=db, out=tmp_path / "r", settings=SETTINGS)
+    panel.bind(worker)
+    shown: list[tuple[bool, str]] = []  # after the panel's own slot: what it shows
+    worker.progress.connect(lambda *_: shown.append((panel.bar.isTextVisible(), panel.bar.text())))
+    with qtbot.waitSignal(worker.done, timeout=JOB_MS):
+        worker.start()
+    seconds = 2 * sum(song.duration_s for song in read_session(session).songs)
+    counted = [text for visible, text in shown if visible]
+    assert counted and all(text.endswith(f" / {seconds:,.0f} s of audio") for text in counted)
+    assert counted[-1] == f"{seconds:,.0f} / {seconds:,.0f} s of audio"
+    assert "s/s" not in " ".join(counted)  # no rate of a fraction
 
 
 def test_default_report_folder_is_in_the_session(world):

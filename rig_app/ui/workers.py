@@ -11,7 +11,8 @@ turns that into Qt signals, which reach the views on the GUI thread:
 
 An ``AfpError`` becomes its one-line message; any other exception becomes one line too,
 with the traceback logged: a bug in a job never takes the application down.
-``TaskPanel`` is a progress bar, a message and a Cancel button bound to a worker.
+``TaskPanel`` is a progress bar, a message and a Cancel button bound to a worker; the bar
+counts in the task's ``unit`` ("1,234 / 5,000 s of audio") when the work names one.
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ class TaskPanel(QWidget):
         worker.cancelled.connect(self._on_cancelled)
         worker.done.connect(self._on_done)
         self.bar.setRange(0, 0)  # busy until the first progress report gives a total
+        self.bar.setTextVisible(False)
         self.bar.setVisible(True)
         self.cancel_button.setVisible(True)
         self.cancel_button.setEnabled(True)
@@ -188,9 +190,13 @@ class TaskPanel(QWidget):
         self.message.setStyleSheet("color: #b00020;" if error else "")
 
     def _on_progress(self, done: float, total: float, message: str) -> None:
+        unit = self._worker.task.unit if self._worker is not None else ""
         if total > 0:
             self.bar.setRange(0, _BAR_STEPS)
             self.bar.setValue(round(_BAR_STEPS * min(1.0, done / total)))
+            # numbers only where they count something: a bare fraction says "%" already
+            self.bar.setFormat(f"{done:,.0f} / {total:,.0f} {unit}" if unit else "%p %")
+            self.bar.setTextVisible(bool(unit))
         if message and self.cancel_button.isEnabled():
             self._show(message)
 
