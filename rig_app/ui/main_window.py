@@ -161,6 +161,8 @@ class MainWindow(QMainWindow):
             page.status.connect(self.show_status)
         self.page_list.setFixedWidth(120)
         self.page_list.setStyleSheet("QListWidget::item { padding: 6px 8px; }")
+        # before the switch: the new page may post its own message as it shows
+        self.page_list.currentRowChanged.connect(self._on_page_changed)
         self.page_list.currentRowChanged.connect(self.stack.setCurrentIndex)
         self.page_list.setCurrentRow(0)
 
@@ -212,6 +214,9 @@ class MainWindow(QMainWindow):
 
     def show_status(self, message: str) -> None:
         self.statusBar().showMessage(message)
+
+    def _on_page_changed(self, _row: int) -> None:
+        self.statusBar().clearMessage()  # another page's message is not about this one
 
     def _error(self, message: str) -> str:
         self.show_status(message)

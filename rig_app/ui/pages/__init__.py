@@ -44,9 +44,13 @@ class Page(QWidget):
     def start_job(
         self, worker: Worker, panel: TaskPanel | None = None, message: str = "working ..."
     ) -> Worker:
-        """Run ``worker``, shown on ``panel``; the state counts it as a running job."""
+        """Run ``worker``, shown on ``panel``; the state counts it as a running job.
+
+        The status bar says so: what it said before (maybe another page's news) is stale.
+        """
         self.state.begin_job()
         self._workers.add(worker)
+        self.status.emit(f"{self.title}: {message}")
         if panel is not None:
             panel.bind(worker, message)
         worker.done.connect(self._on_worker_done)

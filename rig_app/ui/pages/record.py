@@ -464,7 +464,7 @@ class RecordPage(Page):
         self.progress.setFormat(f"{settings.label}: starting …")
         self._show_take_message("")
         self.timer.start()
-        self.start_job(worker)
+        self.start_job(worker, message=f"recording '{settings.label}' …")
         self.refresh()
         return worker
 
