@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from rig_app.session import SongEntry
+from rig_app.session import Session, SongEntry
 from rig_app.songs import MIN_DURATION_S, SongResult
 from rig_app.ui.pages import Collapsible, Page
 from rig_app.ui.state import RigState, add_session_songs, format_duration
@@ -35,6 +35,7 @@ from rig_app.ui.workers import TaskPanel, Worker
 __all__ = ["SongsPage"]
 
 COLUMNS = ("Title", "Artist", "Duration", "Loudness before", "Loudness after", "Source")
+SOURCE_COLUMN = COLUMNS.index("Source")
 _ADDED = QColor(30, 120, 50)
 _DUPLICATE = QColor(150, 110, 0)
 _FAILED = QColor(176, 0, 32)
@@ -83,11 +84,14 @@ class SongsPage(Page):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setAlternatingRowColors(True)
         self.table.verticalHeader().setDefaultSectionSize(22)
+        # a long path keeps its start and its file name, the full text in the tooltip
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        # title and source share what the numbers leave; neither pushes the other out
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        header.setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.ResizeMode.Interactive)
-        header.setStretchLastSection(True)
+        header.setSectionResizeMode(SOURCE_COLUMN, QHeaderView.ResizeMode.Stretch)
+        header.setStretchLastSection(False)
         self.summary = QLabel("")
 
         self.results = QListWidget()
@@ -106,7 +110,8 @@ class SongsPage(Page):
         table_layout.setContentsMargins(0, 0, 0, 0)
         table_layout.addWidget(self.table, 1)
         table_layout.addWidget(self.summary)
-        results_box = QWidget()
+        results_box = self.results_box = QWidget()
+        results_box.setVisible(False)  # until something was added: an empty box says nothing
         results_layout = QVBoxLayout(results_box)
         results_layout.setContentsMargins(0, 0, 0, 0)
         results_layout.addWidget(self.results_title)
@@ -136,6 +141,7 @@ class SongsPage(Page):
             return None
         self.results.clear()
         self.results_title.setText(f"Adding {len(items)} item(s) …")
+        self.results_box.setVisible(True)
         worker = Worker(
             add_session_songs,
             session,
@@ -201,6 +207,11 @@ class SongsPage(Page):
         self.state.songs_changed.emit()
 
     # --- view ----------------------------------------------------------------------------
+
+    def _on_session_changed(self, session: Session | None) -> None:
+        self.results.clear()  # the last addition was to the other session
+        self.results_box.setVisible(False)
+        super()._on_session_changed(session)
 
     def _set_enabled(self, enabled: bool) -> None:
         for widget in (
