@@ -52,17 +52,21 @@ def test_source_column_fills_the_table_and_keeps_the_file_name(qtbot, window, tm
     page = window.show_page("Songs")
     assert window.new_session(tmp_path / "session") is None
     assert not page.results_box.isVisible()  # nothing added yet: no empty box
+    assert not page.panel.isVisible()  # nor an empty progress row
     page.min_duration.setValue(1.0)
     with qtbot.waitSignal(page.job_done, timeout=JOB_MS):
         page.add_items([str(_library(tmp_path / "library"))])
     assert page.table.rowCount() == 2
     assert page.results_box.isVisible()
     assert page.results_title.text().startswith("Last addition: 2 added")
+    assert not page.panel.isVisible()  # done: the box says how it went
 
     header = page.table.horizontalHeader()
     assert COLUMNS[SOURCE_COLUMN] == "Source"
     assert header.sectionResizeMode(SOURCE_COLUMN) == QHeaderView.ResizeMode.Stretch
-    assert page.table.textElideMode() == Qt.TextElideMode.ElideMiddle  # the file name shows
+    # the file name shows: elided in the middle, on one line (not cut after a folder)
+    assert page.table.textElideMode() == Qt.TextElideMode.ElideMiddle
+    assert not page.table.wordWrap()
     # the columns fill the table exactly: Source is neither cut at the edge nor a sliver
     widths = [header.sectionSize(c) for c in range(len(COLUMNS))]
     assert sum(widths) == page.table.viewport().width()

@@ -84,14 +84,14 @@ class SongsPage(Page):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setAlternatingRowColors(True)
         self.table.verticalHeader().setDefaultSectionSize(22)
-        # a long path keeps its start and its file name, the full text in the tooltip
+        # a long path keeps its start and its file name (one line: wrapped, it would be
+        # cut after a folder), the full text in the tooltip
+        self.table.setWordWrap(False)
         self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         header = self.table.horizontalHeader()
+        # titles whole; the source takes the rest of the width, however wide the window
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        # title and source share what the numbers leave; neither pushes the other out
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(SOURCE_COLUMN, QHeaderView.ResizeMode.Stretch)
-        header.setStretchLastSection(False)
         self.summary = QLabel("")
 
         self.results = QListWidget()
