@@ -145,6 +145,23 @@ def test_cancel_ends_a_worker_with_the_cancelled_signal(qtbot):
     assert not panel.cancel_button.isVisible()
 
 
+def test_task_panel_shows_only_while_working_or_to_say_what_failed(qtbot):
+    panel = TaskPanel()
+    qtbot.addWidget(panel)
+    assert panel.isHidden()  # no job: no empty row
+    worker = Worker(_count_to, 5)
+    panel.bind(worker)
+    assert not panel.isHidden()
+    with qtbot.waitSignal(worker.done, timeout=JOB_MS):
+        worker.start()
+    assert panel.isHidden() and panel.message.text() == ""  # the page shows the result
+    worker = Worker(_fail, AfpError("song.wav: not audio"))
+    panel.bind(worker)
+    with qtbot.waitSignal(worker.done, timeout=JOB_MS):
+        worker.start()
+    assert not panel.isHidden() and panel.message.text() == "song.wav: not audio"
+
+
 # --- window and pages ---------------------------------------------------------------------
 
 

@@ -159,6 +159,9 @@ class TaskPanel(QWidget):
         layout.addWidget(self.message, 1)
         layout.addWidget(self.cancel_button)
         self.bar.setVisible(False)
+        # shown while a job runs and to say how one failed: an empty or "done" row says
+        # nothing the page does not show itself
+        self.setVisible(False)
 
     @property
     def worker(self) -> Worker | None:
@@ -178,6 +181,7 @@ class TaskPanel(QWidget):
         self.cancel_button.setVisible(True)
         self.cancel_button.setEnabled(True)
         self._show(message)
+        self.setVisible(True)
 
     def cancel(self) -> None:
         if self._worker is not None and not self._worker.has_ended:
@@ -201,7 +205,7 @@ class TaskPanel(QWidget):
             self._show(message)
 
     def _on_finished(self, _result: object) -> None:
-        self._show("done")
+        self._show("")
 
     def _on_errored(self, message: str) -> None:
         self._show(message, error=True)
@@ -213,3 +217,5 @@ class TaskPanel(QWidget):
         self.bar.setVisible(False)
         self.cancel_button.setVisible(False)
         self._worker = None
+        if not self.message.text():  # finished: the page shows the result
+            self.setVisible(False)
