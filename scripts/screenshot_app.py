@@ -1,12 +1,19 @@
-"""Screenshots of the rig app's pages on a demo session (offscreen; no display needed).
+"""Screenshots of every page of the rig app on the quick demo's session, in a real X window.
 
-    QT_QPA_PLATFORM=offscreen python scripts/screenshot_app.py [--out docs/screenshots]
+    xvfb-run -a -s "-screen 0 1600x1000x24" env QT_QPA_PLATFORM=xcb \\
+        .venv/bin/python scripts/screenshot_app.py [--demo demo-quick] [--out docs/screenshots]
 
-Builds a demo session from synthetic songs and a noise clip, adds the songs (one bad file
-among them, to show a failure), builds the program with a noise track and, when the
-virtual audio devices can be started (``rig_app.virtual_devices``), records and aligns
-the 'low' take through them. Then saves songs.png, program.png and record.png.
-inspect.png (takes with a known coloration) comes from scripts/screenshot_inspect.py.
+The session is the quick demo's (``afp-rig demo --quick --offline --out DEMO``): four
+excerpts of development songs the shipped model did not train on, a speech-babble noise
+program, three takes (low, mid, high) simulated through the virtual room and aligned, and
+the evaluation of the shipped model on them. When DEMO/session holds no evaluation yet the
+script runs that demo first (a few minutes on 2 cores; the development music of
+``./dev data``). Then it opens the session in the app at 1280 x 900, shows each page, waits
+for the page's own work (the device list, the Inspect page's spectra and spectrograms, the
+Evaluate page's latest report) and saves songs.png, program.png, record.png, inspect.png
+and evaluate.png as the X server shows them. With the virtual audio devices
+(``rig_app.virtual_devices``) the Record page lists them and shows the microphone's level
+during a test tone.
 """
 
 from __future__ import annotations
@@ -15,67 +22,35 @@ import argparse
 import contextlib
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
-import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rig_app.program import synthesize_song  # noqa: E402
-
 if TYPE_CHECKING:
     from rig_app.ui.main_window import MainWindow
+    from rig_app.ui.pages import Page
     from rig_app.ui.workers import Worker
 
-RATE = 22050
-SONGS = (
-    ("Harbour Lights", "The Synthetic Quartet", 11.0),
-    ("Paper Planes", "Mira Sol", 9.0),
-    ("Night Bus", "Low Orbit", 12.0),
-    ("Quiet Room (live)", "Mira Sol", 10.0),
-    ("Glass Garden", "Fennel & Thyme", 8.0),
-)
+SIZE = (1280, 900)
+JOB_S = 600.0  # the Inspect page's analysis on a busy machine
+DEVICE_S = 30.0  # listing devices, opening the microphone, a test tone
 
 
-def write_demo_library(folder: Path) -> tuple[Path, Path]:
-    """Songs as 'Artist - Title.flac' (one with a wide dynamic range), a bad file, noise."""
-    songs = folder / "library"
-    songs.mkdir(parents=True)
-    for index, (title, artist, seconds) in enumerate(SONGS):
-        audio = synthesize_song(seconds, RATE, seed=index + 3)
-        if "live" in title:
-            # quiet with loud hits: normalising it would clip, so its gain gets lowered
-            audio = 0.1 * audio
-            hits = np.arange(RATE, len(audio), 2 * RATE)
-            audio[hits] = 0.3
-        sf.write(songs / f"{artist} - {title}.flac", audio, RATE)
-    (songs / "notes.wav").write_text("this is not audio\n")
-    rng = np.random.default_rng(1)
-    babble = np.cumsum(rng.standard_normal(6 * RATE)) * 0.01
-    babble -= np.convolve(babble, np.ones(200) / 200, mode="same")
-    noise = folder / "cafe-noise.wav"
-    sf.write(noise, (0.3 * babble / np.max(np.abs(babble))).astype(np.float32), RATE)
-    return songs, noise
+def ensure_demo(demo: Path) -> Path:
+    """DEMO/session with an evaluation, made by the quick demo when missing."""
+    from rig_app.demo import quick_demo_options, run_demo_job
+    from rig_app.evaluate import previous_reports
+
+    session = demo / "session"
+    if not previous_reports(session):
+        print(f"screenshot_app: no evaluated session in {demo}: running the quick demo")
+        run_demo_job(quick_demo_options(out=demo, live=False))
+    return session
 
 
-def wait_for(worker: Worker | None, what: str) -> None:
-    """Run the event loop until ``worker`` is done."""
-    from PySide6.QtCore import QEventLoop
-
-    if worker is None:
-        raise SystemExit(f"screenshot_app: could not start {what}")
-    if not worker.has_ended:
-        loop = QEventLoop()
-        worker.done.connect(loop.quit)
-        loop.exec()
-    settle()
-
-
-def settle(seconds: float = 0.1) -> None:
+def settle(seconds: float = 0.2) -> None:
     """Let queued signals and repaints through."""
     from PySide6.QtCore import QEventLoop, QTimer
 
@@ -84,80 +59,126 @@ def settle(seconds: float = 0.1) -> None:
     loop.exec()
 
 
-def save(window: MainWindow, title: str, out: Path) -> None:
-    window.show_page(title)
+def wait_for(worker: Worker | None, what: str, timeout_s: float = JOB_S) -> bool:
+    """Run the event loop until ``worker`` is done (False: not within ``timeout_s``)."""
+    import faulthandler
+
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    if worker is None:
+        raise SystemExit(f"screenshot_app: could not start {what}")
+    if not worker.has_ended:
+        loop = QEventLoop()
+        worker.done.connect(loop.quit)
+        QTimer.singleShot(round(timeout_s * 1000), loop.quit)
+        loop.exec()
     settle()
+    if not worker.has_ended:
+        print(f"screenshot_app: {what}: not done after {timeout_s:g} s; where it is:")
+        faulthandler.dump_traceback(all_threads=True)
+    return worker.has_ended
+
+
+def wait_idle(page: Page, what: str, timeout_s: float = JOB_S) -> bool:
+    """Until the page's jobs (started as it showed) are over (False: not in time)."""
+    for _ in range(5):  # a job's end may start another (the excerpt after the spectra)
+        for worker in page.workers:
+            if not wait_for(worker, what, timeout_s):
+                return False
+        settle(0.3)
+        if not page.workers:
+            return True
+    return False
+
+
+def save(window: MainWindow, title: str, out: Path) -> None:
+    """The window as the X server shows it (no window manager under Xvfb: no frame)."""
+    from PySide6.QtGui import QGuiApplication
+
+    settle(0.5)
+    image = QGuiApplication.primaryScreen().grabWindow(window.winId())
+    if image.isNull():
+        image = window.grab()
     path = out / f"{title.lower()}.png"
-    window.grab().save(str(path))
-    print(f"{path}: {path.stat().st_size // 1024} KB")
+    if not image.save(str(path)):
+        raise SystemExit(f"screenshot_app: cannot write {path}")
+    print(f"{path}: {image.width()} x {image.height()}, {path.stat().st_size // 1024} KB")
+
+
+def show_record(window: MainWindow, devices: object | None, out: Path) -> None:
+    record = window.record_page
+    window.show_page("Record")
+    listed = wait_idle(record, "listing the audio devices", DEVICE_S)
+    record.rows["high"].radio.setChecked(True)  # its alignment: markers, offset, drift
+    if devices is None or not listed:
+        save(window, "Record", out)
+        return
+    # the meter, live: listen to the room while a test tone plays
+    record.listen.setChecked(True)
+    if wait_idle(record, "opening the microphone", DEVICE_S):
+        tone = record.play_tone(record.music_out)
+        settle(0.7)
+        save(window, "Record", out)
+        wait_for(tone, "the test tone", DEVICE_S)
+    else:
+        save(window, "Record", out)
+    record.listen.setChecked(False)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", type=Path, default=ROOT / "demo-quick", help="demo folder")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
-    parser.add_argument("--no-record", action="store_true", help="skip the recorded take")
+    parser.add_argument("--no-devices", action="store_true", help="no virtual audio devices")
     args = parser.parse_args()
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
+    if os.environ["QT_QPA_PLATFORM"].startswith("xcb") and not os.environ.get("DISPLAY"):
+        raise SystemExit("screenshot_app: no X display: run it under xvfb-run (see --help)")
+    session = ensure_demo(args.demo.resolve())
 
     with contextlib.ExitStack() as stack:
         devices = None
-        if not args.no_record:
+        if not args.no_devices:
             from rig_app.virtual_devices import VirtualDevicesError, start_virtual_devices
 
             try:
                 devices = stack.enter_context(start_virtual_devices())
             except VirtualDevicesError as exc:
-                print(f"screenshot_app: no virtual devices, no take recorded ({exc})")
+                print(f"screenshot_app: no virtual devices, no level shown ({exc})")
         from PySide6.QtWidgets import QApplication
 
-        from rig_app.ui.main_window import MainWindow
+        from rig_app.ui.main_window import MainWindow, find_display_problem
 
+        if problem := find_display_problem():
+            raise SystemExit(f"screenshot_app: {problem}")
         app = QApplication.instance() or QApplication([])  # noqa: F841 - Qt needs it alive
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="afp-rig-demo-")))
-        library, noise = write_demo_library(work)
         window = MainWindow()
-        window.resize(1120, 830)
+        window.resize(*SIZE)
+        window.move(0, 0)
         window.show()
-        if error := window.new_session(work / "demo-session"):
+        if error := window.open_session(session):
             raise SystemExit(f"screenshot_app: {error}")
-
-        songs = window.songs_page
-        songs.min_duration.setValue(5.0)
-        again = library / f"{SONGS[1][1]} - {SONGS[1][0]}.flac"  # shows a duplicate
-        wait_for(songs.add_items([str(library), str(again)]), "adding songs")
-
-        program = window.program_page
-        program.min_song.setValue(5.0)
-        program.noise_level.setValue(-6.0)
-        program.add_noise_files([noise])
-        wait_for(program.build(), "building the program")
         args.out.mkdir(parents=True, exist_ok=True)
-        save(window, "Songs", args.out)
-        save(window, "Program", args.out)
 
-        record = window.record_page
-        window.show_page("Record")
-        settle()
-        for worker in record.workers:
-            wait_for(worker, "listing devices")
-        if devices is not None:
-            record.lead_in.setValue(0.5)
-            record.tail.setValue(1.0)
-            record.rows["low"].notes.setText("living room, laptop speakers")
-            wait_for(record.record("low"), "recording")
-            for worker in record.workers:
-                wait_for(worker, "aligning")
-            # the meter, live: listen to the room while a test tone plays
-            record.listen.setChecked(True)
-            for worker in record.workers:
-                wait_for(worker, "opening the microphone")
-            tone = record.play_tone(record.music_out)
-            settle(0.7)
-            save(window, "Record", args.out)
-            wait_for(tone, "the test tone")
-            record.listen.setChecked(False)
-        else:
-            save(window, "Record", args.out)
+        window.show_page("Songs")
+        save(window, "Songs", args.out)
+        program = window.show_page("Program")
+        wait_idle(program, "loading the program")
+        save(window, "Program", args.out)
+        show_record(window, devices, args.out)
+
+        inspect = window.show_page("Inspect")
+        wait_idle(inspect, "the spectra and spectrograms")
+        if inspect.workers or inspect.spectra is None or inspect.excerpt is None:
+            raise SystemExit("screenshot_app: the Inspect page computed nothing")
+        save(window, "Inspect", args.out)
+
+        evaluate = window.show_page("Evaluate")
+        evaluate.set_database(args.demo.resolve() / "db")  # what the demo searched
+        read = wait_for(evaluate.load_report(), "reading the latest report")
+        if not read or evaluate.view is None:
+            raise SystemExit(f"screenshot_app: {evaluate.message_text}")
+        save(window, "Evaluate", args.out)
         window.close()
     return 0
 
