@@ -1,6 +1,6 @@
 """The ``afp`` command: index a library, identify queries, describe a database, run the demo.
 
-Other tools script against this contract (issue 2): ``afp index DB PATH...``,
+Other tools script against this contract: ``afp index DB PATH...``,
 ``afp identify DB QUERY... [--json]``, ``afp info DB [--json]``. A user error prints one
 line ``afp: error: ...`` and exits 1; usage errors exit 2; an interrupt exits 130 and keeps
 what was done.
@@ -139,9 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="end-to-end demo on the development music (no configuration, no network)",
-        description="Builds a database from the development music (notes §4), identifies "
-        "distorted excerpts of indexed songs and clean excerpts of songs left out of the "
-        "database, prints a results table and writes a report.",
+        description="Builds a database from the development music (docs/design.md §6), "
+        "identifies distorted excerpts of indexed songs and clean excerpts of songs left out "
+        "of the database, prints a results table and writes a report.",
         formatter_class=fmt,
         epilog=EPILOG,
     )
@@ -293,12 +293,7 @@ def run_identify(args: argparse.Namespace) -> int:
     method = args.method or "sequence"
     spec = model.spec.audio
     operating_point = _operating_point(db.search_settings, method, args)
-    if args.threshold is None and db.needs_calibration:
-        print(
-            f"afp: note: {args.db}: the no-match thresholds predate the last change to the "
-            f"index (an interrupted calibration?); run afp index {args.db} again",
-            file=sys.stderr,
-        )
+    _note_stale_thresholds(args, db.needs_calibration)
     failures = 0
     for query in args.queries:
         try:
@@ -553,6 +548,7 @@ def _run_landmark_identify(args: argparse.Namespace) -> int:
         },
     )
     db = LandmarkDB.open(args.db)
+    _note_stale_thresholds(args, db.needs_calibration)
     recogniser = LandmarkRecogniser(db)
     return _identify_each(
         args,
@@ -602,6 +598,15 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _note_stale_thresholds(args: argparse.Namespace, stale: bool) -> None:
+    if args.threshold is None and stale:
+        print(
+            f"afp: note: {args.db}: the no-match thresholds predate the last change to the "
+            f"index (an interrupted calibration?); run afp index {args.db} again",
+            file=sys.stderr,
+        )
+
+
 def _describe_thresholds(entry: dict[str, Any], stale: bool) -> str:
     if not entry:
         return "none (run afp index again to calibrate)" if stale else "none"
@@ -633,13 +638,15 @@ def _run_landmark_info(args: argparse.Namespace) -> int:
 
     db = LandmarkDB.open(args.db)
     info = db.info()
+    info["needs_calibration"] = db.needs_calibration
     if args.songs:
         info["song_list"] = _song_records(db.songs())
     if args.json:
         print(json.dumps(info, indent=None, default=str))
         return 0
     s = info["settings"]
-    thresholds = info["search"].get("thresholds", {}).get("landmark", {}).get("by_seconds")
+    entry = info["search"].get("thresholds", {}).get("landmark", {})
+    thresholds = entry.get("by_seconds")
     rows = [
         ("database", str(args.db)),
         ("kind", "landmark (spectral-peak pair hashes)"),
@@ -656,8 +663,9 @@ def _run_landmark_info(args: argparse.Namespace) -> int:
         (
             "no-match threshold",
             ", ".join(f"{k} s: {v}" for k, v in thresholds.items())
+            + (f" ({_describe_thresholds(entry, info['needs_calibration'])})")
             if thresholds
-            else "none calibrated (fewer than 2 songs)",
+            else _describe_thresholds(entry, info["needs_calibration"]),
         ),
     ]
     width = max(len(name) for name, _ in rows)

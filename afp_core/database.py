@@ -361,6 +361,17 @@ def create_catalogue(file: Path, meta: dict[str, str]) -> None:
             )
 
 
+def thresholds_are_stale(search: dict[str, Any], generation: int, songs: int) -> bool:
+    """Whether a database's "no match" thresholds are missing or from an earlier generation.
+
+    Both kinds of database save their thresholds after the commit that makes a
+    generation, stamped ``calibrated_generation``: a calibration interrupted in between
+    leaves the stamp behind, and ``afp index`` run again repairs it even with nothing to
+    add. A database of fewer than two songs has none to calibrate.
+    """
+    return search.get("calibrated_generation") != generation and songs >= 2
+
+
 class FingerprintDB(SongCatalogue):
     """A database folder opened for reading and writing (see the module docstring)."""
 
@@ -544,8 +555,7 @@ class FingerprintDB(SongCatalogue):
         calibrates even with nothing to add. A database of fewer than two songs has none
         to calibrate.
         """
-        calibrated = self._manifest["search"].get("calibrated_generation")
-        return calibrated != self._generation and len(self._song_ids) >= 2
+        return thresholds_are_stale(self._manifest["search"], self._generation, len(self._song_ids))
 
     @property
     def search_threshold(self) -> str | None:

@@ -78,6 +78,7 @@ from afp_core.database import (
     build_database_folder,
     check_new_database_folder,
     create_catalogue,
+    thresholds_are_stale,
 )
 from afp_core.errors import AfpError, AudioError, Cancelled, ConfigError, DatabaseError
 from afp_core.fileutil import (
@@ -553,7 +554,7 @@ class LandmarkDB(SongCatalogue):
         """
         songs = list(self._songs.values())
         if len(songs) < 2:
-            self.save_search_settings(thresholds=None)
+            self.save_search_settings(thresholds=None, calibrated_generation=self._generation)
             return {}
         s = self.settings
         hashes, frames = self._postings[0], self._postings[1]
@@ -597,8 +598,21 @@ class LandmarkDB(SongCatalogue):
             "by_seconds": table,
             "impostor_mean_by_seconds": means,
         }
-        self.save_search_settings(thresholds={METHOD: entry})
+        # one manifest write: the thresholds and the generation they belong to
+        self.save_search_settings(
+            thresholds={METHOD: entry}, calibrated_generation=self._generation
+        )
         return table
+
+    @property
+    def generation(self) -> int:
+        """The postings generation the catalogue points to (0 before the first commit)."""
+        return self._generation
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether the thresholds are missing or predate the last commit."""
+        return thresholds_are_stale(self._manifest["search"], self._generation, len(self._songs))
 
     def stored_impostor_mean(self, length_s: float) -> float:
         """The mean impostor score behind ``stored_threshold(length_s)`` (0 if unknown)."""
@@ -890,7 +904,11 @@ def index_landmark_library(
 
     result.elapsed_s = time.monotonic() - started
     task.set_message("merging the postings")
-    db.commit(cancel=lambda: task.cancelled)
+    db.commit(cancel=lambda: task.cancelled, calibrate=False)
+    if not task.cancelled and db.needs_calibration:
+        # also after a commit whose calibration was interrupted: nothing else repairs it
+        task.set_message("calibrating the no-match threshold")
+        db.calibrate_thresholds()
     return result
 
 

@@ -216,6 +216,32 @@ def test_crash_during_commit_keeps_the_old_state(tmp_path, song_library, monkeyp
     assert reopened.commit() == 2 and len(reopened.songs("indexed")) == 4
 
 
+def test_an_interrupted_calibration_is_repaired_by_the_next_run(
+    tmp_path, song_library, landmark_db, monkeypatch, capsys
+):
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as Ctrl-C between the commit and the thresholds
+
+    db = LandmarkDB.create(tmp_path / "db")
+    with monkeypatch.context() as patch:
+        patch.setattr(LandmarkDB, "calibrate_thresholds", killed)
+        with pytest.raises(KeyboardInterrupt):
+            index_landmark_library(db, [song_library[0].parent])
+    reopened = LandmarkDB.open(tmp_path / "db")
+    assert reopened.info()["songs"] == 6 and reopened.needs_calibration
+    assert main(["info", str(tmp_path / "db")]) == 0
+    assert "none (run afp index again to calibrate)" in capsys.readouterr().out
+    query = tmp_path / "q.wav"
+    sf.write(query, excerpt(3, 6.0, 3.0), 8000)
+    assert main(["identify", str(tmp_path / "db"), str(query)]) == 0
+    assert "run afp index" in capsys.readouterr().err
+    # nothing left to add, yet the rerun calibrates: the thresholds of an unbroken build
+    result = index_landmark_library(reopened, [song_library[0].parent])
+    assert not result.added and not reopened.needs_calibration
+    expected = landmark_db.search_settings["thresholds"]
+    assert reopened.search_settings["thresholds"] == expected
+
+
 def test_duplicates_and_bad_files_are_skipped_with_reasons(tmp_path, song_library):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio at all")
