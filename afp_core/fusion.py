@@ -33,7 +33,7 @@ import numpy as np
 from afp_core.audio import resample, window_count
 from afp_core.database import Song
 from afp_core.errors import ConfigError, DatabaseError
-from afp_core.landmark import LandmarkRecogniser
+from afp_core.landmark import LandmarkRecogniser, Landmarks
 from afp_core.recogniser import NeuralRecogniser
 from afp_core.search import Candidate, Match, stored_impostor_mean, stored_threshold
 
@@ -44,8 +44,8 @@ NEURAL_RULE = "sequence"
 
 @dataclasses.dataclass(frozen=True)
 class FusedAnalysis:
-    neural: Any
-    landmark: Any
+    neural: np.ndarray
+    landmark: Landmarks
 
 
 class FusedRecogniser:

@@ -12,7 +12,7 @@ do not pay for the fingerprints again.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -21,7 +21,10 @@ from afp_core.database import MANIFEST, FingerprintDB, Song
 from afp_core.errors import ConfigError, DatabaseError
 from afp_core.fileutil import read_json_object
 from afp_core.query import embed_audio
-from afp_core.search import METHODS, Match, identify_vectors, stored_threshold
+from afp_core.search import METHODS, Match, as_method, identify_vectors, stored_threshold
+
+if TYPE_CHECKING:
+    from afp_core.checkpoint import Checkpoint
 
 
 @runtime_checkable
@@ -85,7 +88,7 @@ class NeuralRecogniser:
     def __init__(
         self,
         db: FingerprintDB,
-        checkpoint: Any,
+        checkpoint: Checkpoint,
         *,
         k: int = 4,
         device: str | torch.device = "cpu",
@@ -145,7 +148,7 @@ class NeuralRecogniser:
         return identify_vectors(
             self.db,
             analysis[first : first + n],
-            method=method,
+            method=as_method(method),
             k=self.k,
             hop_s=self.hop_s,
             exclude_song=exclude_song,
@@ -156,7 +159,7 @@ class NeuralRecogniser:
         return stored_threshold(self.db, method, n, k=self.k)
 
 
-def _describe_model(checkpoint: Any) -> dict[str, Any]:
+def _describe_model(checkpoint: Checkpoint) -> dict[str, Any]:
     from afp_core.indexing import describe_model
 
     return describe_model(checkpoint)

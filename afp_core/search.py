@@ -24,11 +24,19 @@ from afp_core.database import FingerprintDB, Song
 from afp_core.errors import AudioError, ConfigError, DatabaseError
 
 Method = Literal["sequence", "vote"]
-METHODS: tuple[str, ...] = ("sequence", "vote")
+METHODS: tuple[Method, ...] = ("sequence", "vote")
 # Alternatives listed in a Match (best first, one per song).
 N_CANDIDATES = 5
 # Floats gathered per re-scoring chunk (candidates x windows x dim): bounds memory.
 _RESCORE_CHUNK = 1 << 22
+
+
+def as_method(value: str) -> Method:
+    """``value`` as a decision rule; ``ConfigError`` naming the rules if it is none."""
+    for method in METHODS:
+        if value == method:
+            return method
+    raise ConfigError(f"method: {value!r} is not one of {', '.join(METHODS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,7 +252,8 @@ def calibrate_threshold(
     impostor = np.empty(trials, np.float64)
     for trial, pick in enumerate(picks):
         song = songs[pick]
-        assert song.first_vector_id is not None
+        if song.first_vector_id is None:
+            raise DatabaseError(f"{db.path}: indexed song {song.id} has no vector ids")
         for _ in range(20):
             start = int(rng.integers(0, song.vector_count - n_windows + 1))
             ids = np.arange(n_windows) + song.first_vector_id + start

@@ -187,8 +187,11 @@ def run_baseline_protocol(
                     for length in settings.lengths_s:
                         for method in methods:
                             match = recogniser.identify(analysis, 0.0, length, method)
-                            hit = song is not None and match.song is not None
-                            hit = hit and match.song.id == song.id
+                            hit = (
+                                song is not None
+                                and match.song is not None
+                                and match.song.id == song.id
+                            )
                             near = match.offset_s is not None and (
                                 abs(match.offset_s - start) <= settings.offset_tolerance_s
                             )

@@ -18,10 +18,15 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from afp_core.errors import ConfigError
 from afp_core.tasks import progress_task
+
+if TYPE_CHECKING:
+    from afp_core.fusion import FusedRecogniser
+    from afp_core.protocols.baseline import BaselineSettings
+    from afp_core.recogniser import Recogniser
 
 DEFAULT_OUT = Path("evaluations")
 
@@ -254,7 +259,7 @@ def _notice(_quiet: bool = False) -> Callable[[str], None]:
     return say
 
 
-def _open(db: Path, model: Path | None, args: argparse.Namespace) -> Any:
+def _open(db: Path, model: Path | None, args: argparse.Namespace) -> Recogniser:
     from afp_core.recogniser import database_kind, open_recogniser
 
     checkpoint = model if database_kind(db) == "neural" else None
@@ -264,17 +269,20 @@ def _open(db: Path, model: Path | None, args: argparse.Namespace) -> Any:
     return recogniser
 
 
-def _fused(recognisers: list[Any], dbs: list[Path]) -> Any:
+def _fused(recognisers: list[Recogniser], dbs: list[Path]) -> FusedRecogniser:
     """The fused recogniser of the first neural and the first landmark database given."""
     from afp_core.fusion import FusedRecogniser
+    from afp_core.landmark import LandmarkRecogniser
+    from afp_core.recogniser import NeuralRecogniser
 
-    kinds = {r.kind: r for r in reversed(recognisers)}
-    if "neural" not in kinds or "landmark" not in kinds:
+    neural = next((r for r in recognisers if isinstance(r, NeuralRecogniser)), None)
+    landmark = next((r for r in recognisers if isinstance(r, LandmarkRecogniser)), None)
+    if neural is None or landmark is None:
         given = ", ".join(f"{db} ({r.kind})" for db, r in zip(dbs, recognisers, strict=False))
         raise ConfigError(
             f"--fuse needs a neural and a landmark database of the same library (given: {given})"
         )
-    return FusedRecogniser(kinds["neural"], kinds["landmark"])
+    return FusedRecogniser(neural, landmark)
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -327,7 +335,7 @@ def _run_realworld(args: argparse.Namespace) -> int:
     return _finish(format_realworld_table(results), out)
 
 
-def _baseline_settings(args: argparse.Namespace, lengths: list[float]) -> Any:
+def _baseline_settings(args: argparse.Namespace, lengths: list[float]) -> BaselineSettings:
     from afp_core.protocols.baseline import BaselineSettings
 
     snrs: list[float | None] = [None] if args.clean else []

@@ -222,8 +222,8 @@ def map_session_songs(
     checksums = {} if checksums is None else checksums
     by_checksum = {song.checksum: song for song in catalogue}
     by_title: dict[str, list[Song]] = defaultdict(list)
-    for song in catalogue:
-        by_title[_title_key(song.title)].append(song)
+    for entry in catalogue:
+        by_title[_title_key(entry.title)].append(entry)
     mapped: list[SongMapping] = []
     missing: list[SessionSong] = []
     for song in songs:
@@ -645,10 +645,14 @@ def _cell(
     def share(predicate: Callable[[RealWorldTrial], bool]) -> float:
         return float(np.mean([predicate(t) for t in rows]))
 
-    judged = [t for t in rows if t.impostor_score is not None and t.threshold is not None]
+    judged = [
+        (t.impostor_score, t.threshold)
+        for t in rows
+        if t.impostor_score is not None and t.threshold is not None
+    ]
     measured = None
     if judged:
-        measured = float(np.mean([t.impostor_score >= t.threshold for t in judged]))
+        measured = float(np.mean([score >= threshold for score, threshold in judged]))
     return RealWorldCell(
         system=system,
         take=take,

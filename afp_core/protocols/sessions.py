@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from afp_core.errors import AfpError
 from afp_core.fileutil import check_document, one_line, read_json_object
@@ -259,9 +259,21 @@ def _resolve(folder: Path, name: str) -> Path:
     return path if path.is_absolute() else folder / path
 
 
+class _Slot(TypedDict):
+    """A program song with its place in the program, in samples."""
+
+    index: int
+    title: str
+    artist: str
+    source: str
+    start: int
+    end: int
+    source_start_s: float
+
+
 def _program_songs(
     folder: Path, program: dict[str, Any], path: Path
-) -> tuple[int, int, list[dict[str, Any]]]:
+) -> tuple[int, int, list[_Slot]]:
     """(rate, samples, song slots with sample positions) from program.json when present."""
     name = program.get("program_file")
     if name:
@@ -273,7 +285,7 @@ def _program_songs(
         try:
             rate = int(described["sample_rate"])
             samples = int(described["samples"])
-            slots = [
+            slots: list[_Slot] = [
                 {
                     "index": int(s.get("index", i)),
                     "title": str(s["title"]),
@@ -317,7 +329,7 @@ def _program_songs(
     return rate, samples, slots
 
 
-def _song(folder: Path, slot: dict[str, Any], entries: list[Any], rate: int) -> SessionSong:
+def _song(folder: Path, slot: _Slot, entries: list[Any], rate: int) -> SessionSong:
     """Join a program slot with the session's song entry (same position, else same title)."""
     entry: dict[str, Any] = {}
     index = slot["index"]
