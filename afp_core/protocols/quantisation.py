@@ -107,7 +107,7 @@ class QuantisationResult:
     checkpoint: dict[str, Any]
     library: list[dict[str, Any]]
     points: list[IndexPoint]
-    evaluations: list[RealWorldResult] | list[BaselineResult]
+    evaluations: Sequence[RealWorldResult | BaselineResult]  # all of one protocol
     evaluation_settings: dict[str, Any]
     session: dict[str, Any] | None
     noise: list[str] | None
@@ -218,7 +218,7 @@ def plan_quantisation_sweep(
     if session is not None:
         eval_session = session if isinstance(session, EvalSession) else read_session(session)
         check_realworld_settings(realworld)
-        check_query_lengths(model_like, realworld, "model")  # type: ignore[arg-type]
+        check_query_lengths(model_like, realworld, "model")
         for text in _take_prechecks(eval_session, realworld):
             notice(text)
         pseudo = [_pseudo_song(i, s) for i, s in enumerate(songs)]
@@ -228,9 +228,8 @@ def plan_quantisation_sweep(
             "the library",
             fix="add their files to the library folder",
         )
-    else:
-        assert noise is not None
-        check_baseline_settings(baseline, model_like)  # type: ignore[arg-type]
+    elif noise is not None:  # exactly one of session and noise (checked above)
+        check_baseline_settings(baseline, model_like)
         longest = max(baseline.lengths_s)
         if not any(s.info.duration_s >= longest + 1 for s in songs):
             raise AudioError(
@@ -327,13 +326,13 @@ def run_quantisation_plan(
                 ),
             )
         )
-    for m in settings.ms:
+    for n_sub in settings.ms:
         configs.append(
             (
-                f"m={m}",
-                m,
+                f"m={n_sub}",
+                n_sub,
                 IndexConfig(
-                    m=m,
+                    m=n_sub,
                     nbits=nbits,
                     nlist=nlist,
                     nprobe=settings.nprobe,
@@ -377,24 +376,26 @@ def run_quantisation_plan(
             task.advance(1)
 
         labels = [p.label for p in points]
-        evaluations: list[Any]
+        evaluations: Sequence[RealWorldResult | BaselineResult]
         if eval_session is not None:
             evaluations = run_realworld_comparison(
                 recognisers, eval_session, realworld, task=task, systems=labels
             )
             evaluation_settings = realworld.to_dict()
         else:
-            assert noise_audio is not None
-            evaluations = []
+            if noise_audio is None:
+                raise ConfigError("a quantisation plan needs a session or noise audio")
+            baseline_results: list[BaselineResult] = []
             for label, recogniser in zip(labels, recognisers, strict=True):
                 task.set_message(f"evaluating {label}")
                 by_checksum = {s.checksum: s for s in recogniser.songs()}
                 queries = [QuerySong(s.info, by_checksum.get(s.checksum)) for s in songs]
-                evaluations.append(
+                baseline_results.append(
                     run_baseline_protocol(
                         recogniser, queries, noise_audio, baseline, task=task, system=label
                     )
                 )
+            evaluations = baseline_results
             evaluation_settings = dataclasses.asdict(baseline)
 
     return QuantisationResult(

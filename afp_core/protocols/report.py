@@ -396,8 +396,7 @@ def _quantisation_columns(result: QuantisationResult) -> list[tuple[str, str, fl
     """(condition or take, method, length, header) of the evaluation, per column."""
     columns = []
     if result.protocol == "realworld":
-        first = result.evaluations[0]
-        assert isinstance(first, RealWorldResult)
+        first = _realworld_results(result)[0]
         lengths = [float(x) for x in first.settings["lengths_s"]]
         for length in lengths:
             for method in first.methods:
@@ -405,8 +404,7 @@ def _quantisation_columns(result: QuantisationResult) -> list[tuple[str, str, fl
                     suffix = f" {length:g} s" if len(lengths) > 1 else ""
                     columns.append((take, method, length, f"{method} {take}{suffix}"))
     else:
-        first_b = result.evaluations[0]
-        assert isinstance(first_b, BaselineResult)
+        first_b = _baseline_results(result)[0]
         settings = first_b.summary["settings"]
         lengths = [float(x) for x in settings["lengths_s"]]
         for length in lengths:
@@ -418,7 +416,23 @@ def _quantisation_columns(result: QuantisationResult) -> list[tuple[str, str, fl
     return columns
 
 
-def _quantisation_value(evaluation: Any, key: str, method: str, length: float) -> float | None:
+def _realworld_results(result: QuantisationResult) -> list[RealWorldResult]:
+    found = [e for e in result.evaluations if isinstance(e, RealWorldResult)]
+    if len(found) != len(result.evaluations):
+        raise AfpError("a real-world quantisation sweep holds baseline evaluations")
+    return found
+
+
+def _baseline_results(result: QuantisationResult) -> list[BaselineResult]:
+    found = [e for e in result.evaluations if isinstance(e, BaselineResult)]
+    if len(found) != len(result.evaluations):
+        raise AfpError("a baseline quantisation sweep holds real-world evaluations")
+    return found
+
+
+def _quantisation_value(
+    evaluation: RealWorldResult | BaselineResult, key: str, method: str, length: float
+) -> float | None:
     if isinstance(evaluation, RealWorldResult):
         cell = evaluation.cell(key, method, length)
         return None if cell is None else cell.accuracy
@@ -571,7 +585,7 @@ def write_quantisation_report(
     else:
         trials = [
             {"index": e.system, **_baseline_row(e.system, t)}
-            for e in result.evaluations
+            for e in _baseline_results(result)
             for t in e.trials
         ]
         columns = {"index": "str", "system": "str", **_columns(Trial), "rejected": "bool"}
