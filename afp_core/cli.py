@@ -14,10 +14,15 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from afp_core import __version__
 from afp_core.errors import AfpError, Cancelled
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from afp_core.search import Match
 
 EPILOG = "Exit status: 0 success, 1 error (one line on stderr), 2 bad usage, 130 interrupted."
 
@@ -275,7 +280,7 @@ def run_identify(args: argparse.Namespace) -> int:
     from afp_core.database import FingerprintDB
     from afp_core.indexing import load_database_model
     from afp_core.query import identify_audio, load_query
-    from afp_core.search import stored_threshold
+    from afp_core.search import as_method, stored_threshold
 
     if _existing_database_kind(args.db) == "landmark":
         return _run_landmark_identify(args)
@@ -290,7 +295,7 @@ def run_identify(args: argparse.Namespace) -> int:
     model = checkpoint.model.to(args.device)
     if args.nprobe is not None:
         db.nprobe = args.nprobe
-    method = args.method or "sequence"
+    method = as_method(args.method or "sequence")  # landmark and fused are handled above
     spec = model.spec.audio
     operating_point = _operating_point(db.search_settings, method, args)
     _note_stale_thresholds(args, db.needs_calibration)
@@ -322,6 +327,7 @@ def run_identify(args: argparse.Namespace) -> int:
 
 def _run_fused_identify(args: argparse.Namespace) -> int:
     from afp_core.fusion import METHOD, FusedRecogniser
+    from afp_core.landmark import LandmarkRecogniser
     from afp_core.recogniser import NeuralRecogniser, open_recogniser
 
     neural = open_recogniser(args.db, args.model, k=args.k, device=args.device)
@@ -330,11 +336,11 @@ def _run_fused_identify(args: argparse.Namespace) -> int:
     if args.nprobe is not None:
         neural.db.nprobe = args.nprobe
     landmark = open_recogniser(args.landmark_db)
-    if landmark.kind != "landmark":
+    if not isinstance(landmark, LandmarkRecogniser):
         raise AfpError(f"{args.landmark_db}: --landmark-db must be a landmark database")
-    fused = FusedRecogniser(neural, landmark)  # type: ignore[arg-type]
+    fused = FusedRecogniser(neural, landmark)
 
-    def answer(query: Path, audio: Any) -> Any:
+    def answer(query: Path, audio: np.ndarray) -> Match:
         length = len(audio) / fused.sample_rate
         if length < fused.min_query_s:
             raise AfpError(f"{query}: query is {length:.2f} s, shorter than one window")
@@ -348,13 +354,13 @@ def _run_fused_identify(args: argparse.Namespace) -> int:
 def _identify_each(
     args: argparse.Namespace,
     rate: int,
-    answer: Callable[[Path, Any], Any],
-    threshold_for: Callable[[float], float],
+    answer: Callable[[Path, np.ndarray], Match],
+    threshold_for: Callable[[float], float | None],
     score_format: str,
     operating_point: dict[str, Any] | None,
 ) -> int:
     """Each query read at ``rate``, answered, held to its threshold (``--threshold`` or
-    ``threshold_for(seconds)``) and reported; exit status 1 if any query failed."""
+    ``threshold_for(seconds)``, None: none) and reported; exit status 1 if any query failed."""
     import dataclasses
 
     from afp_core.query import load_query
@@ -371,7 +377,7 @@ def _identify_each(
         threshold = args.threshold
         if threshold is None:
             threshold = threshold_for(len(audio) / rate)
-        if match.song is not None and match.score < threshold:
+        if threshold is not None and match.song is not None and match.score < threshold:
             match = dataclasses.replace(match, song=None, offset_s=None)
         _report_match(args, query, match, score_format, threshold, operating_point)
     return 1 if failures else 0
@@ -406,7 +412,7 @@ def _threshold_option(text: str) -> float:
 def _report_match(
     args: argparse.Namespace,
     query: Path,
-    match: Any,
+    match: Match,
     score_format: str,
     threshold: float | None,
     operating_point: dict[str, Any] | None,
@@ -726,7 +732,7 @@ def run_models(args: argparse.Namespace) -> int:
     from afp_core.config import to_dict
     from afp_core.models import list_models
 
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": entry.name,
             "parameters": _default_parameter_count(entry.name),
