@@ -107,7 +107,8 @@ class AlignmentError(AfpError):
 
 
 class _SongLike(Protocol):
-    title: str
+    @property
+    def title(self) -> str: ...
 
     @property
     def start_s(self) -> float: ...
@@ -908,7 +909,7 @@ def align_without_markers(
     notes: list[str] = []
 
     # 1. coarse start: the first take segment that matches somewhere in the reference.
-    start = _find_start(
+    start_take, start_prog, start_drift, start_quality = _find_start(
         take_c,
         ref_c,
         coarse_rate,
@@ -919,12 +920,11 @@ def align_without_markers(
         min_quality_db,
         drifts,
     )
-    if start[0] is None:
+    if start_take is None:
         raise AlignmentError(
             f"{name}: the start of the take does not match the reference anywhere (best "
-            f"correlation quality {start[3]:.1f} dB, need {min_quality_db:g} dB)"
+            f"correlation quality {start_quality:.1f} dB, need {min_quality_db:g} dB)"
         )
-    start_take, start_prog, start_drift, start_quality = start
     offset = start_take - start_prog
     notes.append(
         f"start: take {start_take:.1f} s matched with quality {start_quality:.1f} dB "
@@ -990,7 +990,8 @@ def align_without_markers(
         offset, ratio = new_offset, new_ratio
         if converged:
             break
-    assert pattern is not None
+    if pattern is None:  # cannot happen: the loop above runs at least once
+        raise AlignmentError(f"{name}: no fine match was made")
     inner = [
         centres[0] + (centres[1] - centres[0]) * (i + 1) / (checkpoints + 1)
         for i in range(max(0, checkpoints))
@@ -1103,12 +1104,13 @@ def _find_start(
     """
     best = -math.inf
     start = margin
-    whole = None if max_offset_s is not None else _Haystack(ref_c, rate, _room_for(needle_s, rate))
+    whole: _Haystack | None = None  # the whole reference, built once when first needed
     while start + needle_s <= take_len / 2 or start == margin:
-        if whole is not None:
+        if max_offset_s is None:
+            if whole is None:
+                whole = _Haystack(ref_c, rate, _room_for(needle_s, rate))
             haystack, lo = whole, 0
         else:
-            assert max_offset_s is not None
             lo = max(0, round((start - max_offset_s) * rate))
             hi = min(len(ref_c), round((start + needle_s + max_offset_s) * rate))
             haystack = _Haystack(ref_c[lo:hi], rate, _room_for(needle_s, rate))

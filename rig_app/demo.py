@@ -20,6 +20,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ class DemoOptions:
     quiet: bool = False
 
 
-def quick_demo_options(**overrides: object) -> DemoOptions:
+def quick_demo_options(**overrides: Any) -> DemoOptions:
     """``afp-rig demo --quick``: the same steps on less audio (a few minutes on 2 cores).
 
     Four 20 s excerpts, and a database of those songs among 30 of the library instead of

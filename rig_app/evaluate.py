@@ -131,10 +131,12 @@ def evaluate_session(
         plan = plan_realworld([recogniser], session, settings)
         task.set_total(plan.audio_s, "evaluating")
         evaluating = _phase(task, 0.0, plan.audio_s, "evaluating")
-    else:
+    elif library is not None:
         recogniser, plan, evaluating = _index_then_plan(
             task, session, Path(library), checkpoint, settings, device, notes
         )
+    else:  # excluded by the first check
+        raise ConfigError("give either a database folder or a library folder to index")
     plan.notes.extend(notes)
     results = run_realworld_plan(plan, task=evaluating)
     task.check_cancelled()
@@ -566,8 +568,8 @@ def _describe_checkpoint(info: dict[str, Any], session_folder: Path) -> str:
     about = []
     spec = info.get("model")
     if isinstance(spec, dict) and spec.get("name"):
-        arch = spec.get("arch") if isinstance(spec.get("arch"), dict) else {}
-        width = arch.get("width")
+        arch = spec.get("arch")
+        width = arch.get("width") if isinstance(arch, dict) else None
         width_text = f" width {width:g}" if isinstance(width, int | float) else ""
         about.append(f"{spec['name']}{width_text}")
     if info.get("trained") is False:

@@ -196,8 +196,8 @@ def _chunks(start: int, stop: int, chunk: int, step: int = 1) -> Iterator[tuple[
     """[start, stop) cut into about equal pieces of about ``chunk`` samples, the inner
     edges a whole number of ``step`` from ``start``."""
     count = max(1, math.ceil((stop - start) / chunk))
-    edges = np.linspace(0, stop - start, count + 1) / step
-    edges = start + step * edges.round().astype(np.int64)
+    steps = np.linspace(0, stop - start, count + 1) / step
+    edges = start + step * steps.round().astype(np.int64)
     edges[-1] = stop
     edges = np.unique(edges)
     yield from zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)

@@ -487,14 +487,13 @@ def build_program(
         cursor += len(piece)
         return start
 
-    def put_marker(label: str) -> None:
-        assert sweep is not None
+    def put_marker(sweep: np.ndarray, label: str) -> None:
         markers.append(ProgramMarker(label, put(sweep), len(sweep)))
 
     count = len(prepared)
     if sweep is not None:
         put(np.zeros(round(lead_s * sample_rate), dtype=np.float32))
-        put_marker("start")
+        put_marker(sweep, "start")
     for number, (song, result) in enumerate(prepared, 1):
         if sweep is not None or number > 1:
             put(gap)
@@ -518,7 +517,7 @@ def build_program(
         )
         if sweep is not None:
             put(gap)
-            put_marker("end" if number == count else f"between {number} and {number + 1}")
+            put_marker(sweep, "end" if number == count else f"between {number} and {number + 1}")
     if sweep is not None:
         put(gap)  # the last marker's reverberation, and room for the channel measurement
     notes = [f"{slot.title}: {slot.note}" for slot in slots if slot.note]

@@ -474,7 +474,7 @@ def add_song_url(
             "overwrites": True,
         }
         try:
-            with yt_dlp.YoutubeDL(params) as ydl:  # type: ignore[arg-type]
+            with yt_dlp.YoutubeDL(params) as ydl:
                 check()
                 info = ydl.extract_info(url, download=False, process=False)
                 if info is None:

@@ -339,8 +339,9 @@ class EvaluatePage(Page):
         takes.sort(key=lambda t: (order.get(t[0], len(order)), t[0]))
         while self.takes_row.count():
             item = self.takes_row.takeAt(0)
-            if item.widget() is not None:
-                item.widget().deleteLater()
+            widget = item.widget() if item is not None else None
+            if widget is not None:
+                widget.deleteLater()
         self.take_boxes = {}
         self._untrusted = [label for label, verdict in takes if not verdict.trusted]
         for label, verdict in takes:
@@ -385,7 +386,7 @@ class EvaluatePage(Page):
     def refresh(self) -> None:
         problem = self._problem()
         self.empty.setText(problem)
-        self.stack.setCurrentWidget(self.empty if problem else self.stack.widget(1))
+        self.stack.setCurrentIndex(0 if problem else 1)
         busy = self.busy
         for widget in (
             self.checkpoint,
@@ -599,7 +600,9 @@ class EvaluatePage(Page):
         self.table.setRowCount(len(rows) + 1)
         self.table.setHorizontalHeaderLabels(headers)
         for column, (_, method, take, _) in enumerate(view.columns(), start=2):
-            item = self.table.horizontalHeaderItem(column)
+            item = self.table.horizontalHeaderItem(column)  # set by the labels above
+            if item is None:
+                continue
             item.setForeground(pg.mkColor(take_colour(take, view.takes.index(take))))
             item.setToolTip(f"take {take}, {METHOD_NAMES.get(method, method)}")
         column = 2
@@ -630,8 +633,8 @@ class EvaluatePage(Page):
                 align = Qt.AlignmentFlag.AlignRight if c else Qt.AlignmentFlag.AlignLeft
                 item.setTextAlignment(align | Qt.AlignmentFlag.AlignVCenter)
                 if c >= 2 and text != "–":
-                    span = better - worse
-                    share = 1.0 if abs(span) < 1e-9 else (float(text) - worse) / span
+                    spread = better - worse
+                    share = 1.0 if abs(spread) < 1e-9 else (float(text) - worse) / spread
                     item.setBackground(_blend(share))
                     item.setForeground(QColor(0, 0, 0))
                 self.table.setItem(r, c, item)
@@ -668,8 +671,8 @@ class EvaluatePage(Page):
                 name=series.label,
                 antialias=True,
             )
-        series = view.series(measure)
-        low, high = value_range(series, full=self.full_axis.isChecked())
+        shown = view.series(measure)
+        low, high = value_range(shown, full=self.full_axis.isChecked())
         self.plot.setYRange(low, high, padding=0)
         lengths = list(view.lengths_s)
         if lengths:
@@ -677,7 +680,7 @@ class EvaluatePage(Page):
             span = max(lengths) - min(lengths)
             pad = 0.04 * span + 0.3
             self.plot.setXRange(min(lengths) - pad, max(lengths) + pad, padding=0)
-            corner = _legend_corner(series, min(lengths), span, (low + high) / 2)
+            corner = _legend_corner(shown, min(lengths), span, (low + high) / 2)
             self.legend.setOffset(corner)
         self.plot.setTitle(f"{short} vs query length", color="k", size="10pt")
 
@@ -686,7 +689,8 @@ class EvaluatePage(Page):
     def table_cells(self) -> list[list[str]]:
         """The table's text: the header row, the rules row, a row per query length."""
         headers = [
-            self.table.horizontalHeaderItem(c).text() for c in range(self.table.columnCount())
+            item.text() if (item := self.table.horizontalHeaderItem(c)) is not None else ""
+            for c in range(self.table.columnCount())
         ]
         rows = [
             [
