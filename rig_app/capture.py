@@ -288,7 +288,7 @@ class _TakeFile:
 
     def append(self, block: np.ndarray) -> None:
         """Write whole frames; an OSError leaves ``frames`` counting what reached the OS."""
-        data = memoryview(np.ascontiguousarray(block, dtype="<f4")).cast("B")
+        data = np.ascontiguousarray(block, dtype="<f4").data.cast("B")
         done = 0
         try:
             while done < len(data):
@@ -358,8 +358,9 @@ def recording_process(path: Path | str) -> int | None:
     """The id of another process still recording the take at ``path`` (None: none is)."""
     info = read_take_info(path) or {}
     pid = info.get("pid")
-    recording = info.get("state") == "recording" and isinstance(pid, int)
-    if recording and pid != os.getpid() and _process_alive(pid):
+    if not (info.get("state") == "recording" and isinstance(pid, int)):
+        return None
+    if pid != os.getpid() and _process_alive(pid):
         return pid
     return None
 
@@ -633,7 +634,7 @@ class TakeRecorder:
         if config.noise_out is not None and self._noise is not None:
             roles.append(("noise_out", config.noise_out, self._noise))
         for role, wanted, source in roles:
-            kind = "input" if source is None else "output"
+            kind: Literal["input", "output"] = "input" if source is None else "output"
             device = find_device(wanted, kind)
             self._devices[role] = device
             common = {
@@ -818,8 +819,7 @@ class TakeRecorder:
                 self._drain()
                 now = time.monotonic()
                 if now - last_sync >= self.config.sync_interval_s:
-                    assert self._file is not None
-                    self._file.sync()
+                    self._open_file().sync()
                     last_sync = now
                 outcome = self._check(watch, now)
                 if outcome is not None:
@@ -875,7 +875,7 @@ class TakeRecorder:
         read = self._ring_read
         if written == read:
             return
-        assert self._file is not None
+        file = self._open_file()
         capacity = len(self._ring)
         start = read % capacity
         count = written - read
@@ -884,11 +884,17 @@ class TakeRecorder:
         if count > first:
             pieces.append(self._ring[: count - first])
         for piece in pieces:
-            self._file.append(piece)
+            file.append(piece)
         self._ring_read = written
         recent = pieces[-1][-max(1, self.config.sample_rate // 10) :]
         self._level_db = _dbfs(float(np.sqrt(np.mean(np.square(recent, dtype=np.float64)))))
         self._peak_db = _dbfs(float(np.max(np.abs(recent))))
+
+    def _open_file(self) -> _TakeFile:
+        """The take's file, open from ``start`` until the take ends."""
+        if self._file is None:
+            raise CaptureError(f"{self.out_path}: the take's file is not open")
+        return self._file
 
     def _disk_message(self, exc: OSError) -> str:
         rate = self.config.sample_rate
@@ -1023,7 +1029,8 @@ def record_take(
         recorder.abort()
         raise
     result = recorder.result
-    assert result is not None
+    if result is None:  # wait() returned True: the take is over and has its result
+        raise CaptureError(f"{recorder.out_path}: the recording ended without a result")
     if result.duration_s > reported:
         task.advance(result.duration_s - reported, f"{config.label}: {result.ended_by}")
     return result

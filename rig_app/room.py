@@ -60,6 +60,7 @@ from afp_core.tasks import TaskState
 
 if TYPE_CHECKING:
     from rig_app.align import Alignment
+    from rig_app.program import Program
     from rig_app.session import Session
 
 __all__ = [
@@ -109,7 +110,7 @@ def _triple(value: Any, name: str) -> tuple[float, float, float]:
         raise RoomError(f"virtual room: {name} must be three numbers, got {value!r}") from None
     if len(items) != 3:
         raise RoomError(f"virtual room: {name} must be three numbers, got {value!r}")
-    return items  # type: ignore[return-value]
+    return items
 
 
 def _pair(value: Any, name: str) -> tuple[float, float]:
@@ -119,7 +120,7 @@ def _pair(value: Any, name: str) -> tuple[float, float]:
         raise RoomError(f"virtual room: {name} must be two numbers, got {value!r}") from None
     if len(items) != 2 or not 0.0 < items[0] < items[1]:
         raise RoomError(f"virtual room: {name} must be two increasing frequencies, got {value!r}")
-    return items  # type: ignore[return-value]
+    return items
 
 
 @dataclass(frozen=True)
@@ -789,17 +790,15 @@ class RoomTake:
         return text + (f": {self.error}" if self.error else "")
 
 
-def _song_ranges(program: Any, rate: int) -> list[tuple[int, int]]:
+def _song_ranges(program: Program, rate: int) -> list[tuple[int, int]]:
     scale = rate / program.sample_rate
     return [(round(s.start * scale), round(s.end * scale)) for s in program.songs]
 
 
 def _program_noise(session: Session) -> np.ndarray | None:
     from rig_app.program import load_noise_track
-    from rig_app.session import PROGRAM_DIR
 
-    assert session.program is not None
-    return load_noise_track(session.folder / str(session.program.get("folder", PROGRAM_DIR)))
+    return load_noise_track(session.program_folder())
 
 
 def live_take_audio(

@@ -345,11 +345,15 @@ class Session:
         self.songs = list(songs)
         self.save()
 
-    def load_program(self) -> Program:
-        """The session's music program (with its audio)."""
+    def program_folder(self) -> Path:
+        """The folder of the session's program; ``SessionError`` if it has none yet."""
         if self.program is None:
             raise SessionError(f"{self.path}: the session has no program yet")
-        return load_program(self.folder / str(self.program.get("folder", PROGRAM_DIR)))
+        return self.folder / str(self.program.get("folder", PROGRAM_DIR))
+
+    def load_program(self) -> Program:
+        """The session's music program (with its audio)."""
+        return load_program(self.program_folder())
 
     def take(self, label: str) -> TakeEntry:
         """The take labelled ``label``; ``SessionError`` if there is none."""

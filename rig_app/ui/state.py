@@ -146,8 +146,8 @@ def format_duration(seconds: float) -> str:
     if seconds >= 3600:
         hours, rest = divmod(round(seconds), 3600)
         return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}:{rest:04.1f}"
+    minutes, remainder = divmod(seconds, 60)
+    return f"{int(minutes)}:{remainder:04.1f}"
 
 
 # --- songs --------------------------------------------------------------------------------
@@ -492,8 +492,7 @@ def record_session_take(
     program = session.load_program()
     noise = None
     if settings.noise_out is not None or settings.room is not None:
-        assert session.program is not None
-        noise = load_noise_track(session.folder / str(session.program.get("folder", PROGRAM_DIR)))
+        noise = load_noise_track(session.program_folder())
         if noise is None and settings.noise_out is not None:
             raise SessionError(
                 f"{session.path}: the program has no noise track; record without a noise output"
