@@ -18,11 +18,16 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from afp_core import __version__
 from afp_core.cli import run_guarded
 from afp_core.errors import AfpError, Cancelled
+
+if TYPE_CHECKING:
+    from afp_core.tasks import TaskState
+    from rig_app.room import VirtualRoom
+    from rig_app.session import Session
 
 EPILOG = "Exit status: 0 success, 1 error (one line on stderr), 2 bad usage, 130 interrupted."
 PROG = "afp-rig"
@@ -330,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def _interrupt_cancels(task: Any) -> Iterator[None]:
+def _interrupt_cancels(task: TaskState) -> Iterator[None]:
     """The first Ctrl-C cancels ``task`` (it stops at a safe point), the second quits."""
     presses = 0
 
@@ -357,7 +362,7 @@ def _interrupt_cancels(task: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _progress(quiet: bool, unit: str, description: str) -> Iterator[Any]:
+def _progress(quiet: bool, unit: str, description: str) -> Iterator[TaskState]:
     """A TaskState drawing a tqdm bar (none with ``quiet``) that Ctrl-C cancels."""
     from afp_core.tasks import progress_task
 
@@ -365,7 +370,7 @@ def _progress(quiet: bool, unit: str, description: str) -> Iterator[Any]:
         yield task
 
 
-def _open(folder: Path) -> Any:
+def _open(folder: Path) -> Session:
     from rig_app.session import Session
 
     return Session.load(folder)
@@ -482,7 +487,9 @@ def run_program(args: argparse.Namespace) -> int:
     return 0
 
 
-def _room(path: Path | str | None, label: str | None = None, distance: float | None = None) -> Any:
+def _room(
+    path: Path | str | None, label: str | None = None, distance: float | None = None
+) -> VirtualRoom:
     from rig_app.room import VirtualRoom
 
     room = VirtualRoom() if not path else VirtualRoom.load(path)
@@ -593,7 +600,7 @@ def run_align(args: argparse.Namespace) -> int:
     return 1 if _align(session, labels, args.quiet) else 0
 
 
-def _align(session: Any, labels: Sequence[str], quiet: bool) -> int:
+def _align(session: Session, labels: Sequence[str], quiet: bool) -> int:
     """Align the takes, one line each; returns how many were refused."""
     from rig_app.ui.state import align_session_take, describe_alignment
 
