@@ -7,6 +7,7 @@ block, so memory stays proportional to the block, however long the file is.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -30,6 +31,7 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioInfo",
     "check_finite",
+    "describe_missing",
     "frame_windows",
     "iter_audio_files",
     "load_audio",
@@ -210,13 +212,30 @@ _UNRECOGNISED = ("File does not exist or is not a regular file", "Format not rec
 def _unreadable(path: Path, exc: BaseException) -> AudioError:
     reason = _reason(exc)
     if reason.startswith(_UNRECOGNISED) and path.is_file():
+        if path.stat().st_size == 0:
+            return AudioError(f"{path}: empty file (0 bytes)")
         return AudioError(f"{path}: not an audio file the decoder recognises")
     return AudioError(f"{path}: not an audio file libsndfile can read ({reason})")
 
 
+def describe_missing(path: Path, what: str = "file") -> str:
+    """Why ``path`` (which does not exist) is not there: a broken or looping link says so."""
+    if path.is_symlink():
+        loops = f"{path}: a symbolic link that loops"
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python before 3.13
+            return loops
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return loops
+            return f"{path}: a broken symbolic link (to {path.readlink()})"
+    return f"{path}: no such {what}"
+
+
 def _check_exists(path: Path) -> None:
     if not path.exists():
-        raise AudioError(f"{path}: no such file")
+        raise AudioError(describe_missing(path))
     if path.is_dir():
         raise AudioError(f"{path}: is a folder, not an audio file")
 
@@ -449,7 +468,7 @@ def iter_audio_files(paths: Iterable[Path | str]) -> Iterator[Path]:
         elif path.exists():
             yield path
         else:
-            raise AudioError(f"{path}: no such file or folder")
+            raise AudioError(describe_missing(path, "file or folder"))
 
 
 def _walk_audio(folder: Path) -> Iterator[Path]:

@@ -36,6 +36,7 @@ from afp_core.audio import probe_audio, window_count
 from afp_core.augment import NOISE_KINDS, mix_at_snr, synthesise_noise
 from afp_core.database import FingerprintDB, Song
 from afp_core.errors import AfpError
+from afp_core.faults import fault_point
 from afp_core.models import Fingerprinter
 from afp_core.query import embed_audio, load_query
 from afp_core.search import METHODS, identify_vectors, search_offset_consistent
@@ -141,6 +142,7 @@ def calibrate_from_audio(
                         db, heard[:n], method, k=k, hop_s=audio.hop_s, exclude_song=song.id
                     )
                     scores[method][length].append(float(match.score))
+        fault_point("index.calibrate")
         task.advance(1)
     table = {
         method: {

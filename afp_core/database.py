@@ -55,6 +55,7 @@ import numpy as np
 from afp_core import __version__
 from afp_core.config import IndexConfig, from_dict, to_dict
 from afp_core.errors import AfpError, Cancelled, DatabaseError
+from afp_core.faults import fault_point
 from afp_core.fileutil import (
     atomic_path,
     check_document,
@@ -717,6 +718,7 @@ class FingerprintDB(SongCatalogue):
         name = f"index-{generation:06d}.faiss"
         with atomic_path(self.path / name) as tmp:
             _write_index(index, tmp)
+        fault_point("index.commit")
         check_cancel()
         self._record_commit(first_ids, name, generation, index_type, reason)
 

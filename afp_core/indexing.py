@@ -33,6 +33,7 @@ from afp_core.checkpoint import Checkpoint, load_checkpoint
 from afp_core.config import IndexConfig
 from afp_core.database import FingerprintDB, Song
 from afp_core.errors import AudioError, DatabaseError
+from afp_core.faults import fault_point
 from afp_core.fileutil import file_sha256
 from afp_core.models import Fingerprinter, embed_windows
 from afp_core.search import METHODS, calibrate_threshold
@@ -303,6 +304,7 @@ def index_library(
             task.advance(before + info.duration_s - task.done)
             continue
         result.added.append(song)
+        fault_point("index.staged")
         result.audio_s += info.duration_s
         task.advance(before + info.duration_s - task.done)
 

@@ -81,6 +81,7 @@ from afp_core.database import (
     thresholds_are_stale,
 )
 from afp_core.errors import AfpError, AudioError, Cancelled, ConfigError, DatabaseError
+from afp_core.faults import fault_point
 from afp_core.fileutil import (
     atomic_path,
     atomic_write_text,
@@ -480,6 +481,7 @@ class LandmarkDB(SongCatalogue):
         name = f"postings-{generation:06d}.npy"
         with atomic_path(self.path / name) as tmp, tmp.open("wb") as handle:
             np.save(handle, postings)
+        fault_point("index.commit")
         if cancel():
             raise Cancelled(f"{self.path}: commit cancelled; {len(staged)} songs stay staged")
         old_name = self._postings_name
@@ -588,6 +590,7 @@ class LandmarkDB(SongCatalogue):
                 runner_up = found[1][2] if len(found) > 1 else 0
                 shared = best >= _SHARED_RATIO * max(runner_up, MIN_ALIGNED)
                 impostor[trial] = runner_up if shared else best
+                fault_point("index.calibrate")
             level = int(np.floor(np.quantile(impostor, quantile))) + 1
             table[str(seconds)] = max(MIN_ALIGNED, level)
             means[str(seconds)] = float(np.mean(impostor))
@@ -899,6 +902,7 @@ def index_landmark_library(
             task.advance(before + info.duration_s - task.done)
             continue
         result.added.append(song)
+        fault_point("index.staged")
         result.audio_s += info.duration_s
         task.advance(before + info.duration_s - task.done)
 

@@ -1,0 +1,34 @@
+"""Named points where the fault suite (``tests/faults``) stops a real process on purpose.
+
+A run with ``AFP_FAULT_AT=<point>[:<n>]`` sends itself ``AFP_FAULT_SIGNAL`` (``KILL``, the
+default, or ``INT``, as Ctrl-C) on the n-th arrival (default: the first) at ``point``:
+the suite can then kill ``afp index`` in the middle of a commit or of the calibration,
+which no timing from outside can hit reliably, and check that the rerun ends where an
+uninterrupted run does. Without the variable (always, outside the suite) a point costs
+one dictionary lookup.
+
+Points: ``index.staged`` (a song's vectors staged), ``index.commit`` (the new index or
+postings file written, the catalogue not yet pointing to it) and ``index.calibrate``
+(one calibration query answered), in both kinds of database.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_arrivals: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Stop here if the fault suite asked for it (see the module's docstring)."""
+    wanted = os.environ.get("AFP_FAULT_AT")
+    if not wanted:
+        return
+    point, _, nth = wanted.partition(":")
+    if point != name:
+        return
+    _arrivals[name] = _arrivals.get(name, 0) + 1
+    if _arrivals[name] == int(nth or 1):
+        kind = os.environ.get("AFP_FAULT_SIGNAL", "KILL")
+        os.kill(os.getpid(), signal.SIGINT if kind == "INT" else signal.SIGKILL)
