@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from afp_core import __version__
+from afp_core.config import IndexConfig, SearchConfig
 from afp_core.errors import AfpError, Cancelled
 
 if TYPE_CHECKING:
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from afp_core.search import Match
 
 EPILOG = "Exit status: 0 success, 1 error (one line on stderr), 2 bad usage, 130 interrupted."
+
+
+# `afp index` options that set an IndexConfig field of the same name
+_INDEX_OPTIONS = ("m", "nbits", "nlist", "nprobe", "min_train_vectors")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,19 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint for a NEW database (default: the shipped model); an existing "
         "database keeps its own model and refuses another",
     )
-    p.add_argument("--m", type=int, default=32, help="IVF-PQ sub-quantisers (new database)")
-    p.add_argument("--nbits", type=int, default=8, help="bits per sub-quantiser (new database)")
-    p.add_argument("--nlist", type=int, default=256, help="IVF coarse centroids (new database)")
+    # None: not given (the defaults live in IndexConfig; an existing database keeps its own)
+    index = IndexConfig()
+    p.add_argument("--m", type=int, help=f"IVF-PQ sub-quantisers (new database; {index.m})")
+    p.add_argument(
+        "--nbits", type=int, help=f"bits per sub-quantiser (new database; {index.nbits})"
+    )
+    p.add_argument("--nlist", type=int, help=f"IVF coarse centroids (new database; {index.nlist})")
     p.add_argument(
         "--nprobe",
         type=int,
-        help="IVF lists visited per search, saved in the database (default: 4 for a new one)",
+        help="IVF lists visited per search, saved in the database (default: "
+        f"{index.nprobe} for a new one)",
     )
     p.add_argument(
         "--min-train-vectors",
         type=int,
-        default=10_000,
-        help="below this many vectors the index is exact (flat) instead of IVF-PQ",
+        help="below this many vectors the index is exact (flat) instead of IVF-PQ "
+        f"(default: {index.min_train_vectors:,})",
     )
     p.add_argument(
         "--landmark",
@@ -104,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="with --method fused: a landmark database of the same library",
     )
-    p.add_argument("-k", type=int, default=4, help="neighbours retrieved per window")
+    p.add_argument(
+        "-k", type=int, help=f"neighbours retrieved per window (default: {SearchConfig.k})"
+    )
     p.add_argument(
         "--threshold",
         type=_threshold_option,
@@ -226,7 +238,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_index(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from afp_core.config import IndexConfig
     from afp_core.indexing import index_library, open_database_for_indexing
     from afp_core.tasks import TaskState, TqdmProgress
 
@@ -238,13 +249,8 @@ def run_index(args: argparse.Namespace) -> int:
         raise AfpError(f"{args.db}: is a neural database; --landmark only makes a new one")
     if kind == "landmark" or args.landmark:
         return _run_landmark_index(args)
-    config = IndexConfig(
-        m=args.m,
-        nbits=args.nbits,
-        nlist=args.nlist,
-        nprobe=args.nprobe or IndexConfig.nprobe,
-        min_train_vectors=args.min_train_vectors,
-    )
+    given = {name: getattr(args, name) for name in _INDEX_OPTIONS}
+    config = IndexConfig(**{name: value for name, value in given.items() if value is not None})
     files = _list_audio_files(args.paths)
     db, checkpoint = open_database_for_indexing(args.db, args.model, config, on_notice=notice)
     if args.nprobe is not None and args.nprobe != db.nprobe:
@@ -306,13 +312,13 @@ def run_identify(args: argparse.Namespace) -> int:
             threshold = args.threshold
             if threshold is None:
                 n = window_count(len(audio), spec.window, spec.hop)
-                threshold = stored_threshold(db, method, max(n, 1), k=args.k)
+                threshold = stored_threshold(db, method, max(n, 1), k=_k(args))
             match = identify_audio(
                 db,
                 model,
                 audio,
                 method=method,
-                k=args.k,
+                k=_k(args),
                 threshold=threshold,
                 device=args.device,
                 label=str(query),
@@ -330,7 +336,7 @@ def _run_fused_identify(args: argparse.Namespace) -> int:
     from afp_core.landmark import LandmarkRecogniser
     from afp_core.recogniser import NeuralRecogniser, open_recogniser
 
-    neural = open_recogniser(args.db, args.model, k=args.k, device=args.device)
+    neural = open_recogniser(args.db, args.model, k=_k(args), device=args.device)
     if not isinstance(neural, NeuralRecogniser):
         raise AfpError(f"{args.db}: --method fused needs a neural database here")
     if args.nprobe is not None:
@@ -510,11 +516,10 @@ def _run_landmark_index(args: argparse.Namespace) -> int:
         args.db,
         {
             "--model": args.model is not None,
-            "--m": args.m != 32,
-            "--nbits": args.nbits != 8,
-            "--nlist": args.nlist != 256,
-            "--nprobe": args.nprobe is not None,
-            "--min-train-vectors": args.min_train_vectors != 10_000,
+            **{
+                f"--{name.replace('_', '-')}": getattr(args, name) is not None
+                for name in _INDEX_OPTIONS
+            },
         },
     )
     files = _list_audio_files(args.paths)
@@ -549,7 +554,7 @@ def _run_landmark_identify(args: argparse.Namespace) -> int:
         {
             "--model": args.model is not None,
             "--nprobe": args.nprobe is not None,
-            "-k": args.k != 4,
+            "-k": args.k is not None,
             f"--method {args.method}": args.method not in (None, METHOD),
         },
     )
@@ -602,6 +607,10 @@ def run_info(args: argparse.Namespace) -> int:
     for song in info.get("song_list", []):
         print(f"  {song['id']:>5}  {song['duration_s']:7.1f} s  {song['title']}")
     return 0
+
+
+def _k(args: argparse.Namespace) -> int:
+    return SearchConfig.k if args.k is None else args.k
 
 
 def _note_stale_thresholds(args: argparse.Namespace, stale: bool) -> None:

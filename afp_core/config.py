@@ -253,6 +253,17 @@ class IndexConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """How a query is searched (paper §2.3): ``k`` nearest stored vectors per query window.
+
+    The command line's and the evaluation's defaults come from here; a database keeps its
+    own ``nprobe`` (``IndexConfig``) and calibrates its thresholds with this ``k``.
+    """
+
+    k: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
 class AugmentConfig:
     """Training distortions of the positive (docs/design.md §1.6; paper §2.2): the spec.
 

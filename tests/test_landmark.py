@@ -330,3 +330,16 @@ def test_cli_round_trip(tmp_path, song_library, capsys):
         assert main(args) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "landmark database" in err, args
+
+
+def test_neural_only_options_are_refused_even_at_their_default_values(
+    tmp_path, song_library, capsys
+):
+    # an explicit `--m 32` is given, although 32 is IndexConfig's default
+    db = tmp_path / "db"
+    assert main(["index", str(db), str(song_library[0]), "--landmark", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["index", str(db), str(song_library[1]), "--m", "32", "--quiet"]) == 1
+    assert "--m applies to neural databases only" in capsys.readouterr().err
+    assert main(["identify", str(db), str(song_library[1]), "-k", "4"]) == 1
+    assert "-k applies to neural databases only" in capsys.readouterr().err

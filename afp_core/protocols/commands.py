@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from afp_core.config import SearchConfig
 from afp_core.errors import ConfigError
 from afp_core.tasks import progress_task
 
@@ -199,7 +200,7 @@ def _add_common(p: argparse.ArgumentParser, name: str, threshold: bool = True) -
     p.add_argument(
         "-k",
         type=int,
-        default=4,
+        default=SearchConfig.k,
         help="neighbours retrieved per window, neural databases (default: %(default)s)",
     )
     p.add_argument(
