@@ -30,7 +30,7 @@ from afp_core.training.data import prepare_training_data
 from afp_core.training.loss import nt_xent
 from afp_core.training.optim import Lamb
 from afp_core.training.trainer import MODEL_FILE, Trainer
-from tests.test_training_support import make_tiny_dataset, tiny_config
+from tests.training_fixtures import make_tiny_dataset, tiny_config
 
 # Small enough to build in milliseconds; every size differs from the default.
 SMALL = BEATsConfig(

@@ -275,7 +275,7 @@ def test_trains_end_to_end_and_checkpoint_names_its_front_end(tmp_path) -> None:
     from afp_core.checkpoint import load_checkpoint
     from afp_core.training.data import prepare_training_data
     from afp_core.training.trainer import MODEL_FILE, Trainer
-    from tests.test_training_support import make_tiny_dataset, tiny_config
+    from tests.training_fixtures import make_tiny_dataset, tiny_config
 
     paths = make_tiny_dataset(tmp_path / "tiny", songs=6)
     config = tiny_config(paths, tmp_path / "run", epochs=1, steps_per_epoch=2, batch_size=4)

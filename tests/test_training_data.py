@@ -36,7 +36,7 @@ from afp_core.training.data import (
     split_items,
 )
 from tests.conftest import synthesise_song
-from tests.test_training_support import SR, make_tiny_dataset, tiny_config, write_songs
+from tests.training_fixtures import SR, make_tiny_dataset, tiny_config, write_songs
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,7 @@ from afp_core.training.trainer import (
     Trainer,
     load_train_state,
 )
-from tests.test_training_support import make_tiny_dataset, tiny_config
+from tests.training_fixtures import make_tiny_dataset, tiny_config
 
 STEPS = 2  # per epoch; 2 epochs
 
