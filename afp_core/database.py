@@ -678,12 +678,12 @@ class FingerprintDB(SongCatalogue):
             old = self._index
             index = self._train_ivfpq(old, staged, files)
             check_cancel()
-            for start in range(0, existing, _ADD_CHUNK):
-                assert old is not None
-                index.add(old.reconstruct_n(start, min(_ADD_CHUNK, existing - start)))
-                done = min(existing, start + _ADD_CHUNK)
-                progress(done, total)
-                check_cancel()
+            if old is not None:  # the flat index's vectors move into the new one
+                for start in range(0, existing, _ADD_CHUNK):
+                    index.add(old.reconstruct_n(start, min(_ADD_CHUNK, existing - start)))
+                    done = min(existing, start + _ADD_CHUNK)
+                    progress(done, total)
+                    check_cancel()
             index_type = INDEX_IVFPQ
             reason = (
                 f"IVF-PQ: {total} vectors >= {required} needed to train "
@@ -766,8 +766,7 @@ class FingerprintDB(SongCatalogue):
         picks = np.sort(rng.choice(total, size=size, replace=False))
         parts = []
         old_picks = picks[picks < existing]
-        if len(old_picks):
-            assert old is not None
+        if old is not None and len(old_picks):
             parts.append(old.reconstruct_batch(old_picks.astype(np.int64)))
         offset = existing
         for song, file in zip(staged, files, strict=True):
@@ -782,7 +781,8 @@ class FingerprintDB(SongCatalogue):
             quantizer, self.dim, cfg.nlist, cfg.m, cfg.nbits, faiss.METRIC_INNER_PRODUCT
         )
         index.own_fields = True
-        quantizer.this.disown()  # the index now owns and frees its quantiser
+        # the index now owns and frees its quantiser (``this``: SWIG's handle, not in the stubs)
+        quantizer.this.disown()  # type: ignore[attr-defined]
         # faiss prints "WARNING clustering ..." below 39 points per centroid; the sample
         # has at least _MIN_POINTS_PER_CENTROID, which is enough, so that is no news.
         for clustering in (index.cp, index.pq.cp):
@@ -834,18 +834,20 @@ class FingerprintDB(SongCatalogue):
         queries = self._check_vectors(queries, "query vectors")
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise DatabaseError(f"{self.path}: k must be a positive integer, not {k!r}")
-        params = None
+        params: faiss.SearchParameters | None = None
         if exclude_song is not None:
             first, count = self.song_spans(np.array([exclude_song]))
             if count[0] > 0:
                 selector = faiss.IDSelectorNot(
                     faiss.IDSelectorRange(int(first[0]), int(first[0] + count[0]))
                 )
+                # faiss's Python wrapper sets the fields from keyword arguments (and keeps
+                # the selector alive); its stubs declare constructors without arguments.
                 if self._index_type == INDEX_IVFPQ:
                     # Explicit nprobe: SearchParametersIVF would otherwise default to 1.
-                    params = faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
+                    params = faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)  # type: ignore[call-arg]
                 else:
-                    params = faiss.SearchParameters(sel=selector)
+                    params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
         scores, ids = index.search(queries, int(k), params=params)
         scores[ids < 0] = -np.inf
         return scores, ids.astype(np.int64, copy=False)
@@ -910,9 +912,10 @@ class FingerprintDB(SongCatalogue):
         staging_bytes = sum(_size(p) for p in (self.path / STAGING).glob("*.npy"))
         index: dict[str, Any] = {"type": self._index_type or "none"}
         if self._index_type == INDEX_IVFPQ:
-            assert self._index is not None
-            ivf = faiss.extract_index_ivf(self._index)
-            pq = faiss.downcast_index(self._index).pq
+            ivfpq = faiss.downcast_index(self._require_index())
+            if not isinstance(ivfpq, faiss.IndexIVFPQ):
+                raise DatabaseError(f"{self.path}: the IVF-PQ index is a {type(ivfpq).__name__}")
+            ivf, pq = faiss.extract_index_ivf(ivfpq), ivfpq.pq
             index |= {"m": pq.M, "nbits": pq.nbits, "nlist": ivf.nlist, "nprobe": ivf.nprobe}
         elif self._index_type == INDEX_FLAT:
             index |= {"metric": "inner_product"}
@@ -1010,7 +1013,8 @@ class FingerprintDB(SongCatalogue):
             raise DatabaseError(f"{file}: index has dim {index.d}, manifest says {self.dim}")
         if isinstance(index, faiss.IndexIVF):
             ivf = faiss.extract_index_ivf(index)
-            if ivf.direct_map.type == faiss.DirectMap.NoMap:
+            # faiss.DirectMap (the map's type constants) is missing from faiss's stubs
+            if ivf.direct_map.type == faiss.DirectMap.NoMap:  # type: ignore[attr-defined]
                 ivf.make_direct_map()
         return index
 

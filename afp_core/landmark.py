@@ -134,8 +134,8 @@ class LandmarkSettings:
     max_df: int = 128
 
     def __post_init__(self) -> None:
-        ints = ("sample_rate", "n_fft", "hop", "neighbourhood_bins", "neighbourhood_frames")
-        ints += ("fan_out", "min_dt", "max_dt", "max_df")
+        ints: tuple[str, ...] = ("sample_rate", "n_fft", "hop", "neighbourhood_bins")
+        ints += ("neighbourhood_frames", "fan_out", "min_dt", "max_dt", "max_df")
         for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -576,7 +576,8 @@ class LandmarkDB(SongCatalogue):
             impostor = np.zeros(trials)
             for trial, pick in enumerate(picks):
                 song = eligible[pick]
-                assert song.first_vector_id is not None
+                if song.first_vector_id is None:
+                    raise DatabaseError(f"{self.path}: indexed song {song.id} has no frame ids")
                 for _ in range(20):
                     start = song.first_vector_id + int(rng.integers(0, song.vector_count - n + 1))
                     low, high = np.searchsorted(sorted_frames, [start, start + n])
