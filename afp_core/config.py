@@ -52,6 +52,9 @@ class LogMelConfig:
     top_db: float = 80.0
 
 
+NAFP_ACTIVATIONS = ("relu", "elu")
+
+
 @dataclasses.dataclass(frozen=True)
 class NAFPConfig:
     """NAFP encoder and div-enc projection (paper §4.1).
@@ -59,11 +62,21 @@ class NAFPConfig:
     ``width`` multiplies every convolution's channel count (1.0 is the paper's 16.9 M
     parameter model; 0.25 is a CPU-sized variant). The encoder output has
     ``round(1024 * width)`` features, split into ``dim`` slices by the projection.
+    ``activation`` follows each convolution: the authors' TensorFlow code uses ELU; "relu"
+    (the default, so that earlier checkpoints load as trained) is what the shipped model
+    was trained with (docs/design.md §2.2).
     """
 
     width: float = 1.0
     dim: int = 128
     proj_hidden: int = 32
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        if self.activation not in NAFP_ACTIVATIONS:
+            raise ConfigError(
+                f"arch.activation: one of {', '.join(NAFP_ACTIVATIONS)}, got {self.activation!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -125,6 +125,19 @@ def test_invalid_arch_values_are_config_errors(arch: NAFPConfig, key: str) -> No
         build_model(ModelSpec("nafp", arch=arch))
 
 
+def test_activation_is_relu_by_default_and_elu_as_the_authors_code() -> None:
+    relu = build_model(ModelSpec("nafp", arch=NAFPConfig(width=0.25)), seed=0)
+    elu = build_model(ModelSpec("nafp", arch=NAFPConfig(width=0.25, activation="elu")), seed=0)
+    assert isinstance(relu.backbone.blocks[0].act, torch.nn.ReLU)
+    assert isinstance(elu.backbone.blocks[0].act, torch.nn.ELU)
+    # same parameters, so a checkpoint of either loads into the other's shape
+    assert [p.shape for p in relu.parameters()] == [p.shape for p in elu.parameters()]
+    x = torch.randn(2, 1, 256, 32)
+    assert not torch.allclose(relu.eval().embed(x), elu.eval().embed(x))
+    with pytest.raises(ConfigError, match=r"arch\.activation"):
+        NAFPConfig(activation="gelu")
+
+
 # --- projection ------------------------------------------------------------------------
 
 

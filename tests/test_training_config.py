@@ -29,7 +29,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_paper_config_has_the_papers_settings() -> None:
     config = load_train_config(CONFIGS / "nafp-paper.yaml")
-    assert config.model == ModelSpec(name="nafp", arch=NAFPConfig(width=1.0))
+    assert config.model == ModelSpec(name="nafp", arch=NAFPConfig(width=1.0, activation="elu"))
     t = config.training
     assert 2 * t.batch_size == 512
     assert (t.epochs, t.lr, t.min_lr, t.temperature) == (120, 0.003, 1e-7, 0.05)

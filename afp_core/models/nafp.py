@@ -41,8 +41,9 @@ def same_padding(size: int, kernel: int = _KERNEL, stride: int = _STRIDE) -> tup
 class NAFPBlock(nn.Module):
     """One separable block; shapes (B, C_in, F, T) -> (B, C_out, ceil(F/2), ceil(T/2)).
 
-    Conv (1x3, stride (1,2)) along time -> ReLU -> LayerNorm ->
-    Conv (3x1, stride (2,1)) along frequency -> ReLU -> LayerNorm.
+    Conv (1x3, stride (1,2)) along time -> act -> LayerNorm ->
+    Conv (3x1, stride (2,1)) along frequency -> act -> LayerNorm, where act is ReLU or
+    (as in the authors' TensorFlow code) ELU.
 
     The LayerNorms are the original "layer_norm2d": each item is normalised over all of
     (C, F, T), with an elementwise affine of shape (C, F, T). That is why the input size
@@ -50,7 +51,13 @@ class NAFPBlock(nn.Module):
     convolutions come from.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, in_size: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        in_size: tuple[int, int],
+        activation: str = "relu",
+    ) -> None:
         super().__init__()
         freq, time = in_size
         time_out = math.ceil(time / _STRIDE)
@@ -68,7 +75,7 @@ class NAFPBlock(nn.Module):
             out_channels, out_channels, kernel_size=(_KERNEL, 1), stride=(_STRIDE, 1)
         )
         self.norm_freq = nn.LayerNorm((out_channels, freq_out, time_out))
-        self.act = nn.ReLU()
+        self.act = nn.ELU() if activation == "elu" else nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, F, T) -> (B, C_out, ceil(F/2), ceil(T/2))."""
@@ -96,7 +103,7 @@ class NAFPEncoder(nn.Module):
         blocks = []
         in_channels, size = 1, self.input_shape
         for out_channels in self.channels:
-            block = NAFPBlock(in_channels, out_channels, size)
+            block = NAFPBlock(in_channels, out_channels, size, config.activation)
             blocks.append(block)
             in_channels, size = out_channels, block.out_size
         self.blocks = nn.Sequential(*blocks)
