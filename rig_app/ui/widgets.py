@@ -104,17 +104,17 @@ class WaveformOverview(QWidget):
                 text,
             )
 
-        has_noise = overview.noise_min is not None and overview.noise_max is not None
+        noise_min, noise_max = overview.noise_min, overview.noise_max
+        has_noise = noise_min is not None and noise_max is not None
         music_h = plot.height() * (0.62 if has_noise else 1.0)
         self._draw_lane(
             painter, overview.music_min, overview.music_max, plot.top(), music_h, _MUSIC
         )
-        if has_noise:
-            assert overview.noise_min is not None and overview.noise_max is not None
+        if noise_min is not None and noise_max is not None:
             self._draw_lane(
                 painter,
-                overview.noise_min,
-                overview.noise_max,
+                noise_min,
+                noise_max,
                 plot.top() + music_h,
                 plot.height() - music_h,
                 _NOISE,

@@ -290,8 +290,9 @@ class InspectPage(Page):
             "Share of the clean program's spectral peaks found in the take (±2 bins, ±2 frames)",
         )
         for column, tip in enumerate(tips):
-            if tip:
-                self.table.horizontalHeaderItem(column).setToolTip(tip)
+            header_item = self.table.horizontalHeaderItem(column)  # set by the labels above
+            if tip and header_item is not None:
+                header_item.setToolTip(tip)
         self.table.setMinimumWidth(330)
         self.table.setMaximumWidth(400)
         self.table_note = QLabel("")

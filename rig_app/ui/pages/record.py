@@ -175,8 +175,8 @@ class RecordPage(Page):
         takes = QGroupBox("Takes")
         takes_grid = QGridLayout(takes)
         for column, name in enumerate(("Take", "Speaker distance", "Notes", "Status")):
-            header = QLabel(f"<b>{name}</b>")
-            takes_grid.addWidget(header, 0, column)
+            title = QLabel(f"<b>{name}</b>")
+            takes_grid.addWidget(title, 0, column)
         for row_index, row in enumerate(self.rows.values(), 1):
             self.take_group.addButton(row.radio)
             takes_grid.addWidget(row.radio, row_index, 0)
