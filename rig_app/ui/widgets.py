@@ -119,8 +119,6 @@ class WaveformOverview(QWidget):
                 plot.height() - music_h,
                 _NOISE,
             )
-            painter.setPen(self.palette().text().color())
-            painter.drawText(QPointF(4, plot.top() + music_h + 12), "noise")
 
         pen = QPen(_MARKER)
         pen.setWidthF(1.5)
@@ -128,6 +126,13 @@ class WaveformOverview(QWidget):
         for seconds in self._markers:
             x = x_of(seconds)
             painter.drawLine(QPointF(x, plot.top()), QPointF(x, plot.bottom()))
+
+        if has_noise:  # over the lanes and the first marker, on its own background
+            width_px = metrics.horizontalAdvance("noise") + 6
+            noise_box = QRectF(2, plot.top() + music_h + 1, width_px, 15)
+            painter.fillRect(noise_box, self.palette().base())
+            painter.setPen(self.palette().text().color())
+            painter.drawText(noise_box, Qt.AlignmentFlag.AlignCenter, "noise")
 
         painter.setPen(self.palette().text().color())
         step = _tick_step(overview.duration_s, width)

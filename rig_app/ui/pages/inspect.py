@@ -699,7 +699,7 @@ class InspectPage(Page):
             f"{scope.name}: {scope.seconds:.0f} s analysed at {view.sample_rate} Hz, Welch "
             f"segments of {view.n_fft} samples, {smoothing}. Each take is shifted so that "
             f"its mean level at {low:g}–{high:g} Hz (shaded) equals the clean program's; "
-            "the legend gives the shift."
+            "the key under the plot gives the shift."
         )
 
     def _fill_table(self, view: SpectraView, scope: SpectrumScope) -> None:

@@ -73,6 +73,7 @@ def _seconds(value: float | None) -> str:
 def _number(value: float | None, unit: str, decimals: int) -> str:
     if value is None or not math.isfinite(value):
         return "—"
+    value = round(value, decimals) + 0.0  # a residual of -1e-9 ms reads 0.000, not -0.000
     return f"{value:.{decimals}f} {unit}"
 
 
