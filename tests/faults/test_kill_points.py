@@ -30,6 +30,8 @@ def run_afp(*args: str, fault: str | None = None, sig: str = "KILL") -> subproce
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
+        # a suite started in the background inherits SIGINT ignored (and so would afp)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
