@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from scipy import signal
 
-from afp_core.audio import probe_audio, window_count
+from afp_core.audio import probe_audio
 from afp_core.augment import NOISE_KINDS, mix_at_snr, synthesise_noise
 from afp_core.database import FingerprintDB, Song
 from afp_core.errors import AfpError
@@ -118,7 +118,7 @@ def calibrate_from_audio(
     lengths = sorted(x for x in settings.lengths_s if x <= longest_s)
     if not lengths:
         return None
-    windows = {x: window_count(round(x * rate), audio.window, audio.hop) for x in lengths}
+    windows = {x: audio.windows_in(x) for x in lengths}
     rng = np.random.default_rng(settings.seed)
     weights = np.array([max(s.duration_s, 0.0) for s in songs])
     scores: dict[str, dict[float, list[float]]] = {m: {x: [] for x in lengths} for m in METHODS}

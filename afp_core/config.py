@@ -35,6 +35,12 @@ class AudioConfig:
         """Hop length in samples."""
         return round(self.hop_s * self.sample_rate)
 
+    def windows_in(self, seconds: float) -> int:
+        """Whole windows in a query of ``seconds``: the count thresholds are stored and
+        looked up under (one rule for calibration, search and evaluation)."""
+        n_samples = round(seconds * self.sample_rate)
+        return 0 if n_samples < self.window else 1 + (n_samples - self.window) // self.hop
+
 
 @dataclasses.dataclass(frozen=True)
 class LogMelConfig:

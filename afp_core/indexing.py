@@ -26,7 +26,6 @@ from afp_core.audio import (
     quiet_stderr,
     stream_audio,
     stream_windows,
-    window_count,
 )
 from afp_core.calibration import CALIBRATED_QUERY_S, calibrate_from_audio
 from afp_core.checkpoint import Checkpoint, load_checkpoint
@@ -338,7 +337,7 @@ def calibrate_thresholds(
     silence = embed_windows(model, np.zeros((1, audio.window), np.float32), device=device)
     longest = max(s.vector_count for s in db.songs("indexed"))
     for seconds in CALIBRATED_QUERY_S:
-        n_windows = window_count(round(seconds * audio.sample_rate), audio.window, audio.hop)
+        n_windows = audio.windows_in(seconds)
         if n_windows > longest:
             break
         for method in METHODS:

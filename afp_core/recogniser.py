@@ -106,6 +106,7 @@ class NeuralRecogniser:
         self.hop_s = audio.hop_s
         self.window_s = audio.window_s
         self.min_query_s = audio.window_s
+        self.audio = audio
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -140,7 +141,7 @@ class NeuralRecogniser:
             raise ConfigError(
                 f"query start {start_s:g} s is not on the {self.hop_s:g} s window grid"
             )
-        n = int(np.floor((length_s - self.window_s) / self.hop_s + 1e-9)) + 1
+        n = self.audio.windows_in(length_s)
         if n < 1 or first + n > len(analysis):
             raise ConfigError(
                 f"query [{start_s:g}, {start_s + length_s:g}) s is outside the analysed audio"
@@ -155,7 +156,7 @@ class NeuralRecogniser:
         )
 
     def threshold(self, method: str, length_s: float) -> float | None:
-        n = int(np.floor((length_s - self.window_s) / self.hop_s + 1e-9)) + 1
+        n = self.audio.windows_in(length_s)
         return stored_threshold(self.db, method, n, k=self.k)
 
 

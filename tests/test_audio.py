@@ -411,3 +411,13 @@ def test_write_audio_atomic(tmp_path: Path) -> None:
     with pytest.raises(AudioError) as info:
         write_audio_atomic(tmp_path / "out.xyz", x, SR)
     assert_user_error(info.value, tmp_path / "out.xyz")
+
+
+def test_windows_in_a_query_length_is_one_rule_with_window_count():
+    from afp_core.config import AudioConfig
+
+    audio = AudioConfig()  # 1 s windows, 0.5 s hop, 8 kHz
+    counts = {x: audio.windows_in(x) for x in (0.9, 1.0, 1.25, 1.5, 2.0, 2.49, 2.5, 15.0)}
+    assert counts == {0.9: 0, 1.0: 1, 1.25: 1, 1.5: 2, 2.0: 3, 2.49: 3, 2.5: 4, 15.0: 29}
+    for seconds, n in counts.items():
+        assert n == window_count(round(seconds * 8000), audio.window, audio.hop)
