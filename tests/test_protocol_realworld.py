@@ -208,17 +208,26 @@ def test_unaligned_take_is_refused_before_any_work(world, song_library, tmp_path
     assert any("authors' assumption" in note for note in result.notes)
 
 
-def test_failed_alignment_is_refused(world, tmp_path):
-    _, session = world
-    copy = tmp_path / "copy"
-    copy.mkdir()
+def copy_session_with(session: Path, folder: Path, edit) -> Path:
+    """A session.json in ``folder`` naming ``session``'s files, changed by ``edit(data)``."""
+    folder.mkdir()
     data = json.loads((session / "session.json").read_text())
     for take in data["takes"]:
         for key in ("raw_file", "aligned_file"):
             take[key] = str((session / take[key]).resolve())
-    data["takes"][1]["alignment"]["ok"] = False
     data["program"]["program_file"] = str((session / data["program"]["program_file"]).resolve())
-    (copy / "session.json").write_text(json.dumps(data))
+    edit(data)
+    (folder / "session.json").write_text(json.dumps(data))
+    return folder
+
+
+def test_failed_alignment_is_refused(world, tmp_path):
+    _, session = world
+
+    def fail_high(data):
+        data["takes"][1]["alignment"]["ok"] = False
+
+    copy = copy_session_with(session, tmp_path / "copy", fail_high)
     with pytest.raises(SessionReadError, match="'high' is flagged: the alignment failed its"):
         plan_realworld([open_recogniser(world[0])], copy)
     # choosing only the good take is fine
@@ -229,15 +238,9 @@ def test_failed_alignment_is_refused(world, tmp_path):
 def test_take_with_xruns_is_flagged_and_evaluated_only_when_asked(world, tmp_path):
     # the same rule as the rig's views: audio lost while recording makes a take untrusted
     _, session = world
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    data = json.loads((session / "session.json").read_text())
-    for take in data["takes"]:
-        for key in ("raw_file", "aligned_file"):
-            take[key] = str((session / take[key]).resolve())
-    data["takes"][0]["xruns"] = 3
-    data["program"]["program_file"] = str((session / data["program"]["program_file"]).resolve())
-    (copy / "session.json").write_text(json.dumps(data))
+    copy = copy_session_with(
+        session, tmp_path / "copy", lambda data: data["takes"][0].update(xruns=3)
+    )
     with pytest.raises(SessionReadError, match="'low' is flagged: 3 buffer under/overruns"):
         plan_realworld([open_recogniser(world[0])], copy)
     allowed = RealWorldSettings(allow_unchecked=True)

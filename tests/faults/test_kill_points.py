@@ -107,36 +107,25 @@ def check_kill_then_rerun(
 
 
 # The calibration kills stay in the default suite (they once lost the thresholds for good)
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
     ("kind", "point", "sig"),
     [
         ("neural", "index.calibrate:3", "KILL"),
         ("neural", "index.calibrate:3", "INT"),
         ("landmark", "index.calibrate:3", "KILL"),
+        pytest.param("neural", "index.staged:2", "KILL", marks=SLOW),
+        pytest.param("neural", "index.staged:2", "INT", marks=SLOW),
+        pytest.param("neural", "index.commit", "KILL", marks=SLOW),
+        pytest.param("neural", "index.commit", "INT", marks=SLOW),
+        pytest.param("landmark", "index.staged:2", "KILL", marks=SLOW),
+        pytest.param("landmark", "index.commit", "KILL", marks=SLOW),
+        pytest.param("landmark", "index.calibrate:3", "INT", marks=SLOW),
     ],
 )
 def test_killed_index_resumes_to_the_same_database(
-    tmp_path, library, untrained_checkpoint, query, reference, ledger, kind, point, sig
-):
-    check_kill_then_rerun(
-        tmp_path, library, untrained_checkpoint, query, reference, ledger, kind, point, sig
-    )
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("kind", "point", "sig"),
-    [
-        ("neural", "index.staged:2", "KILL"),
-        ("neural", "index.staged:2", "INT"),
-        ("neural", "index.commit", "KILL"),
-        ("neural", "index.commit", "INT"),
-        ("landmark", "index.staged:2", "KILL"),
-        ("landmark", "index.commit", "KILL"),
-        ("landmark", "index.calibrate:3", "INT"),
-    ],
-)
-def test_killed_index_resumes_to_the_same_database_slow(
     tmp_path, library, untrained_checkpoint, query, reference, ledger, kind, point, sig
 ):
     check_kill_then_rerun(
