@@ -29,7 +29,7 @@ EPILOG = "Exit status: 0 success, 1 error (one line on stderr), 2 bad usage, 130
 
 
 # `afp index` options that set an IndexConfig field of the same name
-_INDEX_OPTIONS = ("m", "nbits", "nlist", "nprobe", "min_train_vectors")
+_INDEX_OPTIONS = ("m", "nbits", "nlist", "nprobe", "min_train_vectors", "density")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="below this many vectors the index is exact (flat) instead of IVF-PQ "
         f"(default: {index.min_train_vectors:,})",
+    )
+    p.add_argument(
+        "--density",
+        type=int,
+        help="windows stored per query hop (new database; default: "
+        f"{index.density}): 2 stores one every 0.25 s, so a query's windows are never more "
+        "than 0.125 s from a stored one, at twice the size",
     )
     p.add_argument(
         "--landmark",

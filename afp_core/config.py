@@ -260,7 +260,12 @@ class BEATsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class IndexConfig:
-    """faiss IVF-PQ parameters; defaults from paper Table 1 (m=32 x 8 bits, nprobe 4)."""
+    """faiss IVF-PQ parameters; defaults from paper Table 1 (m=32 x 8 bits, nprobe 4).
+
+    ``density``: stored windows per query hop. A query starts anywhere in a song, so its
+    windows fall up to half a hop from the nearest stored ones; ``density`` 2 stores a
+    window every hop / 2 and halves that gap, at twice the vectors (docs/design.md §3.5).
+    """
 
     m: int = 32
     nbits: int = 8
@@ -269,6 +274,7 @@ class IndexConfig:
     # Below this many vectors IVF-PQ cannot be trained well: an exact flat index is used.
     min_train_vectors: int = 10_000
     max_train_vectors: int = 200_000
+    density: int = 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -568,6 +568,12 @@ class FingerprintDB(SongCatalogue):
         return "auto" if self._manifest["search"].get("thresholds") else None
 
     @property
+    def density(self) -> int:
+        """Stored windows per query hop (``IndexConfig.density``): query window j lines up
+        with the stored window at start + density * j."""
+        return self.index_config.density
+
+    @property
     def nprobe(self) -> int:
         """IVF lists visited per query (in memory; ``save_search_settings`` persists it)."""
         if self._index is not None and self._index_type == INDEX_IVFPQ:
@@ -1047,6 +1053,8 @@ def _validate_config(path: Path, dim: int, cfg: IndexConfig) -> None:
         raise DatabaseError(f"{path}: index nbits={cfg.nbits} must be in 1..16")
     if cfg.nlist < 1 or cfg.nprobe < 1:
         raise DatabaseError(f"{path}: index nlist and nprobe must be positive")
+    if cfg.density < 1:
+        raise DatabaseError(f"{path}: index density={cfg.density} must be 1 or more")
     needed = max(cfg.min_train_vectors, _MIN_POINTS_PER_CENTROID * max(cfg.nlist, 2**cfg.nbits))
     if cfg.max_train_vectors < needed:
         raise DatabaseError(

@@ -29,9 +29,9 @@ from afp_core.audio import (
 )
 from afp_core.calibration import CALIBRATED_QUERY_S, calibrate_from_audio
 from afp_core.checkpoint import Checkpoint, load_checkpoint
-from afp_core.config import IndexConfig
+from afp_core.config import AudioConfig, IndexConfig
 from afp_core.database import FingerprintDB, Song
-from afp_core.errors import AudioError, DatabaseError
+from afp_core.errors import AudioError, ConfigError, DatabaseError
 from afp_core.faults import fault_point
 from afp_core.fileutil import file_sha256
 from afp_core.models import Fingerprinter, embed_windows
@@ -122,11 +122,13 @@ def open_database_for_indexing(
                 "train one with `afp train`"
             )
         checkpoint = load_checkpoint(model_path)
+        index_config = index_config or IndexConfig()
+        stored_hop(checkpoint.spec.audio, index_config.density)
         db = FingerprintDB.create(
             db_dir,
             model_info=describe_model(checkpoint),
             dim=checkpoint.spec.arch.dim,
-            index_config=index_config or IndexConfig(),
+            index_config=index_config,
             checkpoint=model_path,
         )
     return db, checkpoint
@@ -157,6 +159,15 @@ def read_tags(path: Path) -> tuple[str, str]:
     return title or path.stem, artist
 
 
+def stored_hop(audio: AudioConfig, density: int) -> int:
+    """Samples between stored windows: the model's hop / ``density`` (which must divide it)."""
+    if density < 1 or audio.hop % density:
+        raise ConfigError(
+            f"index density {density} must divide the model's hop of {audio.hop} samples"
+        )
+    return audio.hop // density
+
+
 def extract_file_vectors(
     model: Fingerprinter,
     path: Path,
@@ -166,20 +177,23 @@ def extract_file_vectors(
     on_audio: Callable[[float], None] = lambda _: None,
     task: TaskState | None = None,
     on_warning: Callable[[str], None] | None = None,
+    density: int = 1,
 ) -> np.ndarray:
     """Fingerprints of every window of a file: (n_windows, dim) float32 unit vectors.
 
-    ``on_audio`` is called with the seconds of audio each batch covered, ``on_warning``
-    with a line about a file shorter than its header says (``stream_audio``).
+    Windows start every ``hop / density`` (``IndexConfig.density``). ``on_audio`` is
+    called with the seconds of audio each batch covered, ``on_warning`` with a line about
+    a file shorter than its header says (``stream_audio``).
     """
     audio = model.spec.audio
+    hop = stored_hop(audio, density)
     chunks = []
     blocks = stream_audio(path, sample_rate=audio.sample_rate, on_warning=on_warning)
-    for windows in stream_windows(blocks, audio.window, audio.hop, max_windows=batch_size):
+    for windows in stream_windows(blocks, audio.window, hop, max_windows=batch_size):
         if task is not None:
             task.check_cancelled()
         chunks.append(embed_windows(model, windows, batch_size=batch_size, device=device))
-        on_audio(len(windows) * audio.hop_s)
+        on_audio(len(windows) * hop / audio.sample_rate)
     if not chunks:
         return np.zeros((0, model.spec.arch.dim), np.float32)
     return np.concatenate(chunks)
@@ -283,6 +297,7 @@ def index_library(
                 on_audio=task.advance,
                 task=task,
                 on_warning=functools.partial(warn, info.path),
+                density=db.density,
             )
         except AudioError as exc:
             skip(info.path, str(exc))
@@ -338,7 +353,7 @@ def calibrate_thresholds(
     longest = max(s.vector_count for s in db.songs("indexed"))
     for seconds in CALIBRATED_QUERY_S:
         n_windows = audio.windows_in(seconds)
-        if n_windows > longest:
+        if db.density * (n_windows - 1) + 1 > longest:
             break
         for method in METHODS:
             calibrate_threshold(db, n_windows, method=method, uninformative=silence)

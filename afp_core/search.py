@@ -1,7 +1,9 @@
 """Decide which song a query's window fingerprints come from.
 
 The query is n window vectors; window j starts at ``j * hop_s`` seconds into the query.
-Each window retrieves its k nearest database vectors. Two decision rules:
+The database stores ``db.density`` windows per query hop, so query window j lines up with
+stored window start + density * j, and stored position p lies p * hop_s / density seconds
+into its song. Each window retrieves its k nearest database vectors. Two decision rules:
 
 - ``search_majority_vote`` (the paper, §3): every hit votes for its song; most votes wins.
 - ``search_offset_consistent`` (docs/design.md §3.2): every hit proposes a (song, start)
@@ -87,7 +89,7 @@ def search_majority_vote(
     valid = song_ids >= 0
     if not valid.any():
         return Match(None, None, 0.0, "vote", [])
-    starts = (positions - np.arange(n)[:, None])[valid]
+    starts = (positions - db.density * np.arange(n)[:, None])[valid]
     hit_songs, sims = song_ids[valid], scores[valid].astype(np.float64)
 
     songs, inverse = np.unique(hit_songs, return_inverse=True)
@@ -104,7 +106,7 @@ def search_majority_vote(
         candidates.append(
             Candidate(
                 song=db.song(int(songs[slot])),
-                offset_s=float(offsets[best]) * hop_s,
+                offset_s=float(offsets[best]) * hop_s / db.density,
                 score=float(summed[slot]) / (n * k),
             )
         )
@@ -121,8 +123,8 @@ def search_offset_consistent(
 ) -> Match:
     """Offset-consistent ("sequence") search; score = mean similarity of aligned windows.
 
-    Candidates are the distinct (song, start = hit position - window index) of all hits;
-    those whose span [start, start + n) leaves the song are dropped (so a query longer
+    Candidates are the distinct (song, start = hit position - density * window index) of
+    all hits; those whose aligned windows leave the song are dropped (so a query longer
     than a song cannot match it). With no candidate left the score is -1 (the lowest
     possible similarity).
     """
@@ -131,15 +133,16 @@ def search_offset_consistent(
     _, ids = db.search(queries, k, exclude_song=exclude_song)
     song_ids, positions = db.locate(ids)
     valid = song_ids >= 0
-    starts = (positions - np.arange(n)[:, None])[valid]
+    steps = db.density * np.arange(n)
+    starts = (positions - steps[:, None])[valid]
     pairs = np.unique(np.stack([song_ids[valid], starts], axis=1), axis=0)
     first, count = db.song_spans(pairs[:, 0])
-    inside = (pairs[:, 1] >= 0) & (pairs[:, 1] + n <= count)
+    inside = (pairs[:, 1] >= 0) & (pairs[:, 1] + steps[-1] < count)
     pairs, first = pairs[inside], first[inside]
     if len(pairs) == 0:
         return Match(None, None, -1.0, "sequence", [])
 
-    window_ids = (first + pairs[:, 1])[:, None] + np.arange(n)
+    window_ids = (first + pairs[:, 1])[:, None] + steps
     mean_sims = _score_alignments(db, queries, window_ids)
     # Best first; ties broken by song id then start so results are reproducible.
     order = np.lexsort((pairs[:, 1], pairs[:, 0], -mean_sims))
@@ -153,7 +156,7 @@ def search_offset_consistent(
         candidates.append(
             Candidate(
                 song=db.song(song_id),
-                offset_s=float(pairs[slot, 1]) * hop_s,
+                offset_s=float(pairs[slot, 1]) * hop_s / db.density,
                 score=float(mean_sims[slot]),
             )
         )
@@ -239,14 +242,15 @@ def calibrate_threshold(
         raise ConfigError(f"method: {method!r} is not one of {', '.join(METHODS)}")
     if n_windows < 1 or trials < 1 or not 0.0 < quantile <= 1.0:
         raise ConfigError("calibration: need n_windows >= 1, trials >= 1, 0 < quantile <= 1")
-    songs = [s for s in db.songs("indexed") if s.vector_count >= n_windows]
+    span = db.density * (n_windows - 1) + 1  # stored windows a query of n_windows covers
+    songs = [s for s in db.songs("indexed") if s.vector_count >= span]
     if len(db.songs("indexed")) < 2 or not songs:
         raise DatabaseError(
             f"{db.path}: calibration needs at least 2 indexed songs, one of them at least "
             f"{n_windows} windows long"
         )
     rng = np.random.default_rng(seed)
-    weights = np.array([s.vector_count - n_windows + 1 for s in songs], np.float64)
+    weights = np.array([s.vector_count - span + 1 for s in songs], np.float64)
     picks = rng.choice(len(songs), size=trials, p=weights / weights.sum())
     search = search_offset_consistent if method == "sequence" else search_majority_vote
     impostor = np.empty(trials, np.float64)
@@ -255,8 +259,8 @@ def calibrate_threshold(
         if song.first_vector_id is None:
             raise DatabaseError(f"{db.path}: indexed song {song.id} has no vector ids")
         for _ in range(20):
-            start = int(rng.integers(0, song.vector_count - n_windows + 1))
-            ids = np.arange(n_windows) + song.first_vector_id + start
+            start = int(rng.integers(0, song.vector_count - span + 1))
+            ids = db.density * np.arange(n_windows) + song.first_vector_id + start
             query = db.reconstruct(ids)
             query /= np.linalg.norm(query, axis=1, keepdims=True)
             # PQ-rebuilt copies of the same vector agree to ~0.95 cosine

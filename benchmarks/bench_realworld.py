@@ -42,6 +42,7 @@ import torch
 
 from afp_core.audio import iter_audio_files, probe_audio
 from afp_core.checkpoint import load_checkpoint
+from afp_core.config import IndexConfig
 from afp_core.devdata import find_dev_music, find_training_music
 from afp_core.fusion import FusedRecogniser
 from afp_core.indexing import index_library, open_database_for_indexing, read_tags
@@ -101,10 +102,12 @@ def library() -> list[Path]:
     return [*find_dev_music(), *iter_audio_files(find_training_music())]
 
 
-def neural_database(out: Path, model: Path, music: list[Path]) -> Path:
+def neural_database(out: Path, model: Path, music: list[Path], density: int) -> Path:
     checkpoint = load_checkpoint(model)
-    db_dir = out / f"db-{checkpoint.sha256[:12]}"
-    db, checkpoint = open_database_for_indexing(db_dir, model, on_notice=log)
+    suffix = f"-d{density}" if density != IndexConfig.density else ""
+    db_dir = out / f"db-{checkpoint.sha256[:12]}{suffix}"
+    config = IndexConfig(density=density)
+    db, checkpoint = open_database_for_indexing(db_dir, model, config, on_notice=log)
     with progress_task(False, "s", f"indexing {db_dir.name}") as task:
         result = index_library(db, checkpoint.model, music, task=task)
     log(result.summary())
@@ -127,6 +130,9 @@ def main() -> None:
     parser.add_argument("--rooms", nargs="+", default=["demo", "harsh"])
     parser.add_argument("--lengths", nargs="+", type=float, default=[1, 2, 3, 5, 10, 15])
     parser.add_argument("--no-landmark", action="store_true", help="neural databases only")
+    parser.add_argument(
+        "--density", type=int, default=IndexConfig.density, help="stored windows per query hop"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench-realworld"))
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -134,7 +140,7 @@ def main() -> None:
     models = args.model or [default_checkpoint_path()]
     music = library()
     log(f"library: {len(music)} songs")
-    dbs = [neural_database(out, m, music) for m in models]
+    dbs = [neural_database(out, m, music, args.density) for m in models]
     if not args.no_landmark:
         dbs.append(landmark_database(out, music))
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "

@@ -79,6 +79,27 @@ def test_identify_vote_method_and_excerpt_options(built_db, song_library, capsys
     assert abs(record["offset_s"] - 12) <= 0.5
 
 
+def test_a_denser_database_finds_excerpts_between_the_hop_grid(
+    tmp_path, song_library, untrained_checkpoint, capsys
+):
+    # The untrained model finds only excerpts on the stored windows' grid (module
+    # docstring): at density 2 that grid is 0.25 s, so an excerpt starting at 10.25 s is
+    # found where it starts.
+    db = tmp_path / "db"
+    library = song_library[0].parent
+    args = ["index", str(db), str(library), "--model", str(untrained_checkpoint), "--quiet"]
+    assert main([*args, "--density", "2"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(db), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["index_config"]["density"] == 2
+    assert info["vectors"] == 6 * 93  # 24 s with a window every 0.25 s
+    query = write_excerpt(tmp_path / "q.wav", 2, 10.25, 3, None)
+    assert main(["identify", str(db), str(query), "--json", "--threshold", "none"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["song"] == "song2" and record["offset_s"] == pytest.approx(10.25)
+
+
 def test_song_not_in_database_is_no_match(built_db, tmp_path, capsys):
     unknown = tmp_path / "unknown.wav"
     sf.write(unknown, synthesise_song(999, 10.0), 22050)

@@ -264,3 +264,37 @@ def test_calibration_ignores_spans_every_song_shares(tmp_path: Path) -> None:
         db, n_windows=3, trials=200, save=False, uninformative=silence[None]
     )
     assert naive > 0.99 and careful < 0.9, (naive, careful)
+
+
+def test_a_denser_database_lines_up_queries_between_its_windows(
+    tmp_path: Path, library: list[np.ndarray]
+) -> None:
+    # density 2: the database stores a window every HOP / 2, the query one every HOP, so
+    # query window j meets stored window start + 2 j and a start may be odd (between the
+    # windows a density-1 database would hold).
+    db = build(tmp_path / "db", library[:10], IndexConfig(density=2))
+    assert db.density == 2
+    rng = np.random.default_rng(5)
+    n = 5
+    for _ in range(8):
+        index = int(rng.integers(10))
+        start = int(rng.integers(0, len(library[index]) - 2 * n))
+        query = noisy(rng, library[index][start : start + 2 * n : 2], sigma=0.5)
+        for search in (search_offset_consistent, search_majority_vote):
+            match = search(db, query, k=4, hop_s=HOP)
+            assert match.song is not None and match.song.id == index + 1, search.__name__
+            assert match.offset_s == pytest.approx(start * HOP / 2), search.__name__
+    # the aligned windows of every candidate stay inside its song
+    tail = library[0][-2 * n + 1 :: 2]
+    for candidate in search_offset_consistent(db, tail, k=4, hop_s=HOP).candidates:
+        start = round(candidate.offset_s / (HOP / 2))
+        assert start >= 0 and start + 2 * (len(tail) - 1) < candidate.song.vector_count
+    # impostor spans for calibration are drawn on the query's grid too
+    threshold = calibrate_threshold(db, n_windows=n, trials=50, save=False)
+    known = identify_vectors(db, noisy(rng, library[4][20 : 20 + 2 * n : 2], 0.5), hop_s=HOP)
+    assert known.score > threshold
+
+
+def test_a_density_below_one_is_refused(tmp_path: Path, library: list[np.ndarray]) -> None:
+    with pytest.raises(DatabaseError, match="density=0 must be 1 or more"):
+        build(tmp_path / "db", library[:2], IndexConfig(density=0))
