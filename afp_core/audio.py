@@ -26,6 +26,7 @@ import soundfile as sf
 import soxr
 
 from afp_core.errors import AudioError
+from afp_core.fileutil import one_line
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -197,8 +198,7 @@ def quiet_stderr() -> _StderrToLog:
 
 def _reason(exc: BaseException) -> str:
     """libsndfile's message for ``exc`` on one line, without the repeated file name."""
-    text = getattr(exc, "error_string", None) or str(exc) or type(exc).__name__
-    text = " ".join(str(text).split())
+    text = one_line(getattr(exc, "error_string", None) or exc)
     if text.startswith("Error : "):
         text = text[len("Error : ") :]
     return text.rstrip(".")

@@ -15,7 +15,6 @@ only tensors and plain containers are accepted. Every problem with a file is a o
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import errno
 import os
 import pickle
@@ -31,7 +30,7 @@ import torch
 import afp_core
 from afp_core.config import to_dict
 from afp_core.errors import CheckpointError, ConfigError
-from afp_core.fileutil import atomic_path, file_sha256
+from afp_core.fileutil import atomic_path, file_sha256, utc_now
 from afp_core.models.fingerprinter import Fingerprinter
 from afp_core.models.registry import ModelSpec, build_model, get_model_entry
 
@@ -70,7 +69,7 @@ def save_checkpoint(
     stamp = {
         "afp_version": afp_core.__version__,
         "torch_version": torch.__version__,  # a str subclass: _plain_meta makes it a str
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "created": utc_now(),
         "frontend": describe_frontend(model.spec),
     }
     plain_meta = _plain_meta({**(meta or {}), **stamp}, "meta")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from afp_core import __version__
 from afp_core.config import IndexConfig, SearchConfig
 from afp_core.errors import AfpError, Cancelled
+from afp_core.fileutil import format_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -282,7 +283,7 @@ def run_index(args: argparse.Namespace) -> int:
     info = db.info()
     print(
         f"{args.db}: {info['songs']} songs, {info['vectors']} vectors, "
-        f"{info['index']['type']} index, {_format_bytes(info['bytes_on_disk'])} on disk"
+        f"{info['index']['type']} index, {format_bytes(info['bytes_on_disk'])} on disk"
     )
     nothing_usable = not result.added and not result.duplicates and result.skipped
     return 1 if nothing_usable else 0
@@ -547,7 +548,7 @@ def _run_landmark_index(args: argparse.Namespace) -> int:
     print(
         f"{args.db}: {info['songs']} songs, {info['hashes']} hashes "
         f"({info['hashes_per_second']:.0f} per s of audio), landmark index, "
-        f"{_format_bytes(info['bytes_on_disk'])} on disk"
+        f"{format_bytes(info['bytes_on_disk'])} on disk"
     )
     nothing_usable = not result.added and not result.duplicates and result.skipped
     return 1 if nothing_usable else 0
@@ -602,8 +603,8 @@ def run_info(args: argparse.Namespace) -> int:
         ("vectors", f"{info['vectors']}"),
         ("staged", f"{info['staged_songs']} songs not yet in the index"),
         ("index", ", ".join(f"{k}={v}" for k, v in index.items())),
-        ("on disk", _format_bytes(info["bytes_on_disk"])),
-        ("per hour of audio", _format_bytes(info["bytes_per_hour"])),
+        ("on disk", format_bytes(info["bytes_on_disk"])),
+        ("per hour of audio", format_bytes(info["bytes_per_hour"])),
         ("model", f"{model.get('name')} (sha256 {str(model.get('checkpoint_sha256'))[:12]})"),
         ("front-end", _format_frontend(model.get("frontend"))),
         ("no-match thresholds", _describe_thresholds(thresholds, db.needs_calibration)),
@@ -680,8 +681,8 @@ def _run_landmark_info(args: argparse.Namespace) -> int:
             f"{s['sample_rate']} Hz, n_fft {s['n_fft']}, hop {s['hop']}, "
             f"{s['peaks_per_second']:g} peaks/s, fan-out {s['fan_out']}, dt <= {s['max_dt']}",
         ),
-        ("on disk", _format_bytes(info["bytes_on_disk"])),
-        ("per hour of audio", _format_bytes(info["bytes_per_hour"])),
+        ("on disk", format_bytes(info["bytes_on_disk"])),
+        ("per hour of audio", format_bytes(info["bytes_per_hour"])),
         (
             "no-match threshold",
             ", ".join(f"{k} s: {v}" for k, v in thresholds.items())
@@ -828,14 +829,6 @@ def _extensions() -> str:
 
     common = [".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff"]
     return ", ".join(e for e in common if e in AUDIO_EXTENSIONS) + ", ..."
-
-
-def _format_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
 import os
 import re
@@ -60,8 +59,10 @@ from afp_core.fileutil import (
     atomic_path,
     check_document,
     file_sha256,
+    file_size,
     one_line,
     read_json_object,
+    utc_now,
 )
 
 FORMAT = "afp-database"
@@ -205,12 +206,13 @@ class SongCatalogue:
         self, title: str, artist: str, source: str, duration_s: float, checksum: str, count: int
     ) -> int:
         """Insert a 'staged' row (its staging file is written first); returns its id."""
+        row = (str(title), str(artist), str(source), float(duration_s), checksum, count, utc_now())
         with self._connect() as conn, conn:
             cursor = conn.execute(
                 "INSERT INTO songs (title, artist, source, duration_s, checksum, "
                 "first_vector_id, vector_count, status, added_at) "
                 "VALUES (?, ?, ?, ?, ?, NULL, ?, 'staged', ?)",
-                (str(title), str(artist), str(source), float(duration_s), checksum, count, _now()),
+                row,
             )
             return int(cursor.lastrowid)  # type: ignore[arg-type]
 
@@ -421,7 +423,7 @@ class FingerprintDB(SongCatalogue):
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "created": _now(),
+            "created": utc_now(),
             "afp_version": __version__,
             "faiss_version": faiss.__version__,
             "dim": dim,
@@ -913,9 +915,9 @@ class FingerprintDB(SongCatalogue):
         indexed = self.songs("indexed")
         staged = self.songs("staged")
         hours = sum(song.duration_s for song in indexed) / 3600.0
-        index_bytes = _size(self.path / self._index_name) if self._index_name else 0
-        catalogue_bytes = sum(_size(p) for p in self.path.glob(f"{CATALOGUE}*"))
-        staging_bytes = sum(_size(p) for p in (self.path / STAGING).glob("*.npy"))
+        index_bytes = file_size(self.path / self._index_name) if self._index_name else 0
+        catalogue_bytes = sum(file_size(p) for p in self.path.glob(f"{CATALOGUE}*"))
+        staging_bytes = sum(file_size(p) for p in (self.path / STAGING).glob("*.npy"))
         index: dict[str, Any] = {"type": self._index_type or "none"}
         if self._index_type == INDEX_IVFPQ:
             ivfpq = faiss.downcast_index(self._require_index())
@@ -942,7 +944,7 @@ class FingerprintDB(SongCatalogue):
             "bytes_on_disk": index_bytes + catalogue_bytes + staging_bytes,
             # The steady-state cost: what stays on disk per hour once everything is committed.
             "bytes_per_hour": (index_bytes + catalogue_bytes) / hours if hours > 0 else 0.0,
-            "bytes_model": _size(self.path / MODEL_FILE),
+            "bytes_model": file_size(self.path / MODEL_FILE),
             "model_info": self.model_info,
             "search": self.search_settings,
             "created": self._manifest.get("created"),
@@ -1091,16 +1093,5 @@ def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
 def _short(sha: Any) -> str:
     return str(sha)[:12] if sha else "unknown"
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -1,7 +1,9 @@
-"""Small file helpers: streamed checksums and atomic writes."""
+"""Small helpers shared by both packages: streamed checksums, atomic writes, sizes, one-line
+messages and timestamps."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -65,8 +67,32 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception's text folded onto one line (for one-line user errors)."""
+def file_size(path: Path) -> int:
+    """Bytes in ``path``; 0 when it cannot be read (missing, removed meanwhile)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def format_bytes(n: float) -> str:
+    """``512 B``, ``1.5 KB`` ... ``3.2 GB`` (decimal units)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def utc_now(timespec: str = "seconds") -> str:
+    """The current UTC time in ISO 8601 (what manifests, sessions and takes record)."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec=timespec)
+
+
+def one_line(exc: BaseException | str) -> str:
+    """An exception's text (or a message) folded onto one line (for one-line user errors)."""
+    if isinstance(exc, str):
+        return " ".join(exc.split())
     if isinstance(exc, KeyError):
         return f"missing key {exc.args[0]!r}"
     return " ".join(str(exc).split()) or type(exc).__name__

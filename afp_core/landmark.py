@@ -86,8 +86,10 @@ from afp_core.fileutil import (
     atomic_path,
     atomic_write_text,
     check_document,
+    file_size,
     one_line,
     read_json_object,
+    utc_now,
 )
 from afp_core.search import N_CANDIDATES, Candidate, Match
 from afp_core.spectral import compute_spectrogram, find_spectral_peaks
@@ -364,7 +366,7 @@ class LandmarkDB(SongCatalogue):
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
-            "created": _now(),
+            "created": utc_now(),
             "afp_version": __version__,
             "settings": to_dict(settings),
             "search": {},
@@ -744,9 +746,9 @@ class LandmarkDB(SongCatalogue):
         indexed = list(self._songs.values())
         staged = self.songs("staged")
         hours = sum(song.duration_s for song in indexed) / 3600.0
-        index_bytes = _size(self.path / self._postings_name) if self._postings_name else 0
-        catalogue_bytes = sum(_size(p) for p in self.path.glob(f"{CATALOGUE}*"))
-        staging_bytes = sum(_size(p) for p in (self.path / STAGING).glob("*.npy"))
+        index_bytes = file_size(self.path / self._postings_name) if self._postings_name else 0
+        catalogue_bytes = sum(file_size(p) for p in self.path.glob(f"{CATALOGUE}*"))
+        staging_bytes = sum(file_size(p) for p in (self.path / STAGING).glob("*.npy"))
         return {
             "kind": "landmark",
             "path": str(self.path),
@@ -1015,16 +1017,3 @@ def identify_landmark_audio(db: LandmarkDB, audio: np.ndarray, label: str = "que
 def query_frames(length_s: float, settings: LandmarkSettings) -> int:
     """Frames wholly inside a query of ``length_s`` seconds."""
     return window_count(round(length_s * settings.sample_rate), settings.n_fft, settings.hop)
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _now() -> str:
-    import datetime
-
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -39,7 +39,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, BinaryIO, Literal
@@ -47,7 +46,7 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 
 from afp_core.errors import AfpError
-from afp_core.fileutil import atomic_write_text
+from afp_core.fileutil import atomic_write_text, one_line, utc_now
 from afp_core.tasks import TaskState
 from rig_app.devices import (
     Device,
@@ -99,16 +98,8 @@ class CaptureError(AfpError):
     """A take cannot be recorded or its file cannot be used."""
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
 def _dbfs(value: float) -> float:
     return 20.0 * math.log10(value) if value > 10.0 ** (_FLOOR_DB / 20.0) else _FLOOR_DB
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # --- configuration and result -----------------------------------------------------------
@@ -421,7 +412,7 @@ def recover_take(path: Path | str) -> TakeResult:
         xruns=dict(info.get("xruns") or {}),
         devices=dict(info.get("devices") or {}),
         started_at=str(info.get("started_at", "")),
-        ended_at=_now(),
+        ended_at=utc_now("milliseconds"),
         ended_by="crashed",
         error=f"{path}: the recording was interrupted; {frames / rate:.2f} s recovered",
         lead_in_s=float(info.get("lead_in_s", 0.0)),
@@ -564,7 +555,7 @@ class TakeRecorder:
             sd = hold.enter_context(hold_portaudio())
             try:
                 self._open_streams(sd)
-                self._started_at = _now()
+                self._started_at = utc_now("milliseconds")
                 self._create_file()
                 self._state = "recording"
                 self._thread = threading.Thread(
@@ -686,7 +677,7 @@ class TakeRecorder:
             )
         except OSError as exc:
             raise CaptureError(
-                f"{self.out_path}: cannot create ({exc.strerror or _one_line(exc)})"
+                f"{self.out_path}: cannot create ({exc.strerror or one_line(exc)})"
             ) from None
         _write_info(self.out_path, self._info("recording"))
 
@@ -758,7 +749,7 @@ class TakeRecorder:
         except (sd.CallbackAbort, sd.CallbackStop):
             raise
         except Exception as exc:  # never let an error pass silently out of a callback
-            self._callback_error = f"mic_in: {_one_line(exc)}"
+            self._callback_error = f"mic_in: {one_line(exc)}"
             raise sd.CallbackAbort from None
 
     def _make_output_callback(self, output: _Output) -> Callable[..., None]:
@@ -784,7 +775,7 @@ class TakeRecorder:
             except (sd.CallbackAbort, sd.CallbackStop):
                 raise
             except Exception as exc:
-                self._callback_error = f"{role}: {_one_line(exc)}"
+                self._callback_error = f"{role}: {one_line(exc)}"
                 raise sd.CallbackAbort from None
 
         return callback
@@ -805,7 +796,7 @@ class TakeRecorder:
         except BaseException as exc:  # a bug must still close the file and end the take
             self._ending = self._abort_now = True
             self._close_streams(abort=True)
-            self._finish("device_error", f"{self.out_path}: internal error: {_one_line(exc)}", True)
+            self._finish("device_error", f"{self.out_path}: internal error: {one_line(exc)}", True)
             raise
 
     def _record(self) -> None:
@@ -899,7 +890,7 @@ class TakeRecorder:
     def _disk_message(self, exc: OSError) -> str:
         rate = self.config.sample_rate
         kept = (self._file.frames if self._file is not None else 0) / rate
-        why = "the disk is full" if exc.errno in _DISK_FULL else (exc.strerror or _one_line(exc))
+        why = "the disk is full" if exc.errno in _DISK_FULL else (exc.strerror or one_line(exc))
         return f"{self.out_path}: cannot write ({why}); the take keeps the {kept:.2f} s written"
 
     def _close_streams(self, abort: bool) -> None:
@@ -920,7 +911,7 @@ class TakeRecorder:
             try:
                 self._file.close(after_error=write_failed)
             except OSError as exc:
-                notes.append(f"closing the file failed: {exc.strerror or _one_line(exc)}")
+                notes.append(f"closing the file failed: {exc.strerror or one_line(exc)}")
             frames = self._file.synced_frames
         if self._captured > self._ring_written:
             lost = (self._captured - self._ring_written) / self.config.sample_rate
@@ -942,7 +933,7 @@ class TakeRecorder:
             xruns=dict(self._xruns),
             devices={role: device.name for role, device in self._devices.items()},
             started_at=self._started_at,
-            ended_at=_now(),
+            ended_at=utc_now("milliseconds"),
             ended_by=ended_by,
             error=error,
             lead_in_s=self._lead / self.config.sample_rate,
@@ -952,7 +943,7 @@ class TakeRecorder:
         try:
             _write_info(self.out_path, result.to_dict())
         except OSError as exc:
-            result.notes.append(f"sidecar not written: {exc.strerror or _one_line(exc)}")
+            result.notes.append(f"sidecar not written: {exc.strerror or one_line(exc)}")
         self._result = result
         self._state = "done"
         if self._hold is not None:

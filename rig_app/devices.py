@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from afp_core.errors import AfpError
+from afp_core.fileutil import one_line
 
 __all__ = [
     "Device",
@@ -176,7 +177,7 @@ def find_device(name_or_index: str | int, kind: DeviceKind, *, refresh: bool = F
 
 def describe_portaudio_error(exc: BaseException) -> str:
     """A PortAudio error on one line, without sounddevice's bracketed error code."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = one_line(exc)
     if "[PaErrorCode" in text:
         text = text[: text.index("[PaErrorCode")].strip()
     return text.rstrip(".")

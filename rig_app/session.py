@@ -48,7 +48,6 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,7 @@ import numpy as np
 
 from afp_core.audio import AUDIO_EXTENSIONS, load_audio, probe_audio, write_audio_atomic
 from afp_core.errors import AfpError
-from afp_core.fileutil import atomic_write_bytes, check_document, read_json_object
+from afp_core.fileutil import atomic_write_bytes, check_document, read_json_object, utc_now
 from afp_core.protocols.sessions import TakeVerdict, judge_take
 from rig_app.align import Alignment, AlignmentError, align_without_markers
 from rig_app.program import Program, ProgramSong, build_program, load_program, write_program
@@ -129,10 +128,6 @@ class TakeEntry:
         return judge_take(bool(self.aligned_file), self.alignment, self.xruns)
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 def _finite_or_none(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
@@ -164,7 +159,7 @@ class Session:
         if folder.exists() and not folder.is_dir():
             raise SessionError(f"{folder}: exists and is not a folder")
         folder.mkdir(parents=True, exist_ok=True)
-        session = cls(folder=folder, created=_now(), origin=origin)
+        session = cls(folder=folder, created=utc_now(), origin=origin)
         session.save()
         return session
 
@@ -438,7 +433,7 @@ class Session:
                 speaker_distance_m=speaker_distance_m,
                 notes=notes,
                 xruns=int(xruns),
-                recorded_at=_now(),
+                recorded_at=utc_now(),
                 alignment=None if alignment is None else alignment.to_dict(),
                 ground_truth=ground_truth,
             )

@@ -33,7 +33,6 @@ import tempfile
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ import soundfile as sf
 
 from afp_core.audio import AudioError, iter_audio_files, load_audio, probe_audio
 from afp_core.errors import AfpError, Cancelled
-from afp_core.fileutil import atomic_write_text
+from afp_core.fileutil import atomic_write_text, one_line, utc_now
 from afp_core.tasks import TaskState
 from rig_app.program import ProgramSong
 from rig_app.session import SongEntry
@@ -152,13 +151,13 @@ def load_songs(folder: Path | str) -> list[Song]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SongError(f"{path}: unreadable song list ({_one_line(exc)})") from None
+        raise SongError(f"{path}: unreadable song list ({one_line(exc)})") from None
     if not isinstance(data, dict) or data.get("format") != SONGS_FORMAT:
         raise SongError(f"{path}: not an {SONGS_FORMAT} file")
     try:
         return [Song(**entry) for entry in data["songs"]]
     except (KeyError, TypeError) as exc:
-        raise SongError(f"{path}: malformed song list ({_one_line(exc)})") from None
+        raise SongError(f"{path}: malformed song list ({one_line(exc)})") from None
 
 
 def _save_songs(folder: Path, songs: Sequence[Song]) -> None:
@@ -173,10 +172,9 @@ def _save_songs(folder: Path, songs: Sequence[Song]) -> None:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _one_line(exc: BaseException | str) -> str:
-    text = exc if isinstance(exc, str) else (str(exc) or type(exc).__name__)
-    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # yt-dlp colours its messages
-    text = " ".join(text.split())
+def _tool_message(exc: BaseException | str) -> str:
+    """What yt-dlp or ffmpeg said, on one line, without colours, ``ERROR:`` or a cause."""
+    text = one_line(re.sub(r"\x1b\[[0-9;]*m", "", one_line(exc)))  # yt-dlp colours its text
     text = re.sub(r"^ERROR:\s*", "", text)
     return re.sub(r"\s*\(caused by .*\)$", "", text)
 
@@ -217,10 +215,6 @@ def _title_from_name(path: Path) -> tuple[str, str]:
         artist, title = stem.split(" - ", 1)
         return title.strip(), artist.strip()
     return stem or path.name, ""
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @contextlib.contextmanager
@@ -278,7 +272,7 @@ def _store(staged: Path, folder: Path, meta: _Meta, min_duration_s: float, item:
     try:
         info = probe_audio(staged)
     except AudioError as exc:
-        raise SongError(f"{item}: not audio ({_one_line(exc).split(': ', 1)[-1]})") from None
+        raise SongError(f"{item}: not audio ({one_line(exc).split(': ', 1)[-1]})") from None
     if info.duration_s < min_duration_s:
         raise SongError(
             f"{item}: {info.duration_s:.1f} s long, shorter than the minimum of "
@@ -309,7 +303,7 @@ def _store(staged: Path, folder: Path, meta: _Meta, min_duration_s: float, item:
         sample_rate=info.sample_rate,
         channels=info.channels,
         source_id=meta.source_id,
-        added_at=_now(),
+        added_at=utc_now(),
     )
     try:
         _save_songs(folder, [*songs, song])
@@ -366,12 +360,11 @@ def _convert(source: Path, target: Path, item: str) -> None:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SongError(f"{item}: ffmpeg failed ({_one_line(exc)})") from None
+        raise SongError(f"{item}: ffmpeg failed ({one_line(exc)})") from None
     if done.returncode != 0 or not target.is_file():
         lines = done.stderr.strip().splitlines()
-        raise SongError(
-            f"{item}: not audio ffmpeg can read ({_one_line(lines[-1]) if lines else 'no output'})"
-        )
+        why = _tool_message(lines[-1]) if lines else "no output"
+        raise SongError(f"{item}: not audio ffmpeg can read ({why})")
 
 
 # --- URLs ----------------------------------------------------------------------------------
@@ -501,9 +494,9 @@ def add_song_url(
             # yt-dlp wraps a failed conversion in a DownloadError; its cause says which
             cause = (getattr(exc, "exc_info", None) or (None, None))[1]
             if isinstance(exc, PostProcessingError) or isinstance(cause, PostProcessingError):
-                why = re.sub(r"^(Postprocessing:\s*)?(WARNING:\s*)?", "", _one_line(exc))
+                why = re.sub(r"^(Postprocessing:\s*)?(WARNING:\s*)?", "", _tool_message(exc))
                 raise SongError(f"{url}: not audio ffmpeg can read ({why})") from None
-            raise SongError(f"{url}: {_one_line(exc)}") from None
+            raise SongError(f"{url}: {_tool_message(exc)}") from None
         staged = _downloaded_file(info, tmp)
         if staged is None:
             raise SongError(f"{url}: yt-dlp reported success but wrote no audio file")
@@ -606,6 +599,6 @@ def add_songs(
         except SongError as exc:
             results.append(SongResult(label, False, error=str(exc)))
         except (AfpError, OSError) as exc:
-            results.append(SongResult(label, False, error=f"{label}: {_one_line(exc)}"))
+            results.append(SongResult(label, False, error=f"{label}: {one_line(exc)}"))
         task.advance(1.0 - done)
     return results

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import datetime
 import io
 import json
 import platform
@@ -36,7 +35,14 @@ import numpy as np
 from afp_core import __version__
 from afp_core.colours import take_colour
 from afp_core.errors import AfpError
-from afp_core.fileutil import atomic_path, atomic_write_text, check_document, read_json_object
+from afp_core.fileutil import (
+    atomic_path,
+    atomic_write_text,
+    check_document,
+    format_bytes,
+    read_json_object,
+    utc_now,
+)
 from afp_core.protocols.baseline import (
     METHOD_LABELS,
     BaselineResult,
@@ -485,7 +491,7 @@ def format_quantisation_table(result: QuantisationResult) -> str:
             values.append("-" if value is None else f"{100 * value:.1f}")
         lines.append(
             f"| {point.label} | {point.code_bits} | {point.bytes_per_vector:g} | "
-            f"{_format_bytes(point.index_bytes)} | " + " | ".join(values) + " |"
+            f"{format_bytes(point.index_bytes)} | " + " | ".join(values) + " |"
         )
     lines.append("")
     return "\n".join(lines) + _notes(result.notices)
@@ -536,7 +542,7 @@ def plot_quantisation(result: QuantisationResult, path: Path | BinaryIO) -> None
     top.set_xscale("log", base=2)
     top.set_xlim(ax.get_xlim())
     top.set_xticks(ticks)
-    top.set_xticklabels([_format_bytes(p.index_bytes) for p in result.points], fontsize=7)
+    top.set_xticklabels([format_bytes(p.index_bytes) for p in result.points], fontsize=7)
     top.set_xlabel("index size")
     _finish(figure, ax, path)
 
@@ -617,7 +623,7 @@ def _write(
     document = {
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "created": utc_now(),
         "versions": versions(),
         **data,
         "files": {
@@ -750,11 +756,3 @@ def _notes(notes: Sequence[str]) -> str:
     if not notes:
         return ""
     return "\nNotes:\n\n" + "".join(f"- {note}\n" for note in notes)
-
-
-def _format_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
