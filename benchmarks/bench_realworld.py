@@ -55,7 +55,8 @@ from afp_core.shipped import default_checkpoint_path
 from afp_core.tasks import progress_task
 from afp_core.training.data import songs_from_paths, split_items
 from rig_app.demo import DemoOptions, DemoSong, build_demo_session
-from rig_app.room import VirtualRoom, record_or_simulate_takes
+from rig_app.jobs import record_or_simulate_takes
+from rig_app.room import VirtualRoom
 from rig_app.session import SESSION_FILE, Session
 
 ROOMS_DIR = Path(__file__).resolve().parent / "rooms"

@@ -421,7 +421,7 @@ def run_new(args: argparse.Namespace) -> int:
 def run_songs(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from rig_app.ui.state import add_session_songs, format_duration
+    from rig_app.jobs import add_session_songs, format_duration
 
     session = _open(args.session)
     with _progress(args.quiet, "song", "adding songs") as task:
@@ -449,7 +449,7 @@ def run_songs(args: argparse.Namespace) -> int:
 
 def run_program(args: argparse.Namespace) -> int:
     from afp_core.audio import iter_audio_files
-    from rig_app.ui.state import ProgramOptions, build_session_program, format_duration
+    from rig_app.jobs import ProgramOptions, build_session_program, format_duration
 
     session = _open(args.session)
     noise = tuple(iter_audio_files(args.noise)) if args.noise else ()
@@ -499,7 +499,7 @@ def _room(
 
 
 def run_record(args: argparse.Namespace) -> int:
-    from rig_app.ui.state import TakeSettings, format_duration, record_session_take
+    from rig_app.jobs import TakeSettings, format_duration, record_session_take
 
     session = _open(args.session)
     room = None
@@ -540,7 +540,7 @@ def run_record(args: argparse.Namespace) -> int:
 
 def run_recover(args: argparse.Namespace) -> int:
     from afp_core.tasks import TaskState
-    from rig_app.ui.state import format_duration, recover_session_takes, unstored_takes
+    from rig_app.jobs import format_duration, recover_session_takes, unstored_takes
 
     session = _open(args.session)
     labels = [args.label] if args.label else unstored_takes(session)
@@ -558,7 +558,7 @@ def run_recover(args: argparse.Namespace) -> int:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from rig_app.room import simulate_session_take
+    from rig_app.jobs import simulate_session_take
 
     session = _open(args.session)
     room = _room(args.room)
@@ -602,7 +602,7 @@ def run_align(args: argparse.Namespace) -> int:
 
 def _align(session: Session, labels: Sequence[str], quiet: bool) -> int:
     """Align the takes, one line each; returns how many were refused."""
-    from rig_app.ui.state import align_session_take, describe_alignment
+    from rig_app.jobs import align_session_take, describe_alignment
 
     refused = 0
     for label in labels:
@@ -621,8 +621,8 @@ def _align(session: Session, labels: Sequence[str], quiet: bool) -> int:
 
 
 def run_import_authors(args: argparse.Namespace) -> int:
+    from rig_app.jobs import describe_alignment, format_duration
     from rig_app.session import import_authors_layout
-    from rig_app.ui.state import describe_alignment, format_duration
 
     print(f"{PROG}: importing {args.source} (aligning the recordings takes a while)")
     session = import_authors_layout(

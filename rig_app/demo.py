@@ -35,8 +35,9 @@ from afp_core.query import load_query
 from afp_core.shipped import default_checkpoint_path
 from afp_core.tasks import progress_task
 from rig_app.devices import DeviceError
+from rig_app.jobs import record_or_simulate_takes
 from rig_app.program import ProgramSong, build_noise_program, build_program
-from rig_app.room import VirtualRoom, record_or_simulate_takes
+from rig_app.room import VirtualRoom
 from rig_app.session import SESSION_FILE, Session, SessionError, SongEntry
 from rig_app.virtual_devices import VirtualDevicesError
 

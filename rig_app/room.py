@@ -17,16 +17,18 @@ measures the delay of the path like any other.
 
 Two ways to use it:
 
-* live (``rig_app.ui.state.TakeSettings.room``, ``afp-rig record --virtual-room``):
-  ``render_paths`` makes what each source contributes at the microphone; the rig plays
-  the music part on the music output and the noise part on the noise output, and the
-  virtual devices' loopbacks sum them into the virtual microphone, so the take goes
-  through real PortAudio streams with real latency and drift;
-* offline (``simulate_take``, ``afp-rig simulate``): the mix as the microphone would
-  record it, with a start offset, a clock drift and a little self-noise.
+* live (``rig_app.jobs.TakeSettings.room``, ``afp-rig record --virtual-room``):
+  ``live_take_audio`` makes what each source contributes at the microphone
+  (``render_paths``); the rig plays the music part on the music output and the noise part
+  on the noise output, and the virtual devices' loopbacks sum them into the virtual
+  microphone, so the take goes through real PortAudio streams with real latency and drift;
+* offline (``simulated_take_audio``, ``afp-rig simulate``): the mix as the microphone
+  would record it, with a start offset, a clock drift and a little self-noise.
 
-Both store the take in the session with a note (``take_note``) holding the room and the
-music-to-noise ratio at the microphone; ``room_from_notes`` reads it back.
+Either way the take carries a note (``take_note``) holding the room and the
+music-to-noise ratio at the microphone; ``room_from_notes`` reads it back. The jobs that
+make a session's takes through a room and store them are in ``rig_app.jobs``
+(``record_or_simulate_takes``, ``simulate_session_take``).
 
 Levels: the microphone's gain is set so that the music speaker's direct sound arrives at
 the program's level (the room adds its reverberation on top); the noise speaker plays its
@@ -41,11 +43,10 @@ import functools
 import json
 import math
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import soxr
@@ -54,20 +55,14 @@ from scipy import signal
 
 from afp_core.audio import load_audio, write_audio_atomic
 from afp_core.augment import overdrive
-from afp_core.errors import AfpError, Cancelled
+from afp_core.errors import AfpError
 from afp_core.fileutil import atomic_write_text, check_document, read_json_object
-from afp_core.tasks import TaskState
-
-if TYPE_CHECKING:
-    from rig_app.align import Alignment
-    from rig_app.program import Program
-    from rig_app.session import Session
 
 __all__ = [
     "ROOM_FORMAT",
     "ROOM_VERSION",
     "RoomError",
-    "RoomTake",
+    "SimulatedTake",
     "VirtualRoom",
     "convolve_blocks",
     "live_take_audio",
@@ -75,12 +70,11 @@ __all__ = [
     "music_to_noise_db",
     "noise_speaker_ir",
     "path_responses",
-    "record_or_simulate_takes",
     "render_paths",
     "room_from_notes",
     "room_impulse_responses",
-    "simulate_session_take",
     "simulate_take",
+    "simulated_take_audio",
     "speaker_ir",
     "take_note",
     "write_channel_ir",
@@ -650,11 +644,65 @@ def simulate_take(
     ``offset_s + (t + path delay) * (1 + drift_ppm * 1e-6)``; the path delay is the music
     speaker's distance over the speed of sound, plus the responses' small group delay.
     """
+    made = simulated_take_audio(
+        room,
+        music,
+        noise,
+        sample_rate,
+        label,
+        offset_s=offset_s,
+        drift_ppm=drift_ppm,
+        mic_noise_db=mic_noise_db,
+        seed=seed,
+        tail_s=tail_s,
+    )
+    return made.audio
+
+
+@dataclass
+class SimulatedTake:
+    """A take simulated through a room (``simulated_take_audio``), ready to store."""
+
+    audio: np.ndarray  # float32, at the rate it was simulated at
+    music_to_noise_db: float  # at the microphone, over the songs
+    note: str  # the take's note (``take_note``)
+    details: dict[str, Any]  # offset_s, drift_ppm, mic_noise_db, seed: what the note records
+
+
+def simulated_take_audio(
+    room: VirtualRoom,
+    music: np.ndarray,
+    noise: np.ndarray | None,
+    sample_rate: int,
+    label: str,
+    song_ranges: Sequence[tuple[int, int]] | None = None,
+    *,
+    offset_s: float = 0.7,
+    drift_ppm: float = 35.0,
+    mic_noise_db: float = -75.0,
+    seed: int | None = None,
+    tail_s: float = 2.0,
+) -> SimulatedTake:
+    """An offline take through ``room`` (see ``simulate_take``) with its note: the
+    music-to-noise ratio at the microphone over ``song_ranges`` (default: all of it) and
+    the simulation's settings. Pass ``noise`` as the only reference to it: it is let go
+    before the take is mixed, so hours of program need one track fewer in memory."""
     _check_take(offset_s, drift_ppm, tail_s)
     music_at_mic, noise_at_mic = render_paths(room, music, noise, sample_rate, label)
+    del noise
+    ratio = music_to_noise_db(music_at_mic, noise_at_mic, song_ranges)
     seed = room.seed if seed is None else seed
-    return _record(music_at_mic, noise_at_mic, sample_rate, offset_s, drift_ppm,
-                   mic_noise_db, seed, tail_s)  # fmt: skip
+    audio = _record(
+        music_at_mic, noise_at_mic, sample_rate, offset_s, drift_ppm, mic_noise_db, seed, tail_s
+    )
+    details = {
+        "offset_s": round(offset_s * sample_rate) / sample_rate,
+        "drift_ppm": drift_ppm,
+        "mic_noise_db": mic_noise_db,
+        "seed": seed,
+    }
+    note = take_note(room, label, "simulated", ratio, **details)
+    return SimulatedTake(audio, ratio, note, details)
 
 
 def _check_take(offset_s: float, drift_ppm: float, tail_s: float) -> None:
@@ -735,8 +783,19 @@ def room_from_notes(notes: str) -> tuple[VirtualRoom, dict[str, Any]] | None:
     return VirtualRoom.from_dict(data, where="take notes"), dict(take or {})
 
 
-def _join_notes(*parts: str) -> str:
-    return "; ".join(part for part in parts if part)
+def live_take_audio(
+    room: VirtualRoom,
+    music: np.ndarray,
+    noise: np.ndarray | None,
+    sample_rate: int,
+    label: str,
+    song_ranges: Sequence[tuple[int, int]] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """What to play for a live take through ``room``: the music and noise at the
+    microphone (``render_paths``) and the take's note (``take_note``)."""
+    music_at_mic, noise_at_mic = render_paths(room, music, noise, sample_rate, label)
+    ratio = music_to_noise_db(music_at_mic, noise_at_mic, song_ranges)
+    return music_at_mic, noise_at_mic, take_note(room, label, "live", ratio)
 
 
 def write_channel_ir(channel: dict[str, Any], path: Path | str) -> Path:
@@ -753,292 +812,3 @@ def write_channel_ir(channel: dict[str, Any], path: Path | str) -> Path:
     path = Path(path)
     write_audio_atomic(path, ir, rate, subtype="FLOAT")
     return path
-
-
-# --- sessions -----------------------------------------------------------------------------
-
-
-class _Devices(Protocol):
-    music_out: str
-    noise_out: str
-    mic_in: str
-
-
-@dataclass
-class RoomTake:
-    """A take made through a virtual room and how it went."""
-
-    label: str
-    mode: Literal["live", "simulated"]
-    path: Path
-    noise_distance_m: float
-    music_to_noise_db: float
-    alignment: Alignment | None = None
-    error: str | None = None  # alignment refused, or the recording ended with an error
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        ratio = (
-            f"{self.music_to_noise_db:+.1f} dB"
-            if math.isfinite(self.music_to_noise_db)
-            else "no noise"
-        )
-        text = (
-            f"{self.label} ({self.mode}, noise speaker at {self.noise_distance_m:.2f} m, "
-            f"music-to-noise {ratio})"
-        )
-        return text + (f": {self.error}" if self.error else "")
-
-
-def _song_ranges(program: Program, rate: int) -> list[tuple[int, int]]:
-    scale = rate / program.sample_rate
-    return [(round(s.start * scale), round(s.end * scale)) for s in program.songs]
-
-
-def _program_noise(session: Session) -> np.ndarray | None:
-    from rig_app.program import load_noise_track
-
-    return load_noise_track(session.program_folder())
-
-
-def live_take_audio(
-    room: VirtualRoom,
-    music: np.ndarray,
-    noise: np.ndarray | None,
-    sample_rate: int,
-    label: str,
-    song_ranges: Sequence[tuple[int, int]] | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """What to play for a live take through ``room``: the music and noise at the
-    microphone (``render_paths``) and the take's note (``take_note``)."""
-    music_at_mic, noise_at_mic = render_paths(room, music, noise, sample_rate, label)
-    ratio = music_to_noise_db(music_at_mic, noise_at_mic, song_ranges)
-    return music_at_mic, noise_at_mic, take_note(room, label, "live", ratio)
-
-
-def simulate_session_take(
-    task: TaskState,
-    session: Session,
-    room: VirtualRoom,
-    label: str,
-    *,
-    offset_s: float = 0.7,
-    drift_ppm: float = 35.0,
-    mic_noise_db: float = -75.0,
-    seed: int | None = None,
-    notes: str = "",
-    replace: bool = False,
-) -> RoomTake:
-    """Simulate the take ``label`` of the session's program in ``room`` and store it like a
-    recorded one (takes/LABEL.raw.wav, unaligned, the room in its notes)."""
-    from rig_app.session import TAKES_DIR, SessionError
-
-    if not replace and any(t.label == label for t in session.takes):
-        raise SessionError(f"{session.path}: a take labelled {label!r} exists already")
-    distance = room.noise_distance(label)
-    out = session.folder / TAKES_DIR / f"{label}.raw.wav"
-    if out.exists() and not replace:
-        raise SessionError(f"{out}: exists already (an earlier, unstored take?); replace it")
-    task.set_total(3, f"{label}: loading the program")
-    program = session.load_program()
-    noise = _program_noise(session)
-    rate = program.sample_rate
-    task.advance(1, f"{label}: simulating the room")
-    task.check_cancelled()
-    _check_take(offset_s, drift_ppm, 2.0)
-    music_at_mic, noise_at_mic = render_paths(room, program.music, noise, rate, label)
-    del noise
-    ratio = music_to_noise_db(music_at_mic, noise_at_mic, _song_ranges(program, rate))
-    seed = room.seed if seed is None else seed
-    take = _record(music_at_mic, noise_at_mic, rate, offset_s, drift_ppm, mic_noise_db, seed, 2.0)
-    del music_at_mic, noise_at_mic
-    task.advance(1, f"{label}: storing")
-    task.check_cancelled()
-    details = {
-        "offset_s": round(offset_s * rate) / rate,
-        "drift_ppm": drift_ppm,
-        "mic_noise_db": mic_noise_db,
-        "seed": seed,
-    }
-    note = take_note(room, label, "simulated", ratio, **details)
-    if replace:
-        (out.parent / f"{label}.aligned.wav").unlink(missing_ok=True)
-    session.add_take(
-        label,
-        take,
-        rate,
-        devices={"simulated": "rig_app.room.simulate_take"},
-        speaker_distance_m=distance,
-        notes=_join_notes(notes, note),
-        replace=True,
-    )
-    task.advance(1, f"{label}: simulated")
-    return RoomTake(label, "simulated", out, distance, ratio, details=details)
-
-
-def record_or_simulate_takes(
-    task: TaskState,
-    session: Session,
-    room: VirtualRoom | None = None,
-    labels: Sequence[str] | None = None,
-    *,
-    live: bool | None = None,
-    devices: _Devices | None = None,
-    align: bool = True,
-    replace: bool = False,
-    offset_s: float = 0.7,
-    drift_ppm: float = 35.0,
-    parallel: bool = True,
-) -> list[RoomTake]:
-    """Make the session's takes (default: every label of ``room``) through a virtual room.
-
-    ``live`` True records each take through ``devices`` in real time, playing the
-    rendered paths; False simulates them offline (``simulate_session_take`` with
-    ``offset_s`` and ``drift_ppm``); None records live when virtual devices can be
-    started and simulates otherwise. Without ``devices`` the virtual devices are started
-    here and stopped at the end: with ``parallel`` one set per label (each its own
-    daemon, so its own room), and all takes are recorded at once, which takes as long as
-    the program instead of three times as long. Each take is then aligned (``align``); a
-    refused alignment is reported in the take's ``error`` and the others go on.
-    Cancelling ``task`` stops the takes being made (``Cancelled``); what was recorded
-    stays stored.
-    """
-    from rig_app.devices import DeviceError
-    from rig_app.ui.state import align_session_take
-    from rig_app.virtual_devices import VirtualDevicesError, start_virtual_devices
-
-    room = room or VirtualRoom()
-    labels = list(labels or room.labels)
-    for label in labels:
-        room.noise_distance(label)
-    if session.program is None:
-        from rig_app.session import SessionError
-
-        raise SessionError(f"{session.path}: the session has no program yet")
-    started: list[Any] = []
-    routes: dict[str, _Devices] | None = None
-    if devices is not None:
-        routes = dict.fromkeys(labels, devices)
-    elif live is not False:
-        own_sets = len(labels) if parallel else 1
-        try:
-            for number in range(own_sets):
-                prefix = f"{labels[number]}_" if parallel else ""
-                started.append(start_virtual_devices(prefix=prefix))
-            routes = {label: started[i if parallel else 0] for i, label in enumerate(labels)}
-        except (VirtualDevicesError, DeviceError):
-            for running in started:
-                running.stop()
-            started = []
-            if live:
-                raise
-    results: list[RoomTake] = []
-    try:
-        if routes is None:
-            for label in labels:
-                results.append(
-                    simulate_session_take(
-                        task,
-                        session,
-                        room,
-                        label,
-                        offset_s=offset_s,
-                        drift_ppm=drift_ppm,
-                        replace=replace,
-                        seed=room.seed + len(results),
-                    )
-                )
-        elif parallel and devices is None and len(labels) > 1:
-            results = _record_side_by_side(task, session, room, labels, routes, replace)
-        else:
-            for label in labels:
-                results.append(_record_live(task, session, room, label, routes[label], replace))
-        task.check_cancelled()
-        if align:
-            for made in results:
-                try:
-                    made.alignment = align_session_take(task, session, made.label)
-                except Cancelled:
-                    raise
-                except AfpError as exc:
-                    made.error = str(exc)
-    finally:
-        for running in started:
-            running.stop()
-    return results
-
-
-def _record_live(
-    task: TaskState,
-    session: Session,
-    room: VirtualRoom,
-    label: str,
-    devices: _Devices,
-    replace: bool,
-) -> RoomTake:
-    from rig_app.ui.state import TakeSettings, record_session_take
-
-    has_noise = bool(session.program and session.program.get("noise_file"))
-    settings = TakeSettings(
-        label=label,
-        music_out=devices.music_out,
-        mic_in=devices.mic_in,
-        noise_out=devices.noise_out if has_noise else None,
-        speaker_distance_m=room.noise_distance(label),
-        room=room,
-        replace=replace,
-    )
-    result = record_session_take(task, session, settings)
-    if result.frames == 0:
-        raise AfpError(f"{result.path}: nothing was recorded ({result.error})")
-    found = room_from_notes(session.take(label).notes)
-    ratio = (found[1] if found else {}).get("music_to_noise_db")
-    return RoomTake(
-        label,
-        "live",
-        result.path,
-        room.noise_distance(label),
-        math.inf if ratio is None else float(ratio),
-        error=result.error,
-        details={"xruns": result.xrun_total, "ended_by": result.ended_by},
-    )
-
-
-def _record_side_by_side(
-    task: TaskState,
-    session: Session,
-    room: VirtualRoom,
-    labels: Sequence[str],
-    routes: dict[str, _Devices],
-    replace: bool,
-) -> list[RoomTake]:
-    """One thread per take; the task's progress is the sum of theirs."""
-    progress = dict.fromkeys(labels, (0.0, 0.0))
-    lock = threading.Lock()
-
-    def report(label: str) -> Callable[[float, float, str], None]:
-        def on_progress(done: float, total: float, message: str) -> None:
-            with lock:
-                progress[label] = (done, total)
-                task.total = sum(t for _, t in progress.values())
-                task.done = sum(d for d, _ in progress.values())
-                task.set_message(message if message.startswith(label) else f"{label}: {message}")
-
-        return on_progress
-
-    with ThreadPoolExecutor(max_workers=len(labels), thread_name_prefix="take") as pool:
-        futures = [
-            pool.submit(
-                _record_live, task.fork(report(label)), session, room, label, routes[label], replace
-            )
-            for label in labels
-        ]
-        results, errors = [], []
-        for future in futures:
-            try:
-                results.append(future.result())
-            except (AfpError, OSError) as exc:  # the other takes finish and are kept first
-                errors.append(exc)
-    if errors:
-        raise errors[0]
-    return results

@@ -132,12 +132,12 @@ def test_user_errors_are_one_line_with_exit_1(tmp_path, capsys):
 
 
 def test_cancel_exits_130(tmp_path, capsys, monkeypatch):
-    from rig_app.ui import state
+    from rig_app import jobs
 
     def cancelled(*args, **kwargs):
         raise Cancelled("cancelled by the user; finished work is kept")
 
-    monkeypatch.setattr(state, "add_session_songs", cancelled)
+    monkeypatch.setattr(jobs, "add_session_songs", cancelled)
     Session.create(tmp_path / "s")
     code, _, err = _run(capsys, "songs", tmp_path / "s", tmp_path, "--quiet")
     assert code == 130 and "finished work is kept" in err

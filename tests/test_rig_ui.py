@@ -21,11 +21,11 @@ pytest.importorskip("PySide6")
 
 from afp_core.errors import AfpError
 from afp_core.tasks import TaskState
+from rig_app import jobs
+from rig_app.jobs import ProgramOptions, add_session_songs, build_session_program
 from rig_app.program import synthesize_song
 from rig_app.session import Session
-from rig_app.ui import state as state_module
 from rig_app.ui.main_window import MainWindow, find_binding_problem
-from rig_app.ui.state import ProgramOptions, add_session_songs, build_session_program
 from rig_app.ui.workers import TaskPanel, Worker
 from tests.rig_fixtures import write_killed_take
 
@@ -242,14 +242,14 @@ def test_program_build_cancelled_midway_writes_nothing(
 ):
     session = _session_with_songs(tmp_path / "session", library)
     entered, release = threading.Event(), threading.Event()
-    real_load = state_module.load_audio
+    real_load = jobs.load_audio
 
     def slow_load(path, rate):
         entered.set()
         release.wait(10)
         return real_load(path, rate)
 
-    monkeypatch.setattr(state_module, "load_audio", slow_load)
+    monkeypatch.setattr(jobs, "load_audio", slow_load)
     assert window.open_session(session.folder) is None
     page = window.show_page("Program")
     page.min_song.setValue(1.0)

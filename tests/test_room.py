@@ -13,6 +13,7 @@ from scipy import signal
 from afp_core.tasks import TaskState
 from rig_app import cli
 from rig_app.align import align_take
+from rig_app.jobs import record_or_simulate_takes
 from rig_app.program import (
     Program,
     ProgramSong,
@@ -27,7 +28,6 @@ from rig_app.room import (
     convolve_blocks,
     microphone_ir,
     music_to_noise_db,
-    record_or_simulate_takes,
     render_paths,
     room_from_notes,
     room_impulse_responses,

@@ -2,8 +2,8 @@
 
 from afp_core.protocols.sessions import judge_take
 from rig_app.align import Alignment
+from rig_app.jobs import describe_alignment
 from rig_app.session import TakeEntry
-from rig_app.ui.state import describe_alignment
 
 
 def test_verdict_names_every_reason_and_only_when_flagged():

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 
 from afp_core.errors import AfpError
 from afp_core.fileutil import one_line
+from rig_app.jobs import format_duration, recover_session_takes, unstored_takes
 from rig_app.session import Session
 from rig_app.ui.pages import Page
 from rig_app.ui.pages.evaluate import EvaluatePage
@@ -35,7 +36,7 @@ from rig_app.ui.pages.inspect import InspectPage
 from rig_app.ui.pages.program import ProgramPage
 from rig_app.ui.pages.record import RecordPage
 from rig_app.ui.pages.songs import SongsPage
-from rig_app.ui.state import RigState, format_duration, recover_session_takes, unstored_takes
+from rig_app.ui.state import RigState
 from rig_app.ui.workers import Worker
 
 __all__ = ["MainWindow", "find_binding_problem", "find_display_problem", "run_app"]

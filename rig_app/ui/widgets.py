@@ -10,7 +10,7 @@ from PySide6.QtCore import QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPaintEvent, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from rig_app.ui.state import Overview
+from rig_app.jobs import Overview
 
 __all__ = ["LevelMeter", "WaveformOverview"]
 

@@ -26,17 +26,17 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from rig_app.session import Session
-from rig_app.ui.pages import Collapsible, Page
-from rig_app.ui.state import (
+from rig_app.jobs import (
     ProgramOptions,
     ProgramView,
-    RigState,
     build_session_program,
     format_duration,
     load_program_view,
     program_is_stale,
 )
+from rig_app.session import Session
+from rig_app.ui.pages import Collapsible, Page
+from rig_app.ui.state import RigState
 from rig_app.ui.widgets import WaveformOverview
 from rig_app.ui.workers import TaskPanel, Worker
 

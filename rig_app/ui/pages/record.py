@@ -38,11 +38,7 @@ from afp_core.tasks import TaskState
 from rig_app.align import Alignment
 from rig_app.capture import InputMeter, TakeRecorder, TakeResult, play_test_tone
 from rig_app.devices import Device, list_devices
-from rig_app.room import RoomError, VirtualRoom
-from rig_app.session import TAKE_LABELS, Session, TakeEntry
-from rig_app.ui.pages import Collapsible, Page
-from rig_app.ui.state import (
-    RigState,
+from rig_app.jobs import (
     TakeSettings,
     align_session_take,
     describe_alignment,
@@ -50,6 +46,10 @@ from rig_app.ui.state import (
     record_session_take,
     take_path,
 )
+from rig_app.room import RoomError, VirtualRoom
+from rig_app.session import TAKE_LABELS, Session, TakeEntry
+from rig_app.ui.pages import Collapsible, Page
+from rig_app.ui.state import RigState
 from rig_app.ui.widgets import LevelMeter
 from rig_app.ui.workers import TaskPanel, Worker
 

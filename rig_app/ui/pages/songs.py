@@ -26,10 +26,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from rig_app.jobs import add_session_songs, format_duration
 from rig_app.session import Session, SongEntry
 from rig_app.songs import MIN_DURATION_S, SongResult
 from rig_app.ui.pages import Collapsible, Page
-from rig_app.ui.state import RigState, add_session_songs, format_duration
+from rig_app.ui.state import RigState
 from rig_app.ui.workers import TaskPanel, Worker
 
 __all__ = ["SongsPage"]
