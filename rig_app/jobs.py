@@ -45,7 +45,14 @@ from rig_app.program import (
     load_noise_track,
 )
 from rig_app.room import VirtualRoom, live_take_audio, room_from_notes, simulated_take_audio
-from rig_app.session import PROGRAM_DIR, TAKES_DIR, Session, SessionError, SongEntry
+from rig_app.session import (
+    PROGRAM_DIR,
+    RAW_TAKE_SUFFIX,
+    TAKES_DIR,
+    Session,
+    SessionError,
+    SongEntry,
+)
 from rig_app.songs import MIN_DURATION_S, SONGS_DIR, SongResult, add_songs, load_songs
 from rig_app.virtual_devices import VirtualDevicesError, start_virtual_devices
 
@@ -60,6 +67,7 @@ __all__ = [
     "build_session_program",
     "describe_alignment",
     "format_duration",
+    "format_number",
     "load_program_view",
     "make_overview",
     "program_is_stale",
@@ -69,7 +77,6 @@ __all__ = [
     "simulate_session_take",
     "songs_folder",
     "sync_session_songs",
-    "take_path",
     "unstored_takes",
 ]
 
@@ -85,6 +92,14 @@ def format_duration(seconds: float) -> str:
         return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
     minutes, remainder = divmod(seconds, 60)
     return f"{int(minutes)}:{remainder:04.1f}"
+
+
+def format_number(value: float | None, unit: str, decimals: int) -> str:
+    """``value`` with ``decimals`` and ``unit``; ``—`` for None or not finite."""
+    if value is None or not math.isfinite(value):
+        return "—"
+    value = round(value, decimals) + 0.0  # a residual of -1e-9 ms reads 0.000, not -0.000
+    return f"{value:.{decimals}f} {unit}"
 
 
 # --- songs --------------------------------------------------------------------------------
@@ -338,12 +353,51 @@ class TakeSettings:
     room: VirtualRoom | None = None
 
 
-_RAW_TAKE = ".raw.wav"
+def _new_take_path(session: Session, label: str, replace: bool) -> Path:
+    """Where a new take of ``label`` goes; ``SessionError`` when a take is there already
+    (stored or not) and is not to be replaced."""
+    if not replace and session.find_take(label) is not None:
+        raise SessionError(f"{session.path}: a take labelled {label!r} exists already")
+    out = session.raw_take_path(label)
+    if out.exists() and not replace:
+        raise SessionError(
+            f"{out}: exists already, a take the session does not hold (a killed recording?); "
+            f"bring it back with `afp-rig recover {session.folder} --label {label}`, or "
+            "replace it"
+        )
+    return out
 
 
-def take_path(session: Session, label: str) -> Path:
-    """Where a take of ``label`` is recorded."""
-    return session.folder / TAKES_DIR / f"{label}{_RAW_TAKE}"
+def _store_recording(
+    session: Session,
+    label: str,
+    result: TakeResult,
+    notes: str,
+    speaker_distance_m: float | None = None,
+    replace: bool = False,
+) -> None:
+    """Store a recorded (or recovered) take, unaligned, with what the recorder knows."""
+    session.add_take(
+        label,
+        result.path,
+        result.sample_rate,
+        devices=result.devices,
+        sample_rates=result.sample_rates,
+        speaker_distance_m=speaker_distance_m,
+        notes=notes,
+        xruns=result.xrun_total,
+        replace=replace,
+    )
+
+
+def _join_notes(*parts: str) -> str:
+    return "; ".join(part for part in parts if part)
+
+
+def _song_ranges(program: Program, rate: int) -> list[tuple[int, int]]:
+    """Where the program's songs lie in it at ``rate``, in samples."""
+    scale = rate / program.sample_rate
+    return [(round(s.start * scale), round(s.end * scale)) for s in program.songs]
 
 
 def unstored_takes(session: Session) -> list[str]:
@@ -352,8 +406,8 @@ def unstored_takes(session: Session) -> list[str]:
     still recording are left out; ``recover_session_takes`` brings the others back."""
     stored = {take.label for take in session.takes}
     found = []
-    for path in sorted((session.folder / TAKES_DIR).glob(f"*{_RAW_TAKE}")):
-        label = path.name.removesuffix(_RAW_TAKE)
+    for path in sorted((session.folder / TAKES_DIR).glob(f"*{RAW_TAKE_SUFFIX}")):
+        label = path.name.removesuffix(RAW_TAKE_SUFFIX)
         recorded = read_take_info(path) is not None  # the recorder's sidecar is there
         if label not in stored and recorded and recording_process(path) is None:
             found.append(label)
@@ -374,25 +428,20 @@ def recover_session_takes(
     for label in labels:
         task.check_cancelled()
         task.set_message(f"recovering {label}")
-        if any(take.label == label for take in session.takes):
+        if session.find_take(label) is not None:
             raise SessionError(f"{session.path}: take {label!r} is stored already")
-        path = take_path(session, label)
+        path = session.raw_take_path(label)
         if not path.is_file():
             raise SessionError(f"{path}: no such take file to recover")
         result = recover_take(path)
         if result.frames == 0:
             raise SessionError(f"{path}: the recording ended before any audio reached it")
         expected = result.frames_expected / result.sample_rate
-        session.add_take(
-            label,
-            result.path,
-            result.sample_rate,
-            devices=result.devices,
-            sample_rates=result.sample_rates,
-            notes=f"recovered after the recording stopped ({result.ended_by}): "
-            f"{format_duration(result.duration_s)} of {format_duration(expected)}",
-            xruns=result.xrun_total,
+        notes = (
+            f"recovered after the recording stopped ({result.ended_by}): "
+            f"{format_duration(result.duration_s)} of {format_duration(expected)}"
         )
+        _store_recording(session, label, result, notes)
         results.append(result)
     return results
 
@@ -411,15 +460,7 @@ def record_session_take(
     same label); align it with ``align_session_take``.
     """
     label = settings.label
-    if not settings.replace and any(t.label == label for t in session.takes):
-        raise SessionError(f"{session.path}: a take labelled {label!r} exists already")
-    out = take_path(session, label)
-    if out.exists() and not settings.replace:
-        raise SessionError(
-            f"{out}: exists already, a take the session does not hold (a killed recording?); "
-            f"bring it back with `afp-rig recover {session.folder} --label {label}`, or "
-            "replace it"
-        )
+    out = _new_take_path(session, label, settings.replace)
     # a wrong device name should not cost the wait for a long program to load
     find_device(settings.music_out, "output")
     find_device(settings.mic_in, "input")
@@ -443,12 +484,11 @@ def record_session_take(
     notes, distance = settings.notes, settings.speaker_distance_m
     if settings.room is not None:
         task.set_message(f"{label}: rendering the virtual room")
-        scale = rate / program.sample_rate
-        songs = [(round(s.start * scale), round(s.end * scale)) for s in program.songs]
+        songs = _song_ranges(program, rate)
         music, noise, note = live_take_audio(settings.room, music, noise, rate, label, songs)
         if settings.noise_out is None and noise is not None:
             music, noise = music + noise, None
-        notes = "; ".join(part for part in (notes, note) if part)
+        notes = _join_notes(notes, note)
         if distance is None:
             distance = settings.room.noise_distance(label)
     task.check_cancelled()
@@ -467,19 +507,7 @@ def record_session_take(
         config, music, noise, out, task, overwrite=settings.replace, on_recorder=on_recorder
     )
     if result.frames > 0:
-        if settings.replace:
-            (out.parent / f"{label}.aligned.wav").unlink(missing_ok=True)
-        session.add_take(
-            label,
-            result.path,
-            result.sample_rate,
-            devices=result.devices,
-            sample_rates=result.sample_rates,
-            speaker_distance_m=distance,
-            notes=notes,
-            xruns=result.xrun_total,
-            replace=True,
-        )
+        _store_recording(session, label, result, notes, distance, replace=True)
     return result
 
 
@@ -536,17 +564,10 @@ def describe_alignment(alignment: Alignment | dict[str, Any], xruns: int = 0) ->
         alignment = Alignment.from_dict(alignment)
     return (
         f"offset {alignment.offset_s * 1000:.2f} ms, drift {alignment.drift_ppm:+.1f} ppm, "
-        f"max residual {_ms(alignment.max_residual_ms)}, min SNR {_db(alignment.min_snr_db)}: "
+        f"max residual {format_number(alignment.max_residual_ms, 'ms', 3)}, "
+        f"min SNR {format_number(alignment.min_snr_db, 'dB', 1)}: "
         f"{alignment.verdict(xruns).describe()}"
     )
-
-
-def _ms(value: float) -> str:
-    return f"{value:.3f} ms" if math.isfinite(value) else "—"
-
-
-def _db(value: float) -> str:
-    return f"{value:.1f} dB" if math.isfinite(value) else "—"
 
 
 # --- takes through a virtual room ---------------------------------------------------------
@@ -584,15 +605,6 @@ class RoomTake:
         return text + (f": {self.error}" if self.error else "")
 
 
-def _join_notes(*parts: str) -> str:
-    return "; ".join(part for part in parts if part)
-
-
-def _song_ranges(program: Program, rate: int) -> list[tuple[int, int]]:
-    scale = rate / program.sample_rate
-    return [(round(s.start * scale), round(s.end * scale)) for s in program.songs]
-
-
 def simulate_session_take(
     task: TaskState,
     session: Session,
@@ -608,12 +620,8 @@ def simulate_session_take(
 ) -> RoomTake:
     """Simulate the take ``label`` of the session's program in ``room`` and store it like a
     recorded one (takes/LABEL.raw.wav, unaligned, the room in its notes)."""
-    if not replace and any(t.label == label for t in session.takes):
-        raise SessionError(f"{session.path}: a take labelled {label!r} exists already")
+    out = _new_take_path(session, label, replace)
     distance = room.noise_distance(label)
-    out = take_path(session, label)
-    if out.exists() and not replace:
-        raise SessionError(f"{out}: exists already (an earlier, unstored take?); replace it")
     task.set_total(3, f"{label}: loading the program")
     program = session.load_program()
     rate = program.sample_rate
@@ -633,8 +641,6 @@ def simulate_session_take(
     )
     task.advance(1, f"{label}: storing")
     task.check_cancelled()
-    if replace:
-        (out.parent / f"{label}.aligned.wav").unlink(missing_ok=True)
     session.add_take(
         label,
         made.audio,

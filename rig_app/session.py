@@ -80,6 +80,8 @@ SESSION_VERSION = 1
 SESSION_FILE = "session.json"
 PROGRAM_DIR = "program"
 TAKES_DIR = "takes"
+RAW_TAKE_SUFFIX = ".raw.wav"
+ALIGNED_TAKE_SUFFIX = ".aligned.wav"
 TAKE_LABELS = ("low", "mid", "high")
 _LABEL = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
@@ -350,11 +352,23 @@ class Session:
         """The session's music program (with its audio)."""
         return load_program(self.program_folder())
 
+    def raw_take_path(self, label: str) -> Path:
+        """Where a take of ``label`` is recorded (takes/<label>.raw.wav)."""
+        return self.folder / TAKES_DIR / f"{label}{RAW_TAKE_SUFFIX}"
+
+    def aligned_take_path(self, label: str) -> Path:
+        """Where the aligned audio of a take of ``label`` goes (takes/<label>.aligned.wav)."""
+        return self.folder / TAKES_DIR / f"{label}{ALIGNED_TAKE_SUFFIX}"
+
+    def find_take(self, label: str) -> TakeEntry | None:
+        """The take labelled ``label``, None if there is none."""
+        return next((take for take in self.takes if take.label == label), None)
+
     def take(self, label: str) -> TakeEntry:
         """The take labelled ``label``; ``SessionError`` if there is none."""
-        for take in self.takes:
-            if take.label == label:
-                return take
+        take = self.find_take(label)
+        if take is not None:
+            return take
         have = ", ".join(t.label for t in self.takes) or "none"
         raise SessionError(f"{self.path}: no take labelled {label!r} (takes: {have})")
 
@@ -377,7 +391,8 @@ class Session:
         ``recording`` is the audio (written to takes/<label>.raw.wav, needs
         ``recording_rate``) or the path of an audio file already written (kept where it
         is). The aligned audio in ``alignment`` (if any) goes to takes/<label>.aligned.wav
-        and its song intervals become the take's ground truth.
+        and its song intervals become the take's ground truth; a take replaced by one
+        without aligned audio loses the old aligned file.
         """
         # takes recorded side by side (one thread each) store themselves one at a time
         with _SESSION_LOCK:
@@ -386,15 +401,13 @@ class Session:
                     f"{self.path}: take label {label!r} must be a short lower-case slug "
                     f"(e.g. {', '.join(TAKE_LABELS)})"
                 )
-            existing = [t for t in self.takes if t.label == label]
-            if existing and not replace:
+            if not replace and self.find_take(label) is not None:
                 raise SessionError(f"{self.path}: a take labelled {label!r} exists already")
-            takes_dir = self.folder / TAKES_DIR
-            takes_dir.mkdir(parents=True, exist_ok=True)
+            (self.folder / TAKES_DIR).mkdir(parents=True, exist_ok=True)
             if isinstance(recording, np.ndarray):
                 if recording_rate is None:
                     raise ValueError("recording_rate is needed to write a recording")
-                raw_path = takes_dir / f"{label}.raw.wav"
+                raw_path = self.raw_take_path(label)
                 write_audio_atomic(raw_path, recording, recording_rate, subtype="FLOAT")
             else:
                 raw_path = Path(recording)
@@ -405,10 +418,10 @@ class Session:
                     )
                 recording_rate = info.sample_rate
             aligned_file = None
+            aligned_path = self.aligned_take_path(label)
             ground_truth: list[dict[str, Any]] = []
             if alignment is not None:
                 if alignment.aligned is not None:
-                    aligned_path = takes_dir / f"{label}.aligned.wav"
                     write_audio_atomic(
                         aligned_path, alignment.aligned, alignment.program_rate, subtype="FLOAT"
                     )
@@ -423,6 +436,9 @@ class Session:
                     }
                     for s in alignment.songs
                 ]
+            if aligned_file is None and replace:
+                # the replaced take's aligned audio would pass for this one's
+                aligned_path.unlink(missing_ok=True)
             entry = TakeEntry(
                 label=label,
                 raw_file=self._relative(raw_path),

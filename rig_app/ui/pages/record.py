@@ -6,7 +6,6 @@ recorder (or the input meter) from a 20 Hz timer on the GUI thread.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from PySide6.QtCore import Qt, QTimer
@@ -43,8 +42,8 @@ from rig_app.jobs import (
     align_session_take,
     describe_alignment,
     format_duration,
+    format_number,
     record_session_take,
-    take_path,
 )
 from rig_app.room import RoomError, VirtualRoom
 from rig_app.session import TAKE_LABELS, Session, TakeEntry
@@ -68,13 +67,6 @@ _GREEN = "color: #1e7832;"
 
 def _seconds(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f} s"
-
-
-def _number(value: float | None, unit: str, decimals: int) -> str:
-    if value is None or not math.isfinite(value):
-        return "—"
-    value = round(value, decimals) + 0.0  # a residual of -1e-9 ms reads 0.000, not -0.000
-    return f"{value:.{decimals}f} {unit}"
 
 
 def _start_meter(task: TaskState, device: str | int, sample_rate: int | None) -> InputMeter:
@@ -429,7 +421,7 @@ class RecordPage(Page):
             return
         label = self.chosen_label
         replace = False
-        if any(take.label == label for take in session.takes) or take_path(session, label).exists():
+        if session.find_take(label) is not None or session.raw_take_path(label).exists():
             answer = QMessageBox.question(
                 self,
                 "Replace take",
@@ -540,7 +532,7 @@ class RecordPage(Page):
         """Align a stored take in a worker and show the result."""
         session = self.session
         label = label or self.chosen_label
-        if session is None or not any(take.label == label for take in session.takes):
+        if session is None or session.find_take(label) is None:
             return None
         self._aligning = label
         worker = Worker(align_session_take, session, label)
@@ -568,7 +560,8 @@ class RecordPage(Page):
         session = self.session
         if session is None:
             return 0
-        return next((take.xruns for take in session.takes if take.label == label), 0)
+        take = session.find_take(label)
+        return 0 if take is None else take.xruns
 
     def _show_take_message(self, text: str, error: bool = False) -> None:
         self.take_message.setText(text)
@@ -589,8 +582,8 @@ class RecordPage(Page):
         fields = self.result_fields
         fields["Offset"].setText(f"{alignment.offset_s * 1000:.2f} ms")
         fields["Drift"].setText(f"{alignment.drift_ppm:+.1f} ppm")
-        fields["Max residual"].setText(_number(alignment.max_residual_ms, "ms", 3))
-        fields["Min marker SNR"].setText(_number(alignment.min_snr_db, "dB", 1))
+        fields["Max residual"].setText(format_number(alignment.max_residual_ms, "ms", 3))
+        fields["Min marker SNR"].setText(format_number(alignment.min_snr_db, "dB", 1))
         verdict = alignment.verdict(xruns)
         fields["Quality"].setText(verdict.status)
         fields["Quality"].setStyleSheet(_GREEN if verdict.trusted else _RED)
@@ -602,8 +595,8 @@ class RecordPage(Page):
                 anchor.label,
                 _seconds(anchor.program_s),
                 _seconds(anchor.take_s),
-                _number(anchor.snr_db, "dB", 1),
-                _number(anchor.residual_ms, "ms", 3),
+                format_number(anchor.snr_db, "dB", 1),
+                format_number(anchor.residual_ms, "ms", 3),
                 "yes" if anchor.used else f"no: {anchor.note}",
             )
             for column, text in enumerate(cells):
@@ -625,9 +618,7 @@ class RecordPage(Page):
             return
         session = self.session
         label = self.chosen_label
-        take = None
-        if session is not None:
-            take = next((t for t in session.takes if t.label == label), None)
+        take = None if session is None else session.find_take(label)
         self.refresh()
         if take is not None and take.alignment is not None:
             self._show_alignment(take.load_alignment(), take.xruns)
@@ -653,7 +644,7 @@ class RecordPage(Page):
             not self.busy
             and session is not None
             and program is not None
-            and any(take.label == chosen for take in session.takes)
+            and session.find_take(chosen) is not None
         )
         for widget in (
             self.music_out,
@@ -673,9 +664,7 @@ class RecordPage(Page):
         self.noise_out.setToolTip("" if noise_usable else "The program has no noise track")
         for label, row in self.rows.items():
             row.radio.setEnabled(not recording)
-            take = None
-            if session is not None:
-                take = next((t for t in session.takes if t.label == label), None)
+            take = None if session is None else session.find_take(label)
             row.status.setText("not recorded" if take is None else self._take_status(take))
             row.status.setStyleSheet(_RED if take is not None and not take.verdict.trusted else "")
         if session is None:
