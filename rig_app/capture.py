@@ -64,6 +64,7 @@ __all__ = [
     "TakeConfig",
     "TakeRecorder",
     "TakeResult",
+    "audible_xruns",
     "play_test_tone",
     "read_take_info",
     "record_take",
@@ -96,6 +97,12 @@ _STATUS_FLAGS = (
 
 class CaptureError(AfpError):
     """A take cannot be recorded or its file cannot be used."""
+
+
+def audible_xruns(xruns: dict[str, int]) -> int:
+    """Under/overruns, counted per status flag, that changed the audio: output priming
+    (PortAudio filling the first output buffers) is not one."""
+    return sum(n for key, n in xruns.items() if not key.endswith("priming_output"))
 
 
 def _dbfs(value: float) -> float:
@@ -178,8 +185,8 @@ class TakeResult:
 
     @property
     def xrun_total(self) -> int:
-        """Under/overruns that changed the audio (output priming is not one)."""
-        return sum(n for key, n in self.xruns.items() if not key.endswith("priming_output"))
+        """Under/overruns that changed the audio (``audible_xruns``)."""
+        return audible_xruns(self.xruns)
 
     @property
     def complete(self) -> bool:
@@ -534,6 +541,11 @@ class TakeRecorder:
     @property
     def xruns(self) -> dict[str, int]:
         return dict(self._xruns)
+
+    @property
+    def xrun_total(self) -> int:
+        """Under/overruns so far that changed the audio (``audible_xruns``)."""
+        return audible_xruns(self.xruns)  # a copy: the callbacks count on
 
     @property
     def result(self) -> TakeResult | None:

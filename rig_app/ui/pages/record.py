@@ -490,9 +490,7 @@ class RecordPage(Page):
                 self.progress.setFormat(
                     f"{recorder.config.label}: {format_duration(done)} of {format_duration(total)}"
                 )
-            xruns = sum(
-                count for key, count in recorder.xruns.items() if not key.endswith("priming_output")
-            )
+            xruns = recorder.xrun_total
             self.xruns.setText(f"xruns: {xruns}")
             self.xruns.setStyleSheet(_RED if xruns else "")
         elif self._meter is not None:
@@ -543,8 +541,9 @@ class RecordPage(Page):
     def _on_aligned(self, alignment: Alignment) -> None:
         self.last_alignment = alignment
         self.state.takes_changed.emit()
-        self._show_alignment(alignment, self._xruns_of(self._aligning))
-        self.status.emit("Alignment: " + describe_alignment(alignment))
+        xruns = self._xruns_of(self._aligning)
+        self._show_alignment(alignment, xruns)
+        self.status.emit("Alignment: " + describe_alignment(alignment, xruns))
 
     def _on_align_refused(self, message: str) -> None:
         self._clear_result()
