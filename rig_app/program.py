@@ -40,6 +40,7 @@ from scipy import ndimage
 from afp_core.audio import load_audio, resample, write_audio_atomic
 from afp_core.errors import AfpError
 from afp_core.fileutil import atomic_write_bytes, check_document, one_line, read_json_object
+from afp_core.protocols.sessions import SampleSpan
 from rig_app.markers import SweepSpec
 
 __all__ = [
@@ -117,7 +118,7 @@ class ProgramMarker:
 
 
 @dataclass(frozen=True)
-class ProgramSlot:
+class ProgramSlot(SampleSpan):
     """A song's place in the program: samples [start, end) and its loudness history."""
 
     index: int
@@ -133,18 +134,6 @@ class ProgramSlot:
     limited: bool = False
     note: str = ""
     source_start_s: float = 0.0
-
-    @property
-    def start_s(self) -> float:
-        return self.start / self.sample_rate
-
-    @property
-    def end_s(self) -> float:
-        return self.end / self.sample_rate
-
-    @property
-    def duration_s(self) -> float:
-        return (self.end - self.start) / self.sample_rate
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 from afp_core.errors import AfpError
 from afp_core.fileutil import check_document, one_line, read_json_object
@@ -34,8 +34,29 @@ class SessionReadError(AfpError):
     """A session folder cannot be used for evaluation (missing, malformed, incomplete)."""
 
 
+class SampleSpan:
+    """Samples ``[start, end)`` at ``sample_rate``, also in seconds (a song's place on
+    the program clock; ``rig_app.program.ProgramSlot`` is one too)."""
+
+    start: int
+    end: int
+    sample_rate: int
+
+    @property
+    def start_s(self) -> float:
+        return self.start / self.sample_rate
+
+    @property
+    def end_s(self) -> float:
+        return self.end / self.sample_rate
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end - self.start) / self.sample_rate
+
+
 @dataclasses.dataclass(frozen=True)
-class SessionSong:
+class SessionSong(SampleSpan):
     """One song of the program: where it lies on the program clock and where it came from.
 
     ``start``/``end`` are program samples at ``sample_rate`` (half-open); ``file`` is the
@@ -52,18 +73,6 @@ class SessionSong:
     sample_rate: int
     source_start_s: float = 0.0
     file: Path | None = None
-
-    @property
-    def start_s(self) -> float:
-        return self.start / self.sample_rate
-
-    @property
-    def end_s(self) -> float:
-        return self.end / self.sample_rate
-
-    @property
-    def duration_s(self) -> float:
-        return (self.end - self.start) / self.sample_rate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,8 +234,8 @@ def read_session(folder: Path | str) -> EvalSession:
         entries = data.get("songs") or []
         if not isinstance(entries, list):
             raise TypeError("'songs' must be a list")
-        rate, samples, slots = _program_songs(folder, program, path)
-        songs = tuple(_song(folder, slot, entries, rate) for slot in slots)
+        rate, samples, placed = _program_songs(folder, program, path)
+        songs = tuple(_song(folder, song, entries) for song in placed)
         takes_data = data.get("takes") or []
         if not isinstance(takes_data, list):
             raise TypeError("'takes' must be a list")
@@ -259,22 +268,11 @@ def _resolve(folder: Path, name: str) -> Path:
     return path if path.is_absolute() else folder / path
 
 
-class _Slot(TypedDict):
-    """A program song with its place in the program, in samples."""
-
-    index: int
-    title: str
-    artist: str
-    source: str
-    start: int
-    end: int
-    source_start_s: float
-
-
 def _program_songs(
     folder: Path, program: dict[str, Any], path: Path
-) -> tuple[int, int, list[_Slot]]:
-    """(rate, samples, song slots with sample positions) from program.json when present."""
+) -> tuple[int, int, list[SessionSong]]:
+    """(rate, samples, the songs as the program places them) from program.json when
+    present; ``_song`` completes each from the session's song list."""
     name = program.get("program_file")
     if name:
         file = _resolve(folder, str(name))
@@ -285,16 +283,17 @@ def _program_songs(
         try:
             rate = int(described["sample_rate"])
             samples = int(described["samples"])
-            slots: list[_Slot] = [
-                {
-                    "index": int(s.get("index", i)),
-                    "title": str(s["title"]),
-                    "artist": str(s.get("artist", "")),
-                    "source": str(s.get("source", "")),
-                    "start": int(s["start"]),
-                    "end": int(s["end"]),
-                    "source_start_s": float(s.get("source_start_s", 0.0)),
-                }
+            songs = [
+                SessionSong(
+                    index=int(s.get("index", i)),
+                    title=str(s["title"]),
+                    artist=str(s.get("artist", "")),
+                    source=str(s.get("source", "")),
+                    start=int(s["start"]),
+                    end=int(s["end"]),
+                    sample_rate=rate,
+                    source_start_s=float(s.get("source_start_s", 0.0)),
+                )
                 for i, s in enumerate(described["songs"])
             ]
         except KeyError as exc:
@@ -306,57 +305,54 @@ def _program_songs(
     else:  # only session.json's summary: seconds, rounded to samples here
         rate = int(program["sample_rate"])
         samples = int(program["samples"])
-        slots = [
-            {
-                "index": i,
-                "title": str(s["title"]),
-                "artist": "",
-                "source": "",
-                "start": round(float(s["start_s"]) * rate),
-                "end": round(float(s["end_s"]) * rate),
-                "source_start_s": float(s.get("source_start_s", 0.0)),
-            }
+        songs = [
+            SessionSong(
+                index=i,
+                title=str(s["title"]),
+                artist="",
+                source="",
+                start=round(float(s["start_s"]) * rate),
+                end=round(float(s["end_s"]) * rate),
+                sample_rate=rate,
+                source_start_s=float(s.get("source_start_s", 0.0)),
+            )
             for i, s in enumerate(program["songs"])
         ]
     if rate <= 0:
         raise SessionReadError(f"{path}: program sample rate {rate} is not positive")
-    for slot in slots:
-        if not 0 <= slot["start"] < slot["end"] <= samples:
+    for song in songs:
+        if not 0 <= song.start < song.end <= samples:
             raise SessionReadError(
-                f"{path}: song {slot['title']!r} lies outside the program "
-                f"([{slot['start']}, {slot['end']}) of {samples} samples)"
+                f"{path}: song {song.title!r} lies outside the program "
+                f"([{song.start}, {song.end}) of {samples} samples)"
             )
-    return rate, samples, slots
+    return rate, samples, songs
 
 
-def _song(folder: Path, slot: _Slot, entries: list[Any], rate: int) -> SessionSong:
-    """Join a program slot with the session's song entry (same position, else same title)."""
+def _song(folder: Path, song: SessionSong, entries: list[Any]) -> SessionSong:
+    """Complete a program's song from the session's song entry (same position, else same
+    title): its artist, source and file."""
     entry: dict[str, Any] = {}
-    index = slot["index"]
+    index = song.index
     if (
         0 <= index < len(entries)
         and isinstance(entries[index], dict)
-        and str(entries[index].get("title", "")) == slot["title"]
+        and str(entries[index].get("title", "")) == song.title
     ):
         entry = entries[index]
     if not entry:
         entry = next(
-            (e for e in entries if isinstance(e, dict) and e.get("title") == slot["title"]), {}
+            (e for e in entries if isinstance(e, dict) and e.get("title") == song.title), {}
         )
-    name = str(entry.get("file") or "") or slot["source"]
+    name = str(entry.get("file") or "") or song.source
     file = None
     if name and "://" not in name:
         candidate = _resolve(folder, name)
         file = candidate if candidate.is_file() else None
-    return SessionSong(
-        index=index,
-        title=slot["title"],
-        artist=str(entry.get("artist", "")) or slot["artist"],
-        source=str(entry.get("source", "")) or slot["source"],
-        start=slot["start"],
-        end=slot["end"],
-        sample_rate=rate,
-        source_start_s=slot["source_start_s"],
+    return dataclasses.replace(
+        song,
+        artist=str(entry.get("artist", "")) or song.artist,
+        source=str(entry.get("source", "")) or song.source,
         file=file,
     )
 
