@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from afp_core import __version__
-from afp_core.cli import run_guarded
+from afp_core.cli import EPILOG, run_guarded
 from afp_core.errors import AfpError, Cancelled
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from rig_app.room import VirtualRoom
     from rig_app.session import Session
 
-EPILOG = "Exit status: 0 success, 1 error (one line on stderr), 2 bad usage, 130 interrupted."
 PROG = "afp-rig"
 
 
