@@ -39,7 +39,6 @@ from afp_core.errors import AudioError, ConfigError
 from afp_core.fileutil import file_sha256
 from afp_core.indexing import index_library, open_database_for_indexing, read_tags
 from afp_core.protocols.realworld import (
-    TAKE_ORDER,
     RealWorldPlan,
     RealWorldResult,
     RealWorldSettings,
@@ -48,6 +47,7 @@ from afp_core.protocols.realworld import (
     plan_realworld,
     resolve_takes,
     run_realworld_plan,
+    take_sort_key,
 )
 from afp_core.protocols.report import ReportError, read_report, write_realworld_report
 from afp_core.protocols.sessions import EvalSession, read_session
@@ -510,7 +510,7 @@ def load_evaluation(task: TaskState | None, folder: Path | str) -> EvaluationVie
         dict.fromkeys(k[2] for k in cells)
     )
     takes = [str(t) for t in data.get("takes") or dict.fromkeys(k[1] for k in cells)]
-    ordered = [t for t in TAKE_ORDER if t in takes] + [t for t in takes if t not in TAKE_ORDER]
+    ordered = sorted(takes, key=take_sort_key)
     lengths = tuple(float(x) for x in settings.get("lengths_s") or ())
     session = Path(str((data.get("session") or {}).get("folder", ""))).name
     return EvaluationView(

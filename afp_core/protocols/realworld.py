@@ -64,6 +64,11 @@ DEFAULT_LENGTHS_S: tuple[float, ...] = (1, 2, 3, 4, 5, 10, 15)
 TAKE_ORDER = ("low", "mid", "high")
 
 
+def take_sort_key(label: str) -> tuple[int, str]:
+    """The order takes are listed in everywhere: ``TAKE_ORDER``, then others by label."""
+    return (TAKE_ORDER.index(label) if label in TAKE_ORDER else len(TAKE_ORDER)), label
+
+
 @dataclasses.dataclass(frozen=True)
 class RealWorldSettings:
     """What the protocol varies; the defaults are the paper's (§3).
@@ -375,7 +380,7 @@ def resolve_takes(
     if settings.takes is not None:
         takes = [session.take(label) for label in settings.takes]
     else:
-        takes = sorted(session.takes, key=_take_sort_key)
+        takes = sorted(session.takes, key=lambda take: take_sort_key(take.label))
     if not takes:
         raise SessionReadError(
             f"{where}: the session has no takes to evaluate (record one with `afp-rig record`)"
@@ -411,11 +416,6 @@ def resolve_takes(
             )
         sources.append(_TakeSource(take, file, info.sample_rate, info.frames))
     return sources
-
-
-def _take_sort_key(take: SessionTake) -> tuple[int, str]:
-    order = TAKE_ORDER.index(take.label) if take.label in TAKE_ORDER else len(TAKE_ORDER)
-    return order, take.label
 
 
 def _analysis_key(recogniser: Recogniser) -> tuple[Any, ...]:

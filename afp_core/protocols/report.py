@@ -51,7 +51,7 @@ from afp_core.protocols.baseline import (
     format_accuracy_tables,
 )
 from afp_core.protocols.quantisation import QuantisationResult
-from afp_core.protocols.realworld import TAKE_ORDER, RealWorldResult, RealWorldTrial
+from afp_core.protocols.realworld import RealWorldResult, RealWorldTrial, take_sort_key
 
 REPORT_FORMAT = "afp-evaluation-report"
 REPORT_VERSION = 1
@@ -152,18 +152,13 @@ def write_realworld_report(
     )
 
 
-def _take_order(takes: Sequence[str]) -> list[str]:
-    known = [t for t in TAKE_ORDER if t in takes]
-    return known + [t for t in takes if t not in known]
-
-
 def _realworld_columns(results: Sequence[RealWorldResult]) -> list[tuple[str, str, str, str]]:
     """(system, method, take, header) per column: methods then takes, per system."""
     several = len(results) > 1
     columns = []
     for result in results:
         for method in result.methods:
-            for take in _take_order(result.takes):
+            for take in sorted(result.takes, key=take_sort_key):
                 prefix = f"{result.system} " if several else ""
                 columns.append((result.system, method, take, f"{prefix}{method} {take}"))
     return columns
@@ -199,9 +194,10 @@ def format_realworld_table(results: Sequence[RealWorldResult]) -> str:
             lines.append(f"| {length:g} s | {count} | " + " | ".join(values) + " |")
         return [*lines, ""]
 
+    takes = ", ".join(sorted(first.takes, key=take_sort_key))
     lines = [
         f"Real-world protocol on session {session} ({first.session.get('origin', 'rig')}, "
-        f"{songs} songs; takes {', '.join(_take_order(first.takes))}); rules: {rules}",
+        f"{songs} songs; takes {takes}); rules: {rules}",
         "",
     ]
     lines += table(
@@ -253,7 +249,7 @@ def plot_realworld(results: Sequence[RealWorldResult], path: Path | BinaryIO) ->
     figure, ax = _figure()
     colours: dict[str, str] = {}
     for s, result in enumerate(results):
-        for t, take in enumerate(_take_order(result.takes)):
+        for t, take in enumerate(sorted(result.takes, key=take_sort_key)):
             if take not in colours:
                 colours[take] = take_colour(take, t)  # as the app draws it
             for m, method in enumerate(result.methods):
@@ -406,7 +402,7 @@ def _quantisation_columns(result: QuantisationResult) -> list[tuple[str, str, fl
         lengths = [float(x) for x in first.settings["lengths_s"]]
         for length in lengths:
             for method in first.methods:
-                for take in _take_order(first.takes):
+                for take in sorted(first.takes, key=take_sort_key):
                     suffix = f" {length:g} s" if len(lengths) > 1 else ""
                     columns.append((take, method, length, f"{method} {take}{suffix}"))
     else:

@@ -43,7 +43,7 @@ from PySide6.QtWidgets import (
 
 from afp_core.errors import AfpError
 from afp_core.fileutil import one_line
-from afp_core.protocols.realworld import TAKE_ORDER, RealWorldSettings
+from afp_core.protocols.realworld import RealWorldSettings, take_sort_key
 from afp_core.shipped import SHIPPED_MODEL
 from rig_app.evaluate import (
     MEASURES,
@@ -335,8 +335,7 @@ class EvaluatePage(Page):
 
     def _read_takes(self, session: Session | None) -> None:
         takes = [(entry.label, entry.verdict) for entry in session.takes] if session else []
-        order = {label: i for i, label in enumerate(TAKE_ORDER)}
-        takes.sort(key=lambda t: (order.get(t[0], len(order)), t[0]))
+        takes.sort(key=lambda t: take_sort_key(t[0]))
         while self.takes_row.count():
             item = self.takes_row.takeAt(0)
             widget = item.widget() if item is not None else None
