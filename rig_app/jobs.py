@@ -630,7 +630,7 @@ def simulate_session_take(
     made = simulated_take_audio(
         room,
         program.music,
-        load_noise_track(session.program_folder()),  # passed alone: let go before the mix
+        load_noise_track(session.program_folder()),  # its only reference: freed before the mix
         rate,
         label,
         _song_ranges(program, rate),
