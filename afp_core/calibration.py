@@ -34,6 +34,7 @@ from scipy import signal
 
 from afp_core.audio import probe_audio
 from afp_core.augment import NOISE_KINDS, mix_at_snr, synthesise_noise
+from afp_core.config import SearchConfig
 from afp_core.database import FingerprintDB, Song
 from afp_core.errors import AfpError
 from afp_core.faults import fault_point
@@ -95,7 +96,7 @@ def calibrate_from_audio(
     db: FingerprintDB,
     model: Fingerprinter,
     *,
-    k: int = 4,
+    k: int = SearchConfig.k,
     settings: CalibrationSettings = CalibrationSettings(),
     device: str | torch.device = "cpu",
     task: TaskState | None = None,
@@ -138,9 +139,7 @@ def calibrate_from_audio(
                 if n > len(heard):
                     continue
                 for method in METHODS:
-                    match = identify_vectors(
-                        db, heard[:n], method, k=k, hop_s=audio.hop_s, exclude_song=song.id
-                    )
+                    match = identify_vectors(db, heard[:n], method, k=k, exclude_song=song.id)
                     scores[method][length].append(float(match.score))
         fault_point("index.calibrate")
         task.advance(1)
@@ -186,7 +185,7 @@ def _impostor_excerpt(
         if len(excerpt) < audio.window or not np.any(excerpt):
             continue  # too short, or digital silence: every song's silence is the same
         clean = embed_audio(model, excerpt, device=device)
-        copy = search_offset_consistent(db, clean, k=k, hop_s=audio.hop_s, exclude_song=song.id)
+        copy = search_offset_consistent(db, clean, k=k, exclude_song=song.id)
         if copy.score < settings.copy_similarity:
             return excerpt
     return None

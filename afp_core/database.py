@@ -52,7 +52,7 @@ import faiss
 import numpy as np
 
 from afp_core import __version__
-from afp_core.config import IndexConfig, from_dict, to_dict
+from afp_core.config import AudioConfig, IndexConfig, from_dict, to_dict
 from afp_core.errors import AfpError, Cancelled, DatabaseError
 from afp_core.faults import fault_point
 from afp_core.fileutil import (
@@ -574,6 +574,17 @@ class FingerprintDB(SongCatalogue):
         """Stored windows per query hop (``IndexConfig.density``): query window j lines up
         with the stored window at start + density * j."""
         return self.index_config.density
+
+    @property
+    def query_hop_s(self) -> float:
+        """Seconds between a query's windows: the hop of the model that made the vectors."""
+        audio = self.model_info.get("spec", {}).get("audio", {})
+        return float(audio.get("hop_s", AudioConfig.hop_s))
+
+    @property
+    def stored_hop_s(self) -> float:
+        """Seconds between stored windows: window p of a song starts p * stored_hop_s in."""
+        return self.query_hop_s / self.density
 
     @property
     def nprobe(self) -> int:

@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 
 from afp_core.audio import check_finite, frame_windows, probe_audio, quiet_stderr, resample
+from afp_core.config import SearchConfig
 from afp_core.database import FingerprintDB
 from afp_core.errors import AudioError
 from afp_core.models import Fingerprinter, embed_windows
@@ -37,7 +38,7 @@ def identify_audio(
     audio: np.ndarray,
     *,
     method: Method = "sequence",
-    k: int = 4,
+    k: int = SearchConfig.k,
     threshold: float | None = None,
     device: str | torch.device = "cpu",
     label: str = "query",
@@ -50,7 +51,7 @@ def identify_audio(
             f"shorter than one {spec.window_s:g} s window"
         )
     vectors = embed_audio(model, audio, device=device)
-    return identify_vectors(db, vectors, method=method, k=k, hop_s=spec.hop_s, threshold=threshold)
+    return identify_vectors(db, vectors, method=method, k=k, threshold=threshold)
 
 
 def load_query(
@@ -84,7 +85,7 @@ def identify_file(
     start_s: float = 0.0,
     duration_s: float | None = None,
     method: Method = "sequence",
-    k: int = 4,
+    k: int = SearchConfig.k,
     threshold: float | None = None,
     device: str | torch.device = "cpu",
 ) -> Match:

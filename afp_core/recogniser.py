@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from afp_core.config import SearchConfig
 from afp_core.database import MANIFEST, FingerprintDB, Song
 from afp_core.errors import ConfigError, DatabaseError
 from afp_core.fileutil import read_json_object
@@ -90,7 +91,7 @@ class NeuralRecogniser:
         db: FingerprintDB,
         checkpoint: Checkpoint,
         *,
-        k: int = 4,
+        k: int = SearchConfig.k,
         device: str | torch.device = "cpu",
         batch_size: int = 256,
     ) -> None:
@@ -151,7 +152,6 @@ class NeuralRecogniser:
             analysis[first : first + n],
             method=as_method(method),
             k=self.k,
-            hop_s=self.hop_s,
             exclude_song=exclude_song,
         )
 
@@ -183,7 +183,7 @@ def open_recogniser(
     db_dir: Path | str,
     checkpoint_path: Path | None = None,
     *,
-    k: int = 4,
+    k: int = SearchConfig.k,
     device: str | torch.device = "cpu",
 ) -> Recogniser:
     """The recogniser stored in ``db_dir``.

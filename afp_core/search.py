@@ -1,9 +1,10 @@
 """Decide which song a query's window fingerprints come from.
 
-The query is n window vectors; window j starts at ``j * hop_s`` seconds into the query.
-The database stores ``db.density`` windows per query hop, so query window j lines up with
-stored window start + density * j, and stored position p lies p * hop_s / density seconds
-into its song. Each window retrieves its k nearest database vectors. Two decision rules:
+The query is n window vectors; window j starts j hops (``db.query_hop_s``, the model's)
+into the query. The database stores ``db.density`` windows per query hop, so query window
+j lines up with stored window start + density * j, and stored window p lies
+p * ``db.stored_hop_s`` seconds into its song. Each window retrieves its k nearest
+database vectors (``SearchConfig.k`` by default). Two decision rules:
 
 - ``search_majority_vote`` (the paper, §3): every hit votes for its song; most votes wins.
 - ``search_offset_consistent`` (docs/design.md §3.2): every hit proposes a (song, start)
@@ -22,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from afp_core.config import SearchConfig
 from afp_core.database import FingerprintDB, Song
 from afp_core.errors import AudioError, ConfigError, DatabaseError
 
@@ -31,6 +33,10 @@ METHODS: tuple[Method, ...] = ("sequence", "vote")
 N_CANDIDATES = 5
 # Floats gathered per re-scoring chunk (candidates x windows x dim): bounds memory.
 _RESCORE_CHUNK = 1 << 22
+# Calibration draws a span again while it holds an uninformative fingerprint, this often.
+_REDRAWS = 20
+# PQ-rebuilt copies of the same vector agree to ~0.95 cosine: above this they are one.
+_SAME_FINGERPRINT = 0.9
 
 
 def as_method(value: str) -> Method:
@@ -70,8 +76,7 @@ class Match:
 def search_majority_vote(
     db: FingerprintDB,
     vectors: np.ndarray,
-    k: int = 4,
-    hop_s: float = 0.5,
+    k: int = SearchConfig.k,
     exclude_song: int | None = None,
 ) -> Match:
     """The paper's rule: each window's k neighbours vote for their songs; most votes wins.
@@ -106,7 +111,7 @@ def search_majority_vote(
         candidates.append(
             Candidate(
                 song=db.song(int(songs[slot])),
-                offset_s=float(offsets[best]) * hop_s / db.density,
+                offset_s=float(offsets[best]) * db.stored_hop_s,
                 score=float(summed[slot]) / (n * k),
             )
         )
@@ -117,8 +122,7 @@ def search_majority_vote(
 def search_offset_consistent(
     db: FingerprintDB,
     vectors: np.ndarray,
-    k: int = 4,
-    hop_s: float = 0.5,
+    k: int = SearchConfig.k,
     exclude_song: int | None = None,
 ) -> Match:
     """Offset-consistent ("sequence") search; score = mean similarity of aligned windows.
@@ -156,7 +160,7 @@ def search_offset_consistent(
         candidates.append(
             Candidate(
                 song=db.song(song_id),
-                offset_s=float(pairs[slot, 1]) * hop_s / db.density,
+                offset_s=float(pairs[slot, 1]) * db.stored_hop_s,
                 score=float(mean_sims[slot]),
             )
         )
@@ -185,8 +189,7 @@ def identify_vectors(
     db: FingerprintDB,
     vectors: np.ndarray,
     method: Method = "sequence",
-    k: int = 4,
-    hop_s: float = 0.5,
+    k: int = SearchConfig.k,
     threshold: float | Literal["auto"] | None = None,
     exclude_song: int | None = None,
 ) -> Match:
@@ -202,7 +205,7 @@ def identify_vectors(
         raise ConfigError(f"method: {method!r} is not one of {', '.join(METHODS)}")
     queries = _check_query(db, vectors)
     search = search_offset_consistent if method == "sequence" else search_majority_vote
-    match = search(db, queries, k=k, hop_s=hop_s, exclude_song=exclude_song)
+    match = search(db, queries, k=k, exclude_song=exclude_song)
     if threshold == "auto":
         threshold = stored_threshold(db, method, len(queries), k=k)
     if threshold is not None and (match.song is None or match.score < threshold):
@@ -214,7 +217,7 @@ def calibrate_threshold(
     db: FingerprintDB,
     n_windows: int,
     method: Method = "sequence",
-    k: int = 4,
+    k: int = SearchConfig.k,
     trials: int = 200,
     quantile: float = 0.99,
     seed: int = 0,
@@ -258,13 +261,12 @@ def calibrate_threshold(
         song = songs[pick]
         if song.first_vector_id is None:
             raise DatabaseError(f"{db.path}: indexed song {song.id} has no vector ids")
-        for _ in range(20):
+        for _ in range(_REDRAWS):
             start = int(rng.integers(0, song.vector_count - span + 1))
             ids = db.density * np.arange(n_windows) + song.first_vector_id + start
             query = db.reconstruct(ids)
             query /= np.linalg.norm(query, axis=1, keepdims=True)
-            # PQ-rebuilt copies of the same vector agree to ~0.95 cosine
-            if uninformative is None or float((query @ uninformative.T).max()) < 0.9:
+            if uninformative is None or float((query @ uninformative.T).max()) < _SAME_FINGERPRINT:
                 break
         impostor[trial] = search(db, query, k=k, exclude_song=song.id).score
     threshold = float(np.quantile(impostor, quantile))
@@ -280,7 +282,9 @@ def calibrate_threshold(
     return threshold
 
 
-def stored_threshold(db: FingerprintDB, method: str, n_windows: int, k: int = 4) -> float | None:
+def stored_threshold(
+    db: FingerprintDB, method: str, n_windows: int, k: int = SearchConfig.k
+) -> float | None:
     """The calibrated threshold for ``method`` and queries of ``n_windows`` windows.
 
     Impostor scores fall as queries get longer, so the value calibrated for the longest
@@ -292,7 +296,7 @@ def stored_threshold(db: FingerprintDB, method: str, n_windows: int, k: int = 4)
 
 
 def stored_impostor_mean(
-    db: FingerprintDB, method: str, n_windows: int, k: int = 4
+    db: FingerprintDB, method: str, n_windows: int, k: int = SearchConfig.k
 ) -> float | None:
     """The mean impostor score behind ``stored_threshold`` (None where not measured)."""
     return _stored(db, method, "impostor_mean_by_windows", n_windows, k)

@@ -89,7 +89,7 @@ def test_noisy_excerpts_are_found_with_song_and_offset(
         start = int(rng.integers(0, len(library[index]) - n))
         query = noisy(rng, library[index][start : start + n], sigma=0.8)
         for search in (search_offset_consistent, search_majority_vote):
-            match = search(ivf_db, query, k=4, hop_s=HOP)
+            match = search(ivf_db, query, k=4)
             assert match.song is not None and match.song.id == index + 1, search.__name__
             assert match.offset_s == pytest.approx(start * HOP), search.__name__
             assert match.candidates[0].song == match.song
@@ -281,20 +281,36 @@ def test_a_denser_database_lines_up_queries_between_its_windows(
         start = int(rng.integers(0, len(library[index]) - 2 * n))
         query = noisy(rng, library[index][start : start + 2 * n : 2], sigma=0.5)
         for search in (search_offset_consistent, search_majority_vote):
-            match = search(db, query, k=4, hop_s=HOP)
+            match = search(db, query, k=4)
             assert match.song is not None and match.song.id == index + 1, search.__name__
             assert match.offset_s == pytest.approx(start * HOP / 2), search.__name__
     # the aligned windows of every candidate stay inside its song
     tail = library[0][-2 * n + 1 :: 2]
-    for candidate in search_offset_consistent(db, tail, k=4, hop_s=HOP).candidates:
+    for candidate in search_offset_consistent(db, tail, k=4).candidates:
         start = round(candidate.offset_s / (HOP / 2))
         assert start >= 0 and start + 2 * (len(tail) - 1) < candidate.song.vector_count
     # impostor spans for calibration are drawn on the query's grid too
     threshold = calibrate_threshold(db, n_windows=n, trials=50, save=False)
-    known = identify_vectors(db, noisy(rng, library[4][20 : 20 + 2 * n : 2], 0.5), hop_s=HOP)
+    known = identify_vectors(db, noisy(rng, library[4][20 : 20 + 2 * n : 2], 0.5))
     assert known.score > threshold
 
 
 def test_a_density_below_one_is_refused(tmp_path: Path, library: list[np.ndarray]) -> None:
     with pytest.raises(DatabaseError, match="density=0 must be 1 or more"):
         build(tmp_path / "db", library[:2], IndexConfig(density=0))
+
+
+def test_offsets_follow_the_hop_of_the_model_that_made_the_vectors(
+    tmp_path: Path, library: list[np.ndarray]
+) -> None:
+    model = {**MODEL, "spec": {"audio": {"hop_s": 0.25}}}
+    db = FingerprintDB.create(tmp_path / "db", model, dim=DIM, index_config=IndexConfig())
+    for i, vectors in enumerate(library[:3]):
+        db.stage_song(f"Song {i}", "", f"/music/{i}.wav", 0.25 * len(vectors) + 0.75, f"{i:064x}",
+                      vectors)  # fmt: skip
+    db.commit()
+    assert (db.query_hop_s, db.stored_hop_s) == (0.25, 0.25)
+    for search in (search_offset_consistent, search_majority_vote):
+        match = search(db, library[1][40:46], k=4)
+        assert match.song is not None and match.song.id == 2
+        assert match.offset_s == pytest.approx(40 * 0.25), search.__name__

@@ -31,7 +31,7 @@ import numpy as np
 
 from afp_core.audio import AudioInfo, iter_audio_files, probe_audio
 from afp_core.checkpoint import Checkpoint, load_checkpoint
-from afp_core.config import IndexConfig
+from afp_core.config import IndexConfig, SearchConfig
 from afp_core.database import INDEX_FLAT, INDEX_IVFPQ, FingerprintDB, Song
 from afp_core.errors import AudioError, ConfigError, DatabaseError
 from afp_core.fileutil import file_sha256
@@ -74,7 +74,7 @@ class QuantisationSettings:
     nprobe: int = 4
     min_train_vectors: int = 10_000
     include_flat: bool = True
-    k: int = 4
+    k: int = SearchConfig.k
 
 
 @dataclasses.dataclass(frozen=True)
