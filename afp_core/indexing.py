@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +31,7 @@ from afp_core.audio import (
 from afp_core.calibration import CALIBRATED_QUERY_S, calibrate_from_audio
 from afp_core.checkpoint import Checkpoint, load_checkpoint
 from afp_core.config import AudioConfig, IndexConfig
-from afp_core.database import FingerprintDB, Song
+from afp_core.database import MANIFEST, MODEL_FILE, FingerprintDB, Song, model_identity
 from afp_core.errors import AudioError, ConfigError, DatabaseError
 from afp_core.faults import fault_point
 from afp_core.fileutil import file_sha256
@@ -99,13 +100,24 @@ def open_database_for_indexing(
     model_path: Path | None = None,
     index_config: IndexConfig | None = None,
     on_notice: Callable[[str], None] = lambda _: None,
+    rebuild_for_another_model: bool = False,
 ) -> tuple[FingerprintDB, Checkpoint]:
     """Open ``db_dir`` or create it with ``model_path`` (default: the shipped model).
 
-    An existing database keeps its own model; naming another one is refused.
+    An existing database keeps its own model; naming another one is refused, or with
+    ``rebuild_for_another_model`` (a cache such as the demo's, after the shipped model
+    changed) the old database is deleted and a new one made.
     """
     db_dir = Path(db_dir)
-    if (db_dir / "manifest.json").exists():
+    wanted_path = model_path or default_checkpoint_path()
+    if rebuild_for_another_model and wanted_path and (db_dir / MANIFEST).exists():
+        wanted = load_checkpoint(wanted_path)
+        old = FingerprintDB.open(db_dir)
+        if model_identity(old.model_info) != model_identity(describe_model(wanted)):
+            on_notice(f"{db_dir}: made with another model; building it again")
+            del old
+            shutil.rmtree(db_dir)
+    if (db_dir / MANIFEST).exists():
         db = FingerprintDB.open(db_dir)
         checkpoint = load_database_model(db, model_path)
         if index_config is not None and index_config != db.index_config:
@@ -137,7 +149,7 @@ def open_database_for_indexing(
 def load_database_model(db: FingerprintDB, model_path: Path | None = None) -> Checkpoint:
     """The model a query must use: the database's own copy, or ``model_path`` if it is the same."""
     if model_path is None:
-        own = db.path / "model.pt"
+        own = db.path / MODEL_FILE
         if not own.exists():
             raise DatabaseError(f"{db.path}: the database has no model.pt; pass --model")
         checkpoint = load_checkpoint(own)

@@ -248,7 +248,9 @@ def run_demo_job(options: DemoOptions) -> Path:
     settings = RealWorldSettings(allow_unchecked=bool(flagged))
 
     db_dir = out / "db"
-    db, checkpoint = open_database_for_indexing(db_dir, model_path, on_notice=log)
+    db, checkpoint = open_database_for_indexing(
+        db_dir, model_path, on_notice=log, rebuild_for_another_model=True
+    )
     with progress_task(options.quiet, "s", "indexing") as task:
         result = index_library(db, checkpoint.model, music, task=task)
     log(result.summary())

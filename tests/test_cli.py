@@ -261,6 +261,36 @@ def test_another_model_is_refused(built_db, tmp_path, song_library, capsys):
     assert err.count("\n") == 1 and err.startswith("afp: error: ")
 
 
+def test_a_cache_made_with_another_model_is_rebuilt_on_request(
+    tmp_path, song_library, untrained_checkpoint
+):
+    # the demo's database after the shipped model changed: built again, not refused
+    from afp_core.checkpoint import save_checkpoint
+    from afp_core.config import NAFPConfig
+    from afp_core.errors import DatabaseError
+    from afp_core.indexing import index_library, open_database_for_indexing
+    from afp_core.models import ModelSpec, build_model
+
+    other = save_checkpoint(
+        tmp_path / "other.pt", build_model(ModelSpec("nafp", arch=NAFPConfig(width=0.25)), seed=1)
+    )
+    db_dir = tmp_path / "db"
+    db, checkpoint = open_database_for_indexing(db_dir, untrained_checkpoint)
+    index_library(db, checkpoint.model, song_library[:2])
+    with pytest.raises(DatabaseError, match="DB was built with model"):
+        open_database_for_indexing(db_dir, other)
+    notes: list[str] = []
+    same, _ = open_database_for_indexing(
+        db_dir, untrained_checkpoint, on_notice=notes.append, rebuild_for_another_model=True
+    )
+    assert len(same.songs("indexed")) == 2 and notes == []  # the same model: kept
+    rebuilt, checkpoint = open_database_for_indexing(
+        db_dir, other, on_notice=notes.append, rebuild_for_another_model=True
+    )
+    assert notes == [f"{db_dir}: made with another model; building it again"]
+    assert rebuilt.songs() == [] and rebuilt.model_info["checkpoint_sha256"] == checkpoint.sha256
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "afp_core.cli", *args], capture_output=True, text=True, timeout=120
