@@ -49,7 +49,7 @@ from afp_core.indexing import index_library, open_database_for_indexing, read_ta
 from afp_core.landmark import LandmarkDB, index_landmark_library
 from afp_core.protocols.realworld import RealWorldSettings, plan_realworld, run_realworld_plan
 from afp_core.protocols.report import format_realworld_table, write_realworld_report
-from afp_core.protocols.sessions import read_session
+from afp_core.protocols.sessions import SESSION_FILE, read_session
 from afp_core.recogniser import open_recogniser
 from afp_core.shipped import default_checkpoint_path
 from afp_core.tasks import progress_task
@@ -57,7 +57,7 @@ from afp_core.training.data import songs_from_paths, split_items
 from rig_app.demo import DemoOptions, DemoSong, build_demo_session
 from rig_app.jobs import record_or_simulate_takes
 from rig_app.room import VirtualRoom
-from rig_app.session import SESSION_FILE, Session
+from rig_app.session import Session
 
 ROOMS_DIR = Path(__file__).resolve().parent / "rooms"
 EXCERPT_S = 40.0

@@ -62,7 +62,7 @@ from scipy import ndimage, signal
 from afp_core.audio import resample
 from afp_core.errors import AfpError
 from afp_core.fileutil import check_document
-from afp_core.protocols.sessions import TakeVerdict, judge_take
+from afp_core.protocols.sessions import ALIGNMENT_FORMAT, ALIGNMENT_VERSION, TakeVerdict, judge_take
 from rig_app.markers import (
     SweepSpec,
     analytic_template,
@@ -85,8 +85,6 @@ __all__ = [
     "resample_to_program",
 ]
 
-ALIGNMENT_FORMAT = "afp-rig-alignment"
-ALIGNMENT_VERSION = 1
 
 _COARSE_RATE = 8000  # holds the whole 300 Hz - 3.5 kHz sweep
 _COARSE_BIN_S = 0.05

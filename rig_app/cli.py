@@ -43,7 +43,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rig_app.session import TAKE_LABELS
+    from afp_core.protocols.sessions import TAKE_LABELS
     from rig_app.songs import MIN_DURATION_S
 
     parser = argparse.ArgumentParser(

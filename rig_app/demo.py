@@ -31,6 +31,7 @@ from afp_core.devdata import INSTALL_HINT, find_dev_music, find_dev_speech
 from afp_core.errors import AfpError, AudioError
 from afp_core.indexing import index_library, open_database_for_indexing, read_tags
 from afp_core.protocols.realworld import RealWorldSettings
+from afp_core.protocols.sessions import SESSION_FILE
 from afp_core.query import load_query
 from afp_core.shipped import default_checkpoint_path
 from afp_core.tasks import progress_task
@@ -38,7 +39,7 @@ from rig_app.devices import DeviceError
 from rig_app.jobs import record_or_simulate_takes
 from rig_app.program import ProgramSong, build_noise_program, build_program
 from rig_app.room import VirtualRoom
-from rig_app.session import SESSION_FILE, Session, SessionError, SongEntry
+from rig_app.session import Session, SessionError, SongEntry
 from rig_app.virtual_devices import VirtualDevicesError
 
 PROGRAM_RATE = 16_000  # keeps the whole band an 8 kHz model hears, and the markers

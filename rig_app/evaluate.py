@@ -34,7 +34,7 @@ from typing import Any
 
 from afp_core.audio import iter_audio_files, probe_audio
 from afp_core.checkpoint import load_checkpoint
-from afp_core.database import FingerprintDB
+from afp_core.database import MANIFEST, FingerprintDB
 from afp_core.errors import AudioError, ConfigError
 from afp_core.fileutil import file_sha256
 from afp_core.indexing import index_library, open_database_for_indexing, read_tags
@@ -260,7 +260,7 @@ def _check_library_covers(
 
 
 def _existing_checksums(db_dir: Path) -> set[str]:
-    if not (db_dir / "manifest.json").is_file():
+    if not (db_dir / MANIFEST).is_file():
         return set()
     return {song.checksum for song in FingerprintDB.open(db_dir).songs()}
 

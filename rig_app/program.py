@@ -40,7 +40,7 @@ from scipy import ndimage
 from afp_core.audio import load_audio, resample, write_audio_atomic
 from afp_core.errors import AfpError
 from afp_core.fileutil import atomic_write_bytes, check_document, one_line, read_json_object
-from afp_core.protocols.sessions import SampleSpan
+from afp_core.protocols.sessions import PROGRAM_FORMAT, PROGRAM_VERSION, SampleSpan
 from rig_app.markers import SweepSpec
 
 __all__ = [
@@ -65,8 +65,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PROGRAM_FORMAT = "afp-rig-program"
-PROGRAM_VERSION = 1
 MUSIC_FILE = "music.wav"
 NOISE_FILE = "noise.wav"
 PROGRAM_FILE = "program.json"

@@ -56,14 +56,18 @@ import numpy as np
 from afp_core.audio import AUDIO_EXTENSIONS, load_audio, probe_audio, write_audio_atomic
 from afp_core.errors import AfpError
 from afp_core.fileutil import atomic_write_bytes, check_document, read_json_object, utc_now
-from afp_core.protocols.sessions import TakeVerdict, judge_take
+from afp_core.protocols.sessions import (
+    SESSION_FILE,
+    SESSION_FORMAT,
+    SESSION_VERSION,
+    TAKE_LABELS,
+    TakeVerdict,
+    judge_take,
+)
 from rig_app.align import Alignment, AlignmentError, align_without_markers
 from rig_app.program import Program, ProgramSong, build_program, load_program, write_program
 
 __all__ = [
-    "SESSION_FORMAT",
-    "SESSION_VERSION",
-    "TAKE_LABELS",
     "Session",
     "SessionError",
     "SongEntry",
@@ -75,14 +79,10 @@ __all__ = [
 
 _SESSION_LOCK = threading.RLock()
 
-SESSION_FORMAT = "afp-rig-session"
-SESSION_VERSION = 1
-SESSION_FILE = "session.json"
 PROGRAM_DIR = "program"
 TAKES_DIR = "takes"
 RAW_TAKE_SUFFIX = ".raw.wav"
 ALIGNED_TAKE_SUFFIX = ".aligned.wav"
-TAKE_LABELS = ("low", "mid", "high")
 _LABEL = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 

@@ -51,6 +51,7 @@ from afp_core.database import Song
 from afp_core.errors import AudioError, ConfigError, DatabaseError
 from afp_core.fileutil import file_sha256
 from afp_core.protocols.sessions import (
+    TAKE_LABELS,
     EvalSession,
     SessionReadError,
     SessionSong,
@@ -61,12 +62,11 @@ from afp_core.recogniser import NeuralRecogniser, Recogniser
 from afp_core.tasks import TaskState
 
 DEFAULT_LENGTHS_S: tuple[float, ...] = (1, 2, 3, 4, 5, 10, 15)
-TAKE_ORDER = ("low", "mid", "high")
 
 
 def take_sort_key(label: str) -> tuple[int, str]:
-    """The order takes are listed in everywhere: ``TAKE_ORDER``, then others by label."""
-    return (TAKE_ORDER.index(label) if label in TAKE_ORDER else len(TAKE_ORDER)), label
+    """The order takes are listed in everywhere: ``TAKE_LABELS``, then others by label."""
+    return (TAKE_LABELS.index(label) if label in TAKE_LABELS else len(TAKE_LABELS)), label
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,8 @@ PROGRAM_VERSION = 1
 ALIGNMENT_FORMAT = "afp-rig-alignment"
 ALIGNMENT_VERSION = 1
 SESSION_FILE = "session.json"
+# The takes the protocol names (paper §4.1: noise speaker far, middle, near), in this order.
+TAKE_LABELS = ("low", "mid", "high")
 
 
 class SessionReadError(AfpError):

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from afp_core.protocols.sessions import TAKE_LABELS
 from afp_core.tasks import TaskState
 from rig_app.align import Alignment
 from rig_app.capture import InputMeter, TakeRecorder, TakeResult, play_test_tone
@@ -46,7 +47,7 @@ from rig_app.jobs import (
     record_session_take,
 )
 from rig_app.room import RoomError, VirtualRoom
-from rig_app.session import TAKE_LABELS, Session, TakeEntry
+from rig_app.session import Session, TakeEntry
 from rig_app.ui.pages import Collapsible, Page
 from rig_app.ui.state import RigState
 from rig_app.ui.widgets import LevelMeter
