@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import soundfile as sf
@@ -14,9 +13,7 @@ from afp_core.config import SearchConfig
 from afp_core.database import FingerprintDB
 from afp_core.errors import AudioError
 from afp_core.models import Fingerprinter, embed_windows
-from afp_core.search import Match, identify_vectors
-
-Method = Literal["sequence", "vote"]
+from afp_core.search import Match, Method, identify_vectors
 
 
 def embed_audio(

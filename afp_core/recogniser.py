@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from afp_core import database, landmark
 from afp_core.config import SearchConfig
 from afp_core.database import MANIFEST, FingerprintDB, Song
 from afp_core.errors import ConfigError, DatabaseError
@@ -172,9 +173,9 @@ def database_kind(db_dir: Path) -> str:
     if not file.is_file():
         raise DatabaseError(f"{db_dir}: not a fingerprint database (no {MANIFEST})")
     fmt = read_json_object(file, DatabaseError).get("format")
-    if fmt == "afp-database":
+    if fmt == database.FORMAT:
         return "neural"
-    if fmt == "afp-landmark-database":
+    if fmt == landmark.FORMAT:
         return "landmark"
     raise DatabaseError(f"{db_dir}: not a fingerprint database (format {fmt!r})")
 
@@ -197,9 +198,7 @@ def open_recogniser(
     if kind == "landmark":
         if checkpoint_path is not None:
             raise ConfigError(f"{db_dir}: a landmark database takes no checkpoint")
-        from afp_core.landmark import LandmarkDB, LandmarkRecogniser
-
-        return LandmarkRecogniser(LandmarkDB.open(db_dir))
+        return landmark.LandmarkRecogniser(landmark.LandmarkDB.open(db_dir))
     from afp_core.indexing import load_database_model
 
     db = FingerprintDB.open(db_dir)
