@@ -575,6 +575,10 @@ class FingerprintDB(SongCatalogue):
         with the stored window at start + density * j."""
         return self.index_config.density
 
+    def stored_span(self, n_windows: int) -> int:
+        """Stored windows from the first to the last that a query of ``n_windows`` meets."""
+        return self.density * (n_windows - 1) + 1
+
     @property
     def query_hop_s(self) -> float:
         """Seconds between a query's windows: the hop of the model that made the vectors."""

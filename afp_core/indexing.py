@@ -365,7 +365,7 @@ def calibrate_thresholds(
     longest = max(s.vector_count for s in db.songs("indexed"))
     for seconds in CALIBRATED_QUERY_S:
         n_windows = audio.windows_in(seconds)
-        if db.density * (n_windows - 1) + 1 > longest:
+        if db.stored_span(n_windows) > longest:
             break
         for method in METHODS:
             calibrate_threshold(db, n_windows, method=method, uninformative=silence)

@@ -245,7 +245,7 @@ def calibrate_threshold(
         raise ConfigError(f"method: {method!r} is not one of {', '.join(METHODS)}")
     if n_windows < 1 or trials < 1 or not 0.0 < quantile <= 1.0:
         raise ConfigError("calibration: need n_windows >= 1, trials >= 1, 0 < quantile <= 1")
-    span = db.density * (n_windows - 1) + 1  # stored windows a query of n_windows covers
+    span = db.stored_span(n_windows)
     songs = [s for s in db.songs("indexed") if s.vector_count >= span]
     if len(db.songs("indexed")) < 2 or not songs:
         raise DatabaseError(

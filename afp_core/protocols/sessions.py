@@ -28,7 +28,7 @@ PROGRAM_VERSION = 1
 ALIGNMENT_FORMAT = "afp-rig-alignment"
 ALIGNMENT_VERSION = 1
 SESSION_FILE = "session.json"
-# The takes the protocol names (paper §4.1: noise speaker far, middle, near), in this order.
+# The protocol's takes, from the mildest noise to the strongest, in this order.
 TAKE_LABELS = ("low", "mid", "high")
 
 
