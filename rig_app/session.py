@@ -119,6 +119,9 @@ class TakeEntry:
     recorded_at: str = ""
     alignment: dict[str, Any] | None = None
     ground_truth: list[dict[str, Any]] = field(default_factory=list)
+    # where the streams reported lost or repeated audio, seconds into the raw take
+    xrun_times_s: list[float] = field(default_factory=list)
+    quality: dict[str, Any] | None = None  # rig_app.quality's record, made after alignment
 
     def load_alignment(self) -> Alignment | None:
         """The take's alignment as an object (None when it was not aligned)."""
@@ -145,6 +148,8 @@ class Session:
     created: str = ""
     origin: str = "rig"
     notes: str = ""
+    # which takes and songs go into a query set, and why not (rig_app.selection)
+    selection: dict[str, Any] | None = None
 
     @property
     def path(self) -> Path:
@@ -214,6 +219,7 @@ class Session:
             created=str(data.get("created", "")),
             origin=str(data.get("origin", "rig")),
             notes=str(data.get("notes", "")),
+            selection=_opt_dict(data.get("selection"), "selection"),
         )
 
     def _check_files(self) -> None:
@@ -231,7 +237,7 @@ class Session:
                 raise SessionError(f"{self.path}: {what} {name} is missing")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "format": SESSION_FORMAT,
             "version": SESSION_VERSION,
             "created": self.created,
@@ -264,10 +270,15 @@ class Session:
                     "recorded_at": t.recorded_at,
                     "alignment": t.alignment,
                     "ground_truth": t.ground_truth,
+                    "xrun_times_s": list(t.xrun_times_s),
+                    "quality": t.quality,
                 }
                 for t in self.takes
             ],
         }
+        if self.selection is not None:
+            data["selection"] = self.selection
+        return data
 
     def save(self) -> Path:
         """Write session.json atomically; returns its path."""
@@ -384,6 +395,7 @@ class Session:
         speaker_distance_m: float | None = None,
         notes: str = "",
         xruns: int = 0,
+        xrun_times_s: Sequence[float] = (),
         replace: bool = False,
     ) -> TakeEntry:
         """Record a take in the session and ``save``.
@@ -392,7 +404,9 @@ class Session:
         ``recording_rate``) or the path of an audio file already written (kept where it
         is). The aligned audio in ``alignment`` (if any) goes to takes/<label>.aligned.wav
         and its song intervals become the take's ground truth; a take replaced by one
-        without aligned audio loses the old aligned file.
+        without aligned audio loses the old aligned file. ``xrun_times_s``: where audio was
+        lost or repeated, seconds into the raw take. The quality record is made after
+        alignment (``rig_app.quality``), so a stored take starts without one.
         """
         # takes recorded side by side (one thread each) store themselves one at a time
         with _SESSION_LOCK:
@@ -449,6 +463,7 @@ class Session:
                 speaker_distance_m=speaker_distance_m,
                 notes=notes,
                 xruns=int(xruns),
+                xrun_times_s=[float(t) for t in xrun_times_s],
                 recorded_at=utc_now(),
                 alignment=None if alignment is None else alignment.to_dict(),
                 ground_truth=ground_truth,
@@ -467,6 +482,12 @@ def _list(data: dict[str, Any], key: str) -> list[Any]:
 
 def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _opt_dict(value: Any, key: str) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        raise TypeError(f"{key!r} must be an object or null")
+    return value
 
 
 def _take_from_dict(data: Any, path: Path) -> TakeEntry:
@@ -493,6 +514,8 @@ def _take_from_dict(data: Any, path: Path) -> TakeEntry:
         recorded_at=str(data.get("recorded_at", "")),
         alignment=alignment,
         ground_truth=list(data.get("ground_truth") or []),
+        xrun_times_s=[float(t) for t in data.get("xrun_times_s") or []],
+        quality=_opt_dict(data.get("quality"), "quality"),
     )
 
 
