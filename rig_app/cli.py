@@ -286,6 +286,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
+        "exclude",
+        help="leave a take, a song or one song of a take out of published query sets",
+        description="Record in the session that --take (the whole take), --song (that song "
+        "in every take) or both (that song of that take) go into no exported query set, "
+        "and why. No audio is deleted; `include` takes it back. See `afp-rig selection`.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    _add_target(p)
+    p.add_argument("--reason", required=True, help="why it is left out (shown in the data card)")
+
+    p = sub.add_parser(
+        "include",
+        help="take back exclusions (see `exclude`)",
+        description="Remove the exclusions of --take (all of that take's), --song (that "
+        "song's, in every take) or both (that song of that take). An exclusion of the whole "
+        "take or of the song in every take still leaves it out; the command says so.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    _add_target(p)
+
+    p = sub.add_parser(
+        "selection",
+        help="show what is left out of published query sets, and why",
+        description="List the session's takes and songs (with the indexes `exclude` and "
+        "`include` take), what is excluded and why, and the notes.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
+
+    p = sub.add_parser(
         "demo",
         help="the real-world protocol end to end on the development music (the README's job)",
         description="Build a session of development songs the shipped model did not train "
@@ -320,6 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device for the model")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     return parser
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
+    p.add_argument("--take", metavar="LABEL", help="take label (omitted: every take)")
+    p.add_argument(
+        "--song",
+        metavar="N_OR_TITLE",
+        help="program song index (0 = the first; `afp-rig selection` lists them) or title "
+        "(omitted: the whole take)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -640,6 +684,76 @@ def run_import_authors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target(session: Session, args: argparse.Namespace) -> tuple[str | None, int | None]:
+    """The take and song index the command names, checked against the session."""
+    from rig_app.selection import check_target, find_song
+
+    if args.take is None and args.song is None:
+        raise AfpError(f"{session.path}: give --take, --song or both")
+    song = None if args.song is None else find_song(session, args.song)
+    check_target(session, args.take, song)
+    return args.take, song
+
+
+def run_exclude(args: argparse.Namespace) -> int:
+    from rig_app.selection import Selection, describe_target
+
+    session = _open(args.session)
+    take, song = _target(session, args)
+    if not args.reason.strip():
+        raise AfpError(f"{session.path}: give the reason for leaving it out (--reason)")
+    selection = Selection.from_session(session)
+    selection.exclude(take, song, args.reason)
+    selection.store(session)
+    print(f"{session.folder}: excluded {describe_target(session, take, song)}: {args.reason}")
+    return 0
+
+
+def run_include(args: argparse.Namespace) -> int:
+    from rig_app.selection import Selection, describe_target
+
+    session = _open(args.session)
+    take, song = _target(session, args)
+    selection = Selection.from_session(session)
+    before = len(selection.exclusions)
+    selection.include(take, song)
+    selection.store(session)
+    what = describe_target(session, take, song)
+    removed = before - len(selection.exclusions)
+    print(f"{session.folder}: included {what} ({removed} exclusion(s) removed)")
+    still = [
+        (label, selection.reason_excluded(label, song))
+        for label in ([take] if take is not None else [t.label for t in session.takes])
+    ]
+    for label, reason in still:
+        if reason is not None:
+            print(f"note: take {label}: still excluded by a wider exclusion: {reason}")
+    return 0
+
+
+def run_selection(args: argparse.Namespace) -> int:
+    from rig_app.selection import Selection, describe_target, session_song_titles
+
+    session = _open(args.session)
+    selection = Selection.from_session(session)
+    titles = session_song_titles(session) if session.program is not None else []
+    print(f"{session.folder}: {len(session.takes)} takes, {len(titles)} songs")
+    for index, title in enumerate(titles):
+        print(f"  song {index}: {title}")
+    for take in session.takes:
+        reason = selection.reason_excluded(take.label)
+        state = f"excluded: {reason}" if reason is not None else take.verdict.describe()
+        print(f"  take {take.label}: {state}")
+    if not selection.exclusions:
+        print("nothing excluded")
+    for exclusion in selection.exclusions:
+        target = describe_target(session, exclusion.take, exclusion.song)
+        print(f"excluded: {target}: {exclusion.reason}")
+    for note in selection.notes:
+        print(f"note on {describe_target(session, note.take, note.song)}: {note.text}")
+    return 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from afp_core.audio import iter_audio_files
     from rig_app.demo import DemoOptions, quick_demo_options, run_demo_job
@@ -676,6 +790,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "simulate": run_simulate,
     "align": run_align,
     "import-authors": run_import_authors,
+    "exclude": run_exclude,
+    "include": run_include,
+    "selection": run_selection,
 }
 
 if __name__ == "__main__":
