@@ -664,8 +664,8 @@ def _align(session: Session, labels: Sequence[str], quiet: bool) -> int:
 
 
 def run_import_authors(args: argparse.Namespace) -> int:
+    from rig_app.authors import import_authors_layout
     from rig_app.jobs import describe_alignment, format_duration
-    from rig_app.session import import_authors_layout
 
     print(f"{PROG}: importing {args.source} (aligning the recordings takes a while)")
     session = import_authors_layout(

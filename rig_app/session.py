@@ -33,15 +33,12 @@ and ``high`` (speaker far, middle, close). ``Session.load`` checks the format, t
 version and that every file named exists, and says what is wrong in one line
 (``SessionError``). ``save`` replaces session.json atomically.
 
-``import_authors_layout`` turns the paper authors' published evaluation material (a CSV
-of song files in play order, the song files, and low.wav / mid.wav / high.wav) into a
-session; see its docstring for the assumptions. docs/session-format.md has the details.
+``rig_app.authors`` reads the paper authors' published layout into a session and writes
+a session out in that layout. docs/session-format.md has the details.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import re
@@ -53,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from afp_core.audio import AUDIO_EXTENSIONS, load_audio, probe_audio, write_audio_atomic
+from afp_core.audio import probe_audio, write_audio_atomic
 from afp_core.errors import AfpError
 from afp_core.fileutil import atomic_write_bytes, check_document, read_json_object, utc_now
 from afp_core.protocols.sessions import (
@@ -64,17 +61,14 @@ from afp_core.protocols.sessions import (
     TakeVerdict,
     judge_take,
 )
-from rig_app.align import Alignment, AlignmentError, align_without_markers
-from rig_app.program import Program, ProgramSong, build_program, load_program, write_program
+from rig_app.align import Alignment, AlignmentError
+from rig_app.program import Program, load_program, write_program
 
 __all__ = [
     "Session",
     "SessionError",
     "SongEntry",
-    "SongRow",
     "TakeEntry",
-    "import_authors_layout",
-    "read_song_list",
 ]
 
 _SESSION_LOCK = threading.RLock()
@@ -517,238 +511,3 @@ def _take_from_dict(data: Any, path: Path) -> TakeEntry:
         xrun_times_s=[float(t) for t in data.get("xrun_times_s") or []],
         quality=_opt_dict(data.get("quality"), "quality"),
     )
-
-
-# --- the authors' layout ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SongRow:
-    """One song of a play-order list: its file, title and artist."""
-
-    file: Path
-    title: str
-    artist: str = ""
-
-
-_FILE_HEADERS = ("file", "filename", "file_name", "path", "filepath", "audio", "wav", "song_file")
-_TITLE_HEADERS = ("title", "name", "song", "track", "song_name")
-_ARTIST_HEADERS = ("artist", "band", "performer", "singer")
-
-
-def read_song_list(csv_path: Path | str) -> list[SongRow]:
-    """Songs in play order from a CSV (or TSV/semicolon) list, header or not.
-
-    The file column is the one headed like a file name (file, filename, path, ...) or,
-    without such a header, the one whose cells most often name existing audio files.
-    Titles come from a title/name/song column if there is one, else from the file name;
-    artists from an artist column. Files are looked up as given, next to the CSV, then
-    by name anywhere below the CSV's folder. Blank lines and lines starting with '#' are
-    skipped. A file that cannot be found: ``SessionError`` naming the line.
-    """
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise SessionError(f"{csv_path}: no such file")
-    try:
-        text = csv_path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SessionError(f"{csv_path}: cannot read ({' '.join(str(exc).split())})") from None
-    lines = [
-        (number, line)
-        for number, line in enumerate(text.splitlines(), 1)
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-    if not lines:
-        raise SessionError(f"{csv_path}: no songs listed")
-    try:
-        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(
-            "\n".join(line for _, line in lines[:20]), delimiters=",;\t|"
-        )
-    except csv.Error:
-        dialect = csv.excel
-    rows = [
-        (number, [cell.strip() for cell in row])
-        for (number, _), row in zip(
-            lines,
-            csv.reader(io.StringIO("\n".join(line for _, line in lines)), dialect),
-            strict=True,
-        )
-    ]
-    folder = csv_path.parent
-    first = [cell.lower() for cell in rows[0][1]]
-    has_header = not any(_looks_like_audio(cell, folder) for cell in rows[0][1]) and (
-        len(rows) == 1
-        or any(_looks_like_audio(cell, folder) for _, row in rows[1:] for cell in row)
-        or any(name in first for name in _FILE_HEADERS + _TITLE_HEADERS)
-    )
-    body = rows[1:] if has_header else rows
-    if not body:
-        raise SessionError(f"{csv_path}: no songs listed (only a header)")
-    width = max(len(row) for _, row in body)
-    file_col = _pick_column(first if has_header else [], _FILE_HEADERS)
-    if file_col is None:
-        counts = [
-            sum(_looks_like_audio(row[c], folder) for _, row in body if c < len(row))
-            for c in range(width)
-        ]
-        if max(counts) == 0:
-            raise SessionError(f"{csv_path}: no column names audio files")
-        file_col = counts.index(max(counts))
-    title_col = _pick_column(first if has_header else [], _TITLE_HEADERS, exclude=file_col)
-    artist_col = _pick_column(first if has_header else [], _ARTIST_HEADERS, exclude=file_col)
-    songs = []
-    for number, row in body:
-        if file_col >= len(row) or not row[file_col]:
-            raise SessionError(f"{csv_path}: line {number}: no file name in column {file_col + 1}")
-        name = row[file_col]
-        path = _find_file(name, folder)
-        if path is None:
-            raise SessionError(f"{csv_path}: line {number}: song file {name!r} not found")
-        title = row[title_col] if title_col is not None and title_col < len(row) else ""
-        artist = row[artist_col] if artist_col is not None and artist_col < len(row) else ""
-        songs.append(SongRow(file=path, title=title or path.stem, artist=artist))
-    return songs
-
-
-def _pick_column(header: list[str], names: Sequence[str], exclude: int | None = None) -> int | None:
-    for name in names:
-        for index, cell in enumerate(header):
-            if index != exclude and cell.replace(" ", "_") == name:
-                return index
-    return None
-
-
-def _looks_like_audio(cell: str, folder: Path) -> bool:
-    return Path(cell).suffix.lower() in AUDIO_EXTENSIONS or (
-        bool(cell) and (folder / cell).is_file()
-    )
-
-
-def _find_file(name: str, folder: Path) -> Path | None:
-    path = Path(name)
-    if path.is_absolute():
-        return path if path.is_file() else None
-    if (folder / path).is_file():
-        return folder / path
-    matches = sorted(p for p in folder.rglob(path.name) if p.is_file())
-    return matches[0] if matches else None
-
-
-def _find_recording(label: str, folder: Path) -> Path | None:
-    candidates = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.stem.lower() == label
-        and p.suffix.lower() in AUDIO_EXTENSIONS
-        and not p.name.startswith(".")
-    )
-    # Prefer the shallowest (the layout's own file over a copy in a subfolder).
-    candidates.sort(key=lambda p: len(p.relative_to(folder).parts))
-    return candidates[0] if candidates else None
-
-
-def import_authors_layout(
-    folder_or_csv: Path | str,
-    destination: Path | str,
-    *,
-    sample_rate: int = 16000,
-    min_song_s: float = 60.0,
-    labels: Sequence[str] = TAKE_LABELS,
-    segment_s: float = 30.0,
-    edge_margin_s: float = 10.0,
-    checkpoints: int = 5,
-    max_drift_ppm: float = 300.0,
-) -> Session:
-    """A session from the paper authors' published layout, takes aligned without markers.
-
-    The layout: a CSV listing the song files in play order (``read_song_list``), the song
-    files, and the recordings low.wav, mid.wav and high.wav (any audio suffix, found by
-    name below the folder). Assumptions, since the layout states none: the music program
-    is the songs concatenated in CSV order with no gaps and no markers; the songs are
-    used at the level they are stored at (the authors normalised them already, so no
-    gain is applied, but their loudness is measured and recorded); the program is built
-    at ``sample_rate`` (16 kHz keeps margin above the models' 8 kHz). Each recording is
-    aligned with ``align_without_markers``, so it may start before or after song 1 and
-    run at a slightly different clock. Recordings that are missing are skipped (noted in
-    the session); none at all is a ``SessionError``. Recordings stay where they are; the
-    aligned takes are written into ``destination``.
-    """
-    source = Path(folder_or_csv)
-    if source.is_dir():
-        lists = sorted(p for p in source.glob("*.csv") if p.is_file())
-        if len(lists) != 1:
-            found = ", ".join(p.name for p in lists) or "none"
-            raise SessionError(f"{source}: expected one CSV song list, found {found}")
-        csv_path, folder = lists[0], source
-    elif source.is_file():
-        csv_path, folder = source, source.parent
-    else:
-        raise SessionError(f"{source}: no such file or folder")
-    rows = read_song_list(csv_path)
-    recordings = {label: _find_recording(label, folder) for label in labels}
-    if not any(recordings.values()):
-        wanted = ", ".join(f"{label}.wav" for label in labels)
-        raise SessionError(f"{folder}: none of the recordings ({wanted}) found")
-
-    songs = [
-        ProgramSong(
-            audio=load_audio(row.file, sample_rate),
-            title=row.title,
-            artist=row.artist,
-            source=str(row.file),
-        )
-        for row in rows
-    ]
-    program = build_program(
-        songs,
-        sample_rate,
-        marker=None,
-        gap_s=0.0,
-        normalise=False,
-        min_song_s=min_song_s,
-    )
-    session = Session.create(destination, origin="authors-layout")
-    missing = [label for label, path in recordings.items() if path is None]
-    session.notes = f"imported from {csv_path}" + (
-        f"; recordings not found: {', '.join(missing)}" if missing else ""
-    )
-    session.set_program(
-        program,
-        songs=[
-            SongEntry(
-                title=row.title,
-                artist=row.artist,
-                source=str(row.file),
-                file=str(row.file),
-                duration_s=slot.duration_s,
-                loudness_before=slot.loudness_before,
-                loudness_after=slot.loudness_after,
-            )
-            for row, slot in zip(rows, program.songs, strict=True)
-        ],
-    )
-    for label, path in recordings.items():
-        if path is None:
-            continue
-        rate = probe_audio(path).sample_rate
-        alignment = align_without_markers(
-            load_audio(path, rate),
-            rate,
-            program.music,
-            program.sample_rate,
-            songs=program.songs,
-            name=str(path),
-            segment_s=segment_s,
-            edge_margin_s=edge_margin_s,
-            checkpoints=checkpoints,
-            max_drift_ppm=max_drift_ppm,
-        )
-        session.add_take(
-            label,
-            path,
-            rate,
-            alignment=alignment,
-            notes="authors' recording, aligned without markers",
-        )
-    return session

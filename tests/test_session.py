@@ -1,4 +1,4 @@
-"""Session folders: round trip, validation, song lists, the authors' layout."""
+"""Session folders: round trip, validation."""
 
 from __future__ import annotations
 
@@ -17,12 +17,7 @@ from rig_app.program import (
     build_program,
     synthesize_song,
 )
-from rig_app.session import (
-    Session,
-    SessionError,
-    import_authors_layout,
-    read_song_list,
-)
+from rig_app.session import Session, SessionError
 
 RATE = 8000
 
@@ -129,93 +124,3 @@ def test_corrupt_session_files_are_one_line_errors(session_with_take: Session) -
     assert "takes/low.aligned.wav is missing" in refused(good, "missing")
     with pytest.raises(SessionError, match="no such file"):
         Session.load(folder / "elsewhere")
-
-
-def write_song(path: Path, seconds: float, rate: int, seed: int) -> np.ndarray:
-    audio = synthesize_song(seconds, rate, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, audio, rate)
-    return audio
-
-
-def test_song_list_variants(tmp_path: Path) -> None:
-    for name in ("a.wav", "b.flac", "sub/c.wav"):
-        write_song(tmp_path / name, 0.5, RATE, seed=len(name))
-    (tmp_path / "header.csv").write_text("index,file,title\n1,a.wav,First\n2,b.flac,Second\n")
-    rows = read_song_list(tmp_path / "header.csv")
-    assert [(r.file.name, r.title) for r in rows] == [("a.wav", "First"), ("b.flac", "Second")]
-
-    (tmp_path / "plain.csv").write_text("a.wav\n\n# a comment\nc.wav\n")
-    rows = read_song_list(tmp_path / "plain.csv")
-    assert [r.file for r in rows] == [tmp_path / "a.wav", tmp_path / "sub" / "c.wav"]
-    assert [r.title for r in rows] == ["a", "c"]
-
-    (tmp_path / "semi.csv").write_text("Artist;Title;Path\nX;Song A;a.wav\nY;Song B;b.flac\n")
-    rows = read_song_list(tmp_path / "semi.csv")
-    assert [(r.artist, r.title, r.file.name) for r in rows] == [
-        ("X", "Song A", "a.wav"),
-        ("Y", "Song B", "b.flac"),
-    ]
-
-    (tmp_path / "tabs.tsv").write_text("b.flac\tsecond song\na.wav\tfirst song\n")
-    assert [r.file.name for r in read_song_list(tmp_path / "tabs.tsv")] == ["b.flac", "a.wav"]
-
-    (tmp_path / "missing.csv").write_text("file\na.wav\nnothere.wav\n")
-    with pytest.raises(SessionError, match=r"line 3: song file 'nothere\.wav' not found"):
-        read_song_list(tmp_path / "missing.csv")
-
-
-def test_import_authors_layout(tmp_path: Path) -> None:
-    rate = 16000
-    layout = tmp_path / "authors"
-    songs = [
-        write_song(layout / "songs" / f"{i:02d} track.wav", 10.0, rate, seed=20 + i)
-        for i in range(3)
-    ]
-    (layout / "test_songs.csv").write_text(
-        "song,file\n" + "".join(f"Track {i},{i:02d} track.wav\n" for i in range(3))
-    )
-    program = np.concatenate(songs)
-    sf.write(layout / "low.wav", make_take(program, rate, -50.0, 0.4, seed=2), rate)
-    high = make_take(program, rate, 80.0, 0.4, seed=3)
-    sf.write(layout / "high.wav", soxr.resample(high, rate, 22050), 22050)
-
-    session = import_authors_layout(
-        layout,
-        tmp_path / "imported",
-        sample_rate=rate,
-        min_song_s=1.0,
-        segment_s=6.0,
-        edge_margin_s=1.0,
-        checkpoints=2,
-    )
-    assert session.origin == "authors-layout" and "mid" in session.notes
-    assert [s.title for s in session.songs] == ["Track 0", "Track 1", "Track 2"]
-    assert session.program is not None and session.program["markers"] == []
-    assert session.program["noise_file"] is None
-    loaded = Session.load(tmp_path / "imported")
-    assert [t.label for t in loaded.takes] == ["low", "high"]
-    for label, ppm, take_rate in (("low", -50.0, rate), ("high", 80.0, 22050)):
-        take = loaded.take(label)
-        assert take.recording_rate == take_rate
-        assert Path(take.raw_file) == (layout / f"{label}.wav").resolve()
-        alignment = take.load_alignment()
-        assert alignment is not None and alignment.method == "markerless"
-        assert abs(alignment.offset_s - 0.4) < 0.5e-3
-        assert abs(alignment.drift_ppm - ppm) < 3.0
-        second = take.ground_truth[1]
-        assert second["program_start_s"] == pytest.approx(10.0)
-        assert second["take_start_s"] == pytest.approx(0.4 + 10.0 * (1 + ppm * 1e-6), abs=1e-3)
-        aligned = sf.read(loaded.resolve(str(take.aligned_file)))[0]
-        assert len(aligned) == len(program)
-
-
-def test_import_needs_recordings_and_one_list(tmp_path: Path) -> None:
-    layout = tmp_path / "empty"
-    write_song(layout / "a.wav", 2.0, RATE, seed=1)
-    (layout / "list.csv").write_text("a.wav\n")
-    with pytest.raises(SessionError, match="none of the recordings"):
-        import_authors_layout(layout, tmp_path / "out", min_song_s=1.0)
-    (layout / "other.csv").write_text("a.wav\n")
-    with pytest.raises(SessionError, match="expected one CSV song list"):
-        import_authors_layout(layout, tmp_path / "out", min_song_s=1.0)

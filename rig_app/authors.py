@@ -1,0 +1,326 @@
+"""The paper authors' layout: their published evaluation material, read into a session.
+
+The authors published their real-world takes as::
+
+    recording_songs.csv          the song files in play order, one name a line
+    true_songs/                  the clean songs (often a link to a folder elsewhere)
+    recordings/low_t.wav         the takes (also mid_t.wav, high_t.wav)
+
+``import_authors_layout`` makes a session of it (the program is the songs joined with no
+gaps and no markers; each recording aligned without markers). docs/session-format.md
+says what is assumed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from afp_core.audio import AUDIO_EXTENSIONS, load_audio, probe_audio
+from afp_core.fileutil import one_line
+from afp_core.protocols.sessions import TAKE_LABELS
+from rig_app.align import align_without_markers
+from rig_app.program import ProgramSong, build_program
+from rig_app.session import Session, SessionError, SongEntry
+
+__all__ = [
+    "SONG_LIST",
+    "SongRow",
+    "import_authors_layout",
+    "read_song_list",
+]
+
+SONG_LIST = "recording_songs.csv"  # the published song list's name
+RECORDING_SUFFIX = "_t"  # the published takes are low_t.wav, mid_t.wav, high_t.wav
+
+
+@dataclass(frozen=True)
+class SongRow:
+    """One song of a play-order list: its file, title and artist."""
+
+    file: Path
+    title: str
+    artist: str = ""
+
+
+_FILE_HEADERS = ("file", "filename", "file_name", "path", "filepath", "audio", "wav", "song_file")
+_TITLE_HEADERS = ("title", "name", "song", "track", "song_name")
+_ARTIST_HEADERS = ("artist", "band", "performer", "singer")
+
+
+def _files_below(folder: Path) -> list[Path]:
+    """Every file below ``folder`` (hidden ones and hidden folders skipped), shallowest
+    first, then by path.
+
+    Links to folders are followed (the published true_songs/ is often one), but each real
+    folder is entered once, so a link back up the tree ends the walk instead of looping.
+    """
+    seen: set[tuple[int, int]] = set()
+    found: list[Path] = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        try:
+            stat = Path(root).stat()
+        except OSError:
+            dirs[:] = []
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(root, name) for name in names if not name.startswith("."))
+    return sorted(found, key=lambda p: (len(p.parts), p.parts))
+
+
+class _Below:
+    """``_files_below(folder)``, walked once and only if a name has to be searched for."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._files: list[Path] | None = None
+
+    def named(self, name: str) -> list[Path]:
+        if self._files is None:
+            self._files = _files_below(self.folder)
+        return [p for p in self._files if p.name == name and p.is_file()]
+
+
+def read_song_list(csv_path: Path | str) -> list[SongRow]:
+    """Songs in play order from a CSV (or TSV/semicolon) list, header or not.
+
+    The file column is the one headed like a file name (file, filename, path, ...) or,
+    without such a header, the one whose cells most often name existing audio files.
+    Titles come from a title/name/song column if there is one, else from the file name;
+    artists from an artist column. Files are looked up as given, next to the CSV, then
+    by name anywhere below the CSV's folder (through linked folders). Blank lines and
+    lines starting with '#' are skipped. A file that cannot be found: ``SessionError``
+    naming the line.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise SessionError(f"{csv_path}: no such file")
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SessionError(f"{csv_path}: cannot read ({one_line(exc)})") from None
+    lines = [
+        (number, line)
+        for number, line in enumerate(text.splitlines(), 1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not lines:
+        raise SessionError(f"{csv_path}: no songs listed")
+    try:
+        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(
+            "\n".join(line for _, line in lines[:20]), delimiters=",;\t|"
+        )
+    except csv.Error:
+        dialect = csv.excel
+    rows = [
+        (number, [cell.strip() for cell in row])
+        for (number, _), row in zip(
+            lines,
+            csv.reader(io.StringIO("\n".join(line for _, line in lines)), dialect),
+            strict=True,
+        )
+    ]
+    folder = csv_path.parent
+    first = [cell.lower() for cell in rows[0][1]]
+    has_header = not any(_looks_like_audio(cell, folder) for cell in rows[0][1]) and (
+        len(rows) == 1
+        or any(_looks_like_audio(cell, folder) for _, row in rows[1:] for cell in row)
+        or any(name in first for name in _FILE_HEADERS + _TITLE_HEADERS)
+    )
+    body = rows[1:] if has_header else rows
+    if not body:
+        raise SessionError(f"{csv_path}: no songs listed (only a header)")
+    width = max(len(row) for _, row in body)
+    file_col = _pick_column(first if has_header else [], _FILE_HEADERS)
+    if file_col is None:
+        counts = [
+            sum(_looks_like_audio(row[c], folder) for _, row in body if c < len(row))
+            for c in range(width)
+        ]
+        if max(counts) == 0:
+            raise SessionError(f"{csv_path}: no column names audio files")
+        file_col = counts.index(max(counts))
+    title_col = _pick_column(first if has_header else [], _TITLE_HEADERS, exclude=file_col)
+    artist_col = _pick_column(first if has_header else [], _ARTIST_HEADERS, exclude=file_col)
+    below = _Below(folder)
+    songs = []
+    for number, row in body:
+        if file_col >= len(row) or not row[file_col]:
+            raise SessionError(f"{csv_path}: line {number}: no file name in column {file_col + 1}")
+        name = row[file_col]
+        path = _find_file(name, folder, below)
+        if path is None:
+            raise SessionError(f"{csv_path}: line {number}: song file {name!r} not found")
+        title = row[title_col] if title_col is not None and title_col < len(row) else ""
+        artist = row[artist_col] if artist_col is not None and artist_col < len(row) else ""
+        songs.append(SongRow(file=path, title=title or path.stem, artist=artist))
+    return songs
+
+
+def _pick_column(header: list[str], names: Sequence[str], exclude: int | None = None) -> int | None:
+    for name in names:
+        for index, cell in enumerate(header):
+            if index != exclude and cell.replace(" ", "_") == name:
+                return index
+    return None
+
+
+def _looks_like_audio(cell: str, folder: Path) -> bool:
+    return Path(cell).suffix.lower() in AUDIO_EXTENSIONS or (
+        bool(cell) and (folder / cell).is_file()
+    )
+
+
+def _find_file(name: str, folder: Path, below: _Below) -> Path | None:
+    path = Path(name)
+    if path.is_absolute():
+        return path if path.is_file() else None
+    if (folder / path).is_file():
+        return folder / path
+    matches = below.named(path.name)
+    return matches[0] if matches else None
+
+
+def _find_recording(label: str, files: Sequence[Path], songs: Sequence[Path]) -> Path | None:
+    """The take ``label`` among ``files`` (``_files_below``'s order): ``<label>_t`` (the
+    published name) or ``<label>``, any audio suffix, the first found; never a song."""
+    stems = {label, f"{label}{RECORDING_SUFFIX}"}
+    song_files = {p.resolve() for p in songs}
+    for path in files:
+        if (
+            path.stem.lower() in stems
+            and path.suffix.lower() in AUDIO_EXTENSIONS
+            and path.is_file()
+            and path.resolve() not in song_files
+        ):
+            return path
+    return None
+
+
+def _recording_names(labels: Sequence[str]) -> str:
+    published = ", ".join(f"{label}{RECORDING_SUFFIX}.wav" for label in labels)
+    return f"{published} or {', '.join(f'{label}.wav' for label in labels)}"
+
+
+def _song_list(source: Path) -> tuple[Path, Path]:
+    """The song list and the layout's folder, from the CSV or the folder holding it."""
+    if source.is_file():
+        return source, source.parent
+    if not source.is_dir():
+        raise SessionError(f"{source}: no such file or folder")
+    if (source / SONG_LIST).is_file():
+        return source / SONG_LIST, source
+    lists = sorted(p for p in source.glob("*.csv") if p.is_file())
+    if len(lists) != 1:
+        found = ", ".join(p.name for p in lists) or "none"
+        raise SessionError(
+            f"{source}: expected one CSV song list ({SONG_LIST} or another), found {found}"
+        )
+    return lists[0], source
+
+
+def import_authors_layout(
+    folder_or_csv: Path | str,
+    destination: Path | str,
+    *,
+    sample_rate: int = 16000,
+    min_song_s: float = 60.0,
+    labels: Sequence[str] = TAKE_LABELS,
+    segment_s: float = 30.0,
+    edge_margin_s: float = 10.0,
+    checkpoints: int = 5,
+    max_drift_ppm: float = 300.0,
+) -> Session:
+    """A session from the paper authors' published layout, takes aligned without markers.
+
+    The layout: a CSV listing the song files in play order (``read_song_list``;
+    recording_songs.csv when a folder holds several), the song files (found through a
+    linked true_songs/ folder too), and the recordings low_t, mid_t and high_t (or low,
+    mid and high; any audio suffix, found by name below the folder, e.g. in
+    recordings/). Assumptions, since the layout states none: the music program is the
+    songs concatenated in CSV order with no gaps and no markers; the songs are used at
+    the level they are stored at (the authors normalised them already, so no gain is
+    applied, but their loudness is measured and recorded); the program is built at
+    ``sample_rate`` (16 kHz keeps margin above the models' 8 kHz). Each recording is
+    aligned with ``align_without_markers``, so it may start before or after song 1 and
+    run at a slightly different clock. Recordings that are missing are skipped (noted in
+    the session); none at all is a ``SessionError``. Recordings stay where they are; the
+    aligned takes are written into ``destination``.
+    """
+    csv_path, folder = _song_list(Path(folder_or_csv))
+    rows = read_song_list(csv_path)
+    files = _files_below(folder)
+    song_files = [row.file for row in rows]
+    recordings = {label: _find_recording(label, files, song_files) for label in labels}
+    if not any(recordings.values()):
+        raise SessionError(f"{folder}: none of the recordings ({_recording_names(labels)}) found")
+
+    songs = [
+        ProgramSong(
+            audio=load_audio(row.file, sample_rate),
+            title=row.title,
+            artist=row.artist,
+            source=str(row.file),
+        )
+        for row in rows
+    ]
+    program = build_program(
+        songs,
+        sample_rate,
+        marker=None,
+        gap_s=0.0,
+        normalise=False,
+        min_song_s=min_song_s,
+    )
+    session = Session.create(destination, origin="authors-layout")
+    missing = [label for label, path in recordings.items() if path is None]
+    session.notes = f"imported from {csv_path}" + (
+        f"; recordings not found: {', '.join(missing)}" if missing else ""
+    )
+    session.set_program(
+        program,
+        songs=[
+            SongEntry(
+                title=row.title,
+                artist=row.artist,
+                source=str(row.file),
+                file=str(row.file),
+                duration_s=slot.duration_s,
+                loudness_before=slot.loudness_before,
+                loudness_after=slot.loudness_after,
+            )
+            for row, slot in zip(rows, program.songs, strict=True)
+        ],
+    )
+    for label, path in recordings.items():
+        if path is None:
+            continue
+        rate = probe_audio(path).sample_rate
+        alignment = align_without_markers(
+            load_audio(path, rate),
+            rate,
+            program.music,
+            program.sample_rate,
+            songs=program.songs,
+            name=str(path),
+            segment_s=segment_s,
+            edge_margin_s=edge_margin_s,
+            checkpoints=checkpoints,
+            max_drift_ppm=max_drift_ppm,
+        )
+        session.add_take(
+            label,
+            path,
+            rate,
+            alignment=alignment,
+            notes="authors' recording, aligned without markers",
+        )
+    return session
