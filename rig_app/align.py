@@ -226,9 +226,10 @@ class Alignment:
         """Program time (s) of take time ``take_s``."""
         return (take_s - self.offset_s) / self.ratio
 
-    def verdict(self, xruns: int = 0) -> TakeVerdict:
-        """The take's verdict once aligned like this (``xruns``: counted while recording)."""
-        return judge_take(True, {"ok": self.ok, "notes": self.notes}, xruns)
+    def verdict(self, xruns: int = 0, xrun_times_s: Sequence[float] = ()) -> TakeVerdict:
+        """The take's verdict once aligned like this (``xruns``: counted while recording,
+        ``xrun_times_s``: where)."""
+        return judge_take(True, {"ok": self.ok, "notes": self.notes}, xruns, xrun_times_s)
 
     def to_dict(self) -> dict[str, Any]:
         return {

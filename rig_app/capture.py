@@ -14,7 +14,8 @@ the pre-rendered program (a view of the caller's array) into PortAudio's buffer;
 input callback copies PortAudio's buffer into a preallocated ring buffer and advances
 an integer counter. No callback allocates an array, takes a lock, touches a file or
 calls PortAudio. A writer thread drains the ring to disk as blocks arrive and watches
-the streams.
+the streams. Where an xrun happened is kept the same way: a callback that reports one
+stores the take's frame count in a preallocated array of its stream (``_XrunLog``).
 
 Crash safety: the take is written straight to its final path as a 32-bit float WAV
 whose header this module writes itself. Blocks are appended as they arrive; every
@@ -47,6 +48,7 @@ import numpy as np
 
 from afp_core.errors import AfpError
 from afp_core.fileutil import atomic_write_text, one_line, utc_now
+from afp_core.protocols.sessions import describe_xruns
 from afp_core.tasks import TaskState
 from rig_app.devices import (
     Device,
@@ -84,8 +86,10 @@ _WAVE_FORMAT_IEEE_FLOAT = 3
 _MAX_DATA_BYTES = 0xFFFFFFFF - (_HEADER_BYTES - 8)
 _FSYNC_EVERY_S = 5.0
 _POLL_S = 0.02
+_XRUN_SLOTS = 1024  # places kept per stream; past that an xrun is counted, not placed
 _FLOOR_DB = -120.0
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_INAUDIBLE_FLAG = "priming_output"  # PortAudio filling the first output buffers
 _STATUS_FLAGS = (
     "input_underflow",
     "input_overflow",
@@ -102,7 +106,7 @@ class CaptureError(AfpError):
 def audible_xruns(xruns: dict[str, int]) -> int:
     """Under/overruns, counted per status flag, that changed the audio: output priming
     (PortAudio filling the first output buffers) is not one."""
-    return sum(n for key, n in xruns.items() if not key.endswith("priming_output"))
+    return sum(n for key, n in xruns.items() if not key.endswith(_INAUDIBLE_FLAG))
 
 
 def _dbfs(value: float) -> float:
@@ -160,7 +164,9 @@ class TakeResult:
     ``xruns`` counts every kind seen, keyed "<role>.<flag>" (``mic_in.input_overflow``,
     ``music_out.output_underflow``, ``mic_in.ring_overflow`` when the writer fell behind).
     ``stream_latency_s`` is what PortAudio reports per stream, not the real offset
-    between the outputs and the microphone: the markers measure that.
+    between the outputs and the microphone: the markers measure that. ``xrun_times_s``:
+    where each audible xrun was reported, seconds into the take (frames the microphone
+    had captured by then), in order; at most ``_XRUN_SLOTS`` a stream.
     """
 
     path: Path
@@ -178,6 +184,7 @@ class TakeResult:
     lead_in_s: float = 0.0
     stream_latency_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    xrun_times_s: list[float] = field(default_factory=list)
 
     @property
     def duration_s(self) -> float:
@@ -187,6 +194,15 @@ class TakeResult:
     def xrun_total(self) -> int:
         """Under/overruns that changed the audio (``audible_xruns``)."""
         return audible_xruns(self.xruns)
+
+    @property
+    def problems(self) -> list[str]:
+        """What went wrong, one phrase each: the error, the notes, the xruns and where."""
+        found = ([self.error] if self.error else []) + list(self.notes)
+        if self.xrun_total:
+            kinds = ", ".join(f"{key} {n}" for key, n in self.xruns.items() if n)
+            found.append(f"{describe_xruns(self.xrun_total, self.xrun_times_s)} ({kinds})")
+        return found
 
     @property
     def complete(self) -> bool:
@@ -417,6 +433,7 @@ def recover_take(path: Path | str) -> TakeResult:
         sample_rate=rate,
         channels=channels,
         xruns=dict(info.get("xruns") or {}),
+        xrun_times_s=[float(t) for t in info.get("xrun_times_s") or ()],
         devices=dict(info.get("devices") or {}),
         started_at=str(info.get("started_at", "")),
         ended_at=utc_now("milliseconds"),
@@ -432,6 +449,23 @@ def recover_take(path: Path | str) -> TakeResult:
 
 
 # --- the recorder ---------------------------------------------------------------------
+
+
+class _XrunLog:
+    """Where one stream's callbacks reported audible xruns, as take frames; preallocated,
+    so a callback stores an integer and allocates nothing."""
+
+    def __init__(self) -> None:
+        self.frames = np.zeros(_XRUN_SLOTS, dtype=np.int64)
+        self.count = 0  # written by the stream's own callback thread only
+
+    def note(self, frame: int) -> None:
+        if self.count < _XRUN_SLOTS:
+            self.frames[self.count] = frame
+        self.count += 1
+
+    def placed(self) -> np.ndarray:
+        return self.frames[: min(self.count, _XRUN_SLOTS)]
 
 
 @dataclass
@@ -491,6 +525,8 @@ class TakeRecorder:
         self._level_db = _FLOOR_DB
         self._peak_db = _FLOOR_DB
         self._xruns: dict[str, int] = {}
+        # one log per stream: each is written by one callback thread, so none races
+        self._xrun_logs = {role: _XrunLog() for role in ("mic_in", "music_out", "noise_out")}
         self._callback_error: str | None = None
         self._lost: list[str] = []
         self._ending = False
@@ -546,6 +582,12 @@ class TakeRecorder:
     def xrun_total(self) -> int:
         """Under/overruns so far that changed the audio (``audible_xruns``)."""
         return audible_xruns(self.xruns)  # a copy: the callbacks count on
+
+    @property
+    def xrun_times_s(self) -> list[float]:
+        """Where the audible xruns so far happened, seconds into the take, in order."""
+        frames = np.concatenate([log.placed() for log in self._xrun_logs.values()])
+        return [round(float(f) / self.config.sample_rate, 3) for f in np.sort(frames)]
 
     @property
     def result(self) -> TakeResult | None:
@@ -723,6 +765,7 @@ class TakeRecorder:
         self._outputs.clear()
         self._devices.clear()
         self._xruns.clear()
+        self._xrun_logs = {role: _XrunLog() for role in self._xrun_logs}
         self._ending = False
         self._state = "ready"
 
@@ -735,6 +778,8 @@ class TakeRecorder:
         for flag, key in self._status_keys[role]:
             if getattr(status, flag):
                 self._count(key)
+                if flag != _INAUDIBLE_FLAG:
+                    self._xrun_logs[role].note(self._captured)
 
     def _on_input(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         sd = self._sd
@@ -750,6 +795,7 @@ class TakeRecorder:
             capacity = len(self._ring)
             if written + wanted - self._ring_read > capacity:
                 self._count("mic_in.ring_overflow")
+                self._xrun_logs["mic_in"].note(self._captured)
             else:
                 start = written % capacity
                 first = min(wanted, capacity - start)
@@ -817,6 +863,7 @@ class TakeRecorder:
         write_failed = False
         last_sync = time.monotonic()
         watch = {role: (-1, time.monotonic()) for role in self._streams}
+        told = 0  # xruns the sidecar holds: a killed take keeps them too
         try:
             while True:
                 self._drain()
@@ -824,6 +871,10 @@ class TakeRecorder:
                 if now - last_sync >= self.config.sync_interval_s:
                     self._open_file().sync()
                     last_sync = now
+                    if self.xrun_total != told:
+                        told = self.xrun_total
+                        with contextlib.suppress(OSError):  # the take matters more
+                            _write_info(self.out_path, self._info("recording"))
                 outcome = self._check(watch, now)
                 if outcome is not None:
                     ended_by, error = outcome
@@ -943,6 +994,7 @@ class TakeRecorder:
             sample_rate=self.config.sample_rate,
             channels=self.config.mic_channels,
             xruns=dict(self._xruns),
+            xrun_times_s=self.xrun_times_s,
             devices={role: device.name for role, device in self._devices.items()},
             started_at=self._started_at,
             ended_at=utc_now("milliseconds"),
@@ -983,6 +1035,8 @@ class TakeRecorder:
             "devices": {role: device.name for role, device in self._devices.items()},
             "started_at": self._started_at,
             "pid": os.getpid(),
+            "xruns": self.xruns,
+            "xrun_times_s": self.xrun_times_s,
             "config": {key: value for key, value in asdict(self.config).items() if key != "label"},
         }
 

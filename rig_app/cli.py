@@ -563,9 +563,7 @@ def run_record(args: argparse.Namespace) -> int:
     )
     with _progress(args.quiet, "s", f"recording {args.label}") as task:
         result = record_session_take(task, session, settings)
-    problems = ([result.error] if result.error else []) + list(result.notes)
-    if result.xrun_total:
-        problems.append(f"{result.xrun_total} buffer under/overruns ({_xruns(result.xruns)})")
+    problems = result.problems
     print(
         f"{result.path}: {format_duration(result.duration_s)} recorded at {result.sample_rate} "
         f"Hz ({result.ended_by})" + (f"; {'; '.join(problems)}" if problems else "")
@@ -629,10 +627,6 @@ def run_simulate(args: argparse.Namespace) -> int:
     return 1 if _align(session, labels, args.quiet) else 0
 
 
-def _xruns(xruns: dict[str, int]) -> str:
-    return ", ".join(f"{key} {count}" for key, count in xruns.items() if count)
-
-
 def run_align(args: argparse.Namespace) -> int:
     session = _open(args.session)
     labels = [args.label] if args.label else [take.label for take in session.takes]
@@ -658,8 +652,8 @@ def _align(session: Session, labels: Sequence[str], quiet: bool) -> int:
                 refused += 1
                 print(f"{PROG}: error: take '{label}' not aligned: {exc}", file=sys.stderr)
                 continue
-        xruns = session.take(label).xruns
-        print(f"{label}: {describe_alignment(alignment, xruns)}")
+        take = session.take(label)
+        print(f"{label}: {describe_alignment(alignment, take.xruns, take.xrun_times_s)}")
     return refused
 
 
@@ -678,7 +672,8 @@ def run_import_authors(args: argparse.Namespace) -> int:
     )
     for take in session.takes:
         if take.alignment is not None:
-            print(f"{take.label}: {describe_alignment(take.alignment, take.xruns)}")
+            described = describe_alignment(take.alignment, take.xruns, take.xrun_times_s)
+            print(f"{take.label}: {described}")
     if session.notes:
         print(f"note: {session.notes}")
     return 0

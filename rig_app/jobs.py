@@ -23,6 +23,7 @@ import numpy as np
 
 from afp_core.audio import load_audio, resample
 from afp_core.errors import AfpError, Cancelled
+from afp_core.protocols.sessions import describe_xruns
 from afp_core.tasks import TaskState
 from rig_app.align import Alignment, align_take, align_without_markers
 from rig_app.capture import (
@@ -384,10 +385,18 @@ def _store_recording(
         devices=result.devices,
         sample_rates=result.sample_rates,
         speaker_distance_m=speaker_distance_m,
-        notes=notes,
+        notes=_join_notes(notes, _xrun_note(result)),
         xruns=result.xrun_total,
+        xrun_times_s=result.xrun_times_s,
         replace=replace,
     )
+
+
+def _xrun_note(result: TakeResult) -> str:
+    """What a take's notes say about audio lost while recording: how many xruns, where."""
+    if not result.xrun_total:
+        return ""
+    return f"{describe_xruns(result.xrun_total, result.xrun_times_s)} (seconds into the take)"
 
 
 def _join_notes(*parts: str) -> str:
@@ -549,6 +558,7 @@ def align_session_take(task: TaskState, session: Session, label: str) -> Alignme
         speaker_distance_m=take.speaker_distance_m,
         notes=take.notes,
         xruns=take.xruns,
+        xrun_times_s=take.xrun_times_s,
         replace=True,
     )
     if take.recorded_at:
@@ -558,7 +568,9 @@ def align_session_take(task: TaskState, session: Session, label: str) -> Alignme
     return alignment
 
 
-def describe_alignment(alignment: Alignment | dict[str, Any], xruns: int = 0) -> str:
+def describe_alignment(
+    alignment: Alignment | dict[str, Any], xruns: int = 0, xrun_times_s: Sequence[float] = ()
+) -> str:
     """One line: offset, drift, residual, SNR and the take's verdict with its reasons."""
     if isinstance(alignment, dict):
         alignment = Alignment.from_dict(alignment)
@@ -566,7 +578,7 @@ def describe_alignment(alignment: Alignment | dict[str, Any], xruns: int = 0) ->
         f"offset {alignment.offset_s * 1000:.2f} ms, drift {alignment.drift_ppm:+.1f} ppm, "
         f"max residual {format_number(alignment.max_residual_ms, 'ms', 3)}, "
         f"min SNR {format_number(alignment.min_snr_db, 'dB', 1)}: "
-        f"{alignment.verdict(xruns).describe()}"
+        f"{alignment.verdict(xruns, xrun_times_s).describe()}"
     )
 
 
@@ -602,6 +614,9 @@ class RoomTake:
             f"{self.label} ({self.mode}, noise speaker at {self.noise_distance_m:.2f} m, "
             f"music-to-noise {ratio})"
         )
+        lost = self.details.get("xruns", 0)
+        if lost:
+            text += f", {describe_xruns(lost, self.details.get('xrun_times_s', ()))}"
         return text + (f": {self.error}" if self.error else "")
 
 
@@ -770,7 +785,11 @@ def _record_live(
         room.noise_distance(label),
         math.inf if ratio is None else float(ratio),
         error=result.error,
-        details={"xruns": result.xrun_total, "ended_by": result.ended_by},
+        details={
+            "xruns": result.xrun_total,
+            "xrun_times_s": result.xrun_times_s,
+            "ended_by": result.ended_by,
+        },
     )
 
 

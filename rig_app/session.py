@@ -124,7 +124,7 @@ class TakeEntry:
     @property
     def verdict(self) -> TakeVerdict:
         """Whether its numbers can be trusted: the rule the evaluation applies too."""
-        return judge_take(bool(self.aligned_file), self.alignment, self.xruns)
+        return judge_take(bool(self.aligned_file), self.alignment, self.xruns, self.xrun_times_s)
 
 
 def _finite_or_none(value: float | None) -> float | None:

@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from afp_core.errors import Cancelled
+from afp_core.protocols.sessions import describe_xruns
 from afp_core.tasks import TaskState
 from rig_app import cli
 from rig_app.program import synthesize_song
@@ -225,8 +226,8 @@ def test_devices_record_and_align_through_virtual_devices(virtual_devices, tmp_p
     assert Session.load(session_dir).take("high").recorded_at == take.recorded_at
 
 
-def _session_with_killed_take(tmp_path: Path, capsys, label: str = "low") -> Path:
-    """A session with a program, and its take ``label`` killed 70 % of the way through."""
+def _session_with_program(tmp_path: Path, capsys) -> Path:
+    """A session whose program holds three 2 s songs (about 9 s with its markers)."""
     session_dir = tmp_path / "session"
     assert _run(capsys, "new", session_dir)[0] == 0
     _run(
@@ -234,6 +235,12 @@ def _session_with_killed_take(tmp_path: Path, capsys, label: str = "low") -> Pat
     )
     code, _, err = _run(capsys, "program", session_dir, "--min-song-s", 1, "--gap", 0.5, "--quiet")
     assert code == 0, err
+    return session_dir
+
+
+def _session_with_killed_take(tmp_path: Path, capsys, label: str = "low") -> Path:
+    """A session with a program, and its take ``label`` killed 70 % of the way through."""
+    session_dir = _session_with_program(tmp_path, capsys)
     program = Session.load(session_dir).load_program()
     rate = program.sample_rate
     take = np.concatenate([np.zeros(rate // 2, np.float32), 0.5 * program.music])
@@ -275,3 +282,40 @@ def test_record_over_an_unstored_take_names_recover(tmp_path, capsys):
     assert code == 1 and err.count("\n") == 1
     assert f"afp-rig recover {session_dir} --label low" in err
     assert path.read_bytes() == before  # the killed take is left as it was
+
+
+def test_a_take_with_xruns_says_how_many_and_where(virtual_devices, tmp_path, capsys):
+    session_dir = _session_with_program(tmp_path, capsys)
+    rate = int(Session.load(session_dir).program["sample_rate"])
+    path = session_dir / "takes" / "low.raw.wav"
+    record = [sys.executable, "-m", "rig_app.cli", "record", str(session_dir), "--label", "low"]
+    record += ["--music-out", virtual_devices.music_out, "--mic", virtual_devices.mic_in]
+    record += ["--lead-in", "0.5", "--tail", "1", "--no-align", "--quiet"]
+    env = {**os.environ, **virtual_devices.env()}
+    process = subprocess.Popen(record, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30.0
+        # 2 s recorded, then the process stops for 1 s (what a starved CPU does to it):
+        # its streams underrun for real
+        while not (path.exists() and path.stat().st_size > 56 + 4 * 2 * rate):
+            assert process.poll() is None, process.communicate()[1].decode()
+            assert time.monotonic() < deadline, "the recording never started"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGSTOP)
+        time.sleep(1.0)
+        process.send_signal(signal.SIGCONT)
+        out, err = (text.decode() for text in process.communicate(timeout=60))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert process.returncode == 0, err
+    take = Session.load(session_dir).take("low")
+    assert take.xruns > 0
+    assert len(take.xrun_times_s) == take.xruns and take.xrun_times_s == sorted(take.xrun_times_s)
+    # where the stop hit: past the 2 s seen on disk, within a sync interval and the stop
+    assert all(2.0 <= t <= 2.0 + 1.5 + 0.5 for t in take.xrun_times_s), take.xrun_times_s
+    where = describe_xruns(take.xruns, take.xrun_times_s)
+    assert where.startswith(f"{take.xruns} xrun") and f" at {take.xrun_times_s[0]:.1f} s" in where
+    assert where in out and where in take.notes  # the command's line and the take's notes

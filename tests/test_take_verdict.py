@@ -1,6 +1,6 @@
 """One verdict per take (ok / flagged / not aligned), with its reasons, for every view."""
 
-from afp_core.protocols.sessions import judge_take
+from afp_core.protocols.sessions import describe_xruns, judge_take
 from rig_app.align import Alignment
 from rig_app.jobs import describe_alignment
 from rig_app.session import TakeEntry
@@ -19,6 +19,18 @@ def test_verdict_names_every_reason_and_only_when_flagged():
     assert judge_take(True, {"ok": False}, 0).reasons == ("the alignment failed its checks",)
     lost = judge_take(True, {"ok": True}, 1)
     assert lost.status == "flagged" and lost.reasons[0].startswith("1 buffer under/overruns")
+
+
+def test_xruns_say_how_many_and_where():
+    assert describe_xruns(0) == "0 xruns"
+    assert describe_xruns(1, [3.04]) == "1 xrun at 3.0 s"
+    assert describe_xruns(3, [12.4, 80.1, 80.2]) == "3 xruns at 12.4 s, 80.1 s, 80.2 s"
+    assert describe_xruns(5, [1.0, 2.0, 3.0, 4.0, 5.0]) == "5 xruns at 1.0 s, 2.0 s, 3.0 s, …"
+    verdict = judge_take(True, {"ok": True}, 3, [12.4, 80.1, 80.2])
+    assert verdict.describe() == (
+        "flagged: 3 buffer under/overruns while recording at 12.4 s, 80.1 s, 80.2 s (audio "
+        "lost or repeated)"
+    )
 
 
 def test_rig_views_use_the_same_verdict():
@@ -48,4 +60,9 @@ def test_rig_views_use_the_same_verdict():
     assert take.verdict.status == "flagged"
     assert describe_alignment(alignment, take.xruns).endswith(
         ": flagged: 3 buffer under/overruns while recording (audio lost or repeated)"
+    )
+    take.xrun_times_s = [1.25, 7.5, 7.5]
+    assert take.verdict.reasons[0].startswith("3 buffer under/overruns while recording at 1.2 s")
+    assert describe_alignment(alignment, take.xruns, take.xrun_times_s).endswith(
+        take.verdict.describe()
     )

@@ -15,6 +15,7 @@ it at the program's rate, and a query starting ``t`` seconds after ``s.start_s``
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ ALIGNMENT_VERSION = 1
 SESSION_FILE = "session.json"
 # The protocol's takes, from the mildest noise to the strongest, in this order.
 TAKE_LABELS = ("low", "mid", "high")
+XRUN_PLACES_SHOWN = 3  # a take's first few xrun places are named; the count says the rest
 
 
 class SessionReadError(AfpError):
@@ -99,11 +101,27 @@ class TakeVerdict:
         return f"{self.status}: {'; '.join(self.reasons)}" if self.reasons else self.status
 
 
-def judge_take(aligned: bool, alignment: dict[str, Any] | None, xruns: int) -> TakeVerdict:
+def describe_xruns(count: int, times_s: Sequence[float] = (), what: str = "") -> str:
+    """``3 xruns at 12.4 s, 80.1 s, 80.2 s``: how many, and where the first few were
+    (seconds into the raw take); ``what`` names them otherwise (``3 <what> at ...``)."""
+    text = f"{count} {what or ('xrun' if count == 1 else 'xruns')}"
+    if times_s:
+        shown = ", ".join(f"{t:.1f} s" for t in list(times_s)[:XRUN_PLACES_SHOWN])
+        text += f" at {shown}" + (", …" if len(times_s) > XRUN_PLACES_SHOWN else "")
+    return text
+
+
+def judge_take(
+    aligned: bool,
+    alignment: dict[str, Any] | None,
+    xruns: int,
+    xrun_times_s: Sequence[float] = (),
+) -> TakeVerdict:
     """The verdict on a take from what its session records (see ``TakeVerdict``).
 
     ``aligned``: an aligned file exists; ``alignment``: the stored alignment summary
-    (its ``ok`` and ``notes``); ``xruns``: buffer under/overruns counted while recording.
+    (its ``ok`` and ``notes``); ``xruns``: buffer under/overruns counted while recording,
+    ``xrun_times_s`` where they were (seconds into the raw take).
     """
     if not aligned or alignment is None:
         return TakeVerdict("not aligned")
@@ -112,7 +130,8 @@ def judge_take(aligned: bool, alignment: dict[str, Any] | None, xruns: int) -> T
         notes = [str(note) for note in alignment.get("notes") or ()]
         reasons.extend(notes or ["the alignment failed its checks"])
     if xruns:
-        reasons.append(f"{xruns} buffer under/overruns while recording (audio lost or repeated)")
+        lost = describe_xruns(xruns, xrun_times_s, "buffer under/overruns while recording")
+        reasons.append(f"{lost} (audio lost or repeated)")
     return TakeVerdict("flagged" if reasons else "ok", tuple(reasons))
 
 
@@ -129,10 +148,13 @@ class SessionTake:
     xruns: int
     recorded_at: str
     alignment: dict[str, Any] | None
+    xrun_times_s: tuple[float, ...] = ()
 
     @property
     def verdict(self) -> TakeVerdict:
-        return judge_take(self.aligned_file is not None, self.alignment, self.xruns)
+        return judge_take(
+            self.aligned_file is not None, self.alignment, self.xruns, self.xrun_times_s
+        )
 
     def metadata(self) -> dict[str, Any]:
         """What a report records about the take (no channel response arrays)."""
@@ -159,6 +181,7 @@ class SessionTake:
             "speaker_distance_m": self.speaker_distance_m,
             "notes": self.notes,
             "xruns": self.xruns,
+            "xrun_times_s": list(self.xrun_times_s),
             "verdict": self.verdict.describe(),
             "recorded_at": self.recorded_at,
             "alignment": alignment,
@@ -384,4 +407,5 @@ def _take(folder: Path, data: Any, path: Path) -> SessionTake:
         xruns=int(data.get("xruns", 0)),
         recorded_at=str(data.get("recorded_at", "")),
         alignment=alignment,
+        xrun_times_s=tuple(float(t) for t in data.get("xrun_times_s") or ()),
     )

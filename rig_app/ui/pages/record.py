@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from afp_core.protocols.sessions import TAKE_LABELS
+from afp_core.protocols.sessions import TAKE_LABELS, describe_xruns
 from afp_core.tasks import TaskState
 from rig_app.align import Alignment
 from rig_app.capture import InputMeter, TakeRecorder, TakeResult, play_test_tone
@@ -218,7 +218,7 @@ class RecordPage(Page):
         self.progress.setRange(0, 1000)
         self.progress.setFormat("not recording")
         self.progress.setTextVisible(True)
-        self.xruns = QLabel("xruns: 0")
+        self.xruns = QLabel(describe_xruns(0))
         self.take_message = QLabel("")
         self.take_message.setWordWrap(True)
         self.hint = QLabel("")
@@ -492,7 +492,7 @@ class RecordPage(Page):
                     f"{recorder.config.label}: {format_duration(done)} of {format_duration(total)}"
                 )
             xruns = recorder.xrun_total
-            self.xruns.setText(f"xruns: {xruns}")
+            self.xruns.setText(describe_xruns(xruns, recorder.xrun_times_s))
             self.xruns.setStyleSheet(_RED if xruns else "")
         elif self._meter is not None:
             self.meter.set_level(self._meter.rms_dbfs)
@@ -503,8 +503,8 @@ class RecordPage(Page):
         self.progress.setFormat(
             f"{result.label}: {format_duration(result.duration_s)} recorded ({result.ended_by})"
         )
-        self.xruns.setText(f"xruns: {result.xrun_total}")
-        problems = ([result.error] if result.error else []) + list(result.notes)
+        self.xruns.setText(describe_xruns(result.xrun_total, result.xrun_times_s))
+        problems = result.problems
         text = f"Take '{result.label}' {result.ended_by}" + (
             f": {'; '.join(problems)}" if problems else ""
         )
@@ -542,9 +542,9 @@ class RecordPage(Page):
     def _on_aligned(self, alignment: Alignment) -> None:
         self.last_alignment = alignment
         self.state.takes_changed.emit()
-        xruns = self._xruns_of(self._aligning)
-        self._show_alignment(alignment, xruns)
-        self.status.emit("Alignment: " + describe_alignment(alignment, xruns))
+        xruns, places = self._xruns_of(self._aligning)
+        self._show_alignment(alignment, xruns, places)
+        self.status.emit("Alignment: " + describe_alignment(alignment, xruns, places))
 
     def _on_align_refused(self, message: str) -> None:
         self._clear_result()
@@ -556,12 +556,11 @@ class RecordPage(Page):
 
     # --- view ------------------------------------------------------------------------------
 
-    def _xruns_of(self, label: str) -> int:
+    def _xruns_of(self, label: str) -> tuple[int, list[float]]:
+        """The stored take's xruns and where they were."""
         session = self.session
-        if session is None:
-            return 0
-        take = session.find_take(label)
-        return 0 if take is None else take.xruns
+        take = None if session is None else session.find_take(label)
+        return (0, []) if take is None else (take.xruns, take.xrun_times_s)
 
     def _show_take_message(self, text: str, error: bool = False) -> None:
         self.take_message.setText(text)
@@ -575,7 +574,9 @@ class RecordPage(Page):
         self.result_message.setStyleSheet("")
         self.anchors.setRowCount(0)
 
-    def _show_alignment(self, alignment: Alignment | None, xruns: int = 0) -> None:
+    def _show_alignment(
+        self, alignment: Alignment | None, xruns: int = 0, places: Sequence[float] = ()
+    ) -> None:
         self._clear_result()
         if alignment is None:
             return
@@ -584,7 +585,7 @@ class RecordPage(Page):
         fields["Drift"].setText(f"{alignment.drift_ppm:+.1f} ppm")
         fields["Max residual"].setText(format_number(alignment.max_residual_ms, "ms", 3))
         fields["Min marker SNR"].setText(format_number(alignment.min_snr_db, "dB", 1))
-        verdict = alignment.verdict(xruns)
+        verdict = alignment.verdict(xruns, places)
         fields["Quality"].setText(verdict.status)
         fields["Quality"].setStyleSheet(_GREEN if verdict.trusted else _RED)
         # notes of a trusted alignment are information (a weak marker it did without)
@@ -621,7 +622,7 @@ class RecordPage(Page):
         take = None if session is None else session.find_take(label)
         self.refresh()
         if take is not None and take.alignment is not None:
-            self._show_alignment(take.load_alignment(), take.xruns)
+            self._show_alignment(take.load_alignment(), take.xruns, take.xrun_times_s)
         else:
             self._clear_result()
             if take is not None:
