@@ -121,7 +121,7 @@ def main() -> None:
         0.0,
         -23.0,
         seed=3,
-        quiet_ranges=program.marker_ranges(),
+        quiet_ranges=program.noise_quiet_ranges(),
     )
     room = make_room(RATE, 11)
     built = time.perf_counter() - started

@@ -3,10 +3,10 @@
 ``afp-rig`` alone opens the app. The sub-commands run the paper's protocol (§3) step by
 step: ``new`` session, add ``songs``, build the ``program``, ``record`` the low/mid/high
 takes (each aligned as soon as it is recorded), ``recover`` a take whose recording was
-killed, ``align`` again, or ``import-authors`` the paper authors' published recordings. A
-user error prints one line ``afp-rig: error: ...`` and exits 1; usage errors exit 2;
-Ctrl-C stops at the next safe point, keeps what was done and exits 130 (a second Ctrl-C
-quits at once).
+killed, ``align`` again, print each take's ``quality``, or ``import-authors`` the paper
+authors' published recordings. A user error prints one line ``afp-rig: error: ...`` and
+exits 1; usage errors exit 2; Ctrl-C stops at the next safe point, keeps what was done and
+exits 130 (a second Ctrl-C quits at once).
 """
 
 from __future__ import annotations
@@ -267,6 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
     p.add_argument("--label", help="only this take (default: every take)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "quality",
+        help="measure and print each take's quality (music-to-noise ratio, clipping, xruns)",
+        description="Print the quality record of every aligned take: the music-to-noise "
+        "ratio at the microphone measured over the program's calibration segments (per take "
+        "and per song), loudness, clipping, dropouts, xruns and where they fell, the "
+        "alignment's residuals and drift, and every flag with its reason. Records are made "
+        "when a take is aligned; --recompute measures again (e.g. a session aligned by an "
+        "older version). See docs/session-format.md, 'Quality record'.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
+    p.add_argument("--label", help="only this take (default: every aligned take)")
+    p.add_argument("--recompute", action="store_true", help="measure again and store")
+    p.add_argument("--json", action="store_true", help="print the records as JSON")
 
     p = sub.add_parser(
         "import-authors",
@@ -657,6 +674,25 @@ def _align(session: Session, labels: Sequence[str], quiet: bool) -> int:
     return refused
 
 
+def run_quality(args: argparse.Namespace) -> int:
+    from rig_app.quality import format_quality, update_session_quality
+
+    session = _open(args.session)
+    labels = [args.label] if args.label else None
+    if args.label:
+        session.take(args.label)  # says which takes there are
+    takes = [t for t in session.takes if labels is None or t.label in labels]
+    stale = [t.label for t in takes if t.aligned_file and (args.recompute or t.quality is None)]
+    if stale:
+        update_session_quality(session, labels=stale)
+    if args.json:
+        records = {t.label: t.quality for t in takes}
+        print(json.dumps(records, indent=2, allow_nan=False))
+    else:
+        print(format_quality(session, labels))
+    return 0
+
+
 def run_import_authors(args: argparse.Namespace) -> int:
     from rig_app.authors import import_authors_layout
     from rig_app.jobs import describe_alignment, format_duration
@@ -784,6 +820,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "recover": run_recover,
     "simulate": run_simulate,
     "align": run_align,
+    "quality": run_quality,
     "import-authors": run_import_authors,
     "exclude": run_exclude,
     "include": run_include,

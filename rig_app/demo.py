@@ -159,7 +159,7 @@ def build_demo_session(
         program.samples,
         PROGRAM_RATE,
         seed=options.seed,
-        quiet_ranges=program.marker_ranges(),
+        quiet_ranges=program.noise_quiet_ranges(),
     )
     session.notes = f"afp-rig demo: {len(songs)} excerpts of {options.excerpt_s:g} s; {noise_kind}"
     session.set_program(

@@ -45,6 +45,7 @@ from rig_app.program import (
     build_program,
     load_noise_track,
 )
+from rig_app.quality import update_take_quality
 from rig_app.room import VirtualRoom, live_take_audio, room_from_notes, simulated_take_audio
 from rig_app.session import (
     PROGRAM_DIR,
@@ -295,7 +296,7 @@ def build_session_program(
             level_db_relative_to_music=options.noise_level_db,
             music_loudness_lufs=options.target_lufs,
             seed=options.seed,
-            quiet_ranges=program.marker_ranges(),
+            quiet_ranges=program.noise_quiet_ranges(),
             peak_ceiling_db=options.peak_ceiling_db,
         )
         task.advance(1, "noise program built")
@@ -528,7 +529,7 @@ def align_session_take(task: TaskState, session: Session, label: str) -> Alignme
     why; the take stays stored as it was.
     """
     take = session.take(label)
-    task.set_total(3, f"aligning {label}: loading")
+    task.set_total(4, f"aligning {label}: loading")
     program = session.load_program()
     path = session.resolve(take.raw_file)
     recording = load_audio(path, take.recording_rate)
@@ -564,6 +565,10 @@ def align_session_take(task: TaskState, session: Session, label: str) -> Alignme
     if take.recorded_at:
         stored.recorded_at = take.recorded_at  # aligning again does not make it a new take
         session.save()
+    task.advance(1, f"aligning {label}: measuring its quality")
+    task.check_cancelled()
+    if stored.aligned_file and stored.ground_truth:
+        update_take_quality(session, label, program=program)
     task.advance(1, f"{label} aligned")
     return alignment
 

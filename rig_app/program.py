@@ -2,10 +2,16 @@
 
 The music program is, in samples of the program clock::
 
-    [lead] M0 [gap song 1 gap] M1 [gap song 2 gap] M2 ... [gap song N gap] MN [tail]
+    [lead] M0 [silence | music | noise] [gap song 1 gap] M1 [gap song 2 gap] M2 ...
+    [gap song N gap] MN [tail]
 
 where each ``M`` is a sweep marker (``rig_app.markers``): one at the start, one between
-every two songs and one at the end, each in silence so that nothing masks it. Songs are
+every two songs and one at the end, each in silence so that nothing masks it. After the
+start marker come three short *calibration segments* (``CalibrationSpec``): silence on
+both outputs, music alone (excerpts of the songs) and noise alone. A take recorded over
+them measures the room itself: the microphone's floor, and how loud each loudspeaker
+arrives, hence the music-to-noise ratio at the microphone (``rig_app.quality``). They lie
+outside every song, so no query ever includes them. Songs are
 loudness-normalised (ITU-R BS.1770 integrated loudness via pyloudnorm) to a common target;
 a song whose peak would then pass the ceiling is never clipped: by default its gain is
 lowered until it fits (it plays a little quieter, and says so), or with
@@ -14,9 +20,10 @@ lowered until it fits (it plays a little quieter, and says so), or with
 The noise program has exactly the music program's length: shuffled noise clips, each
 brought to the same loudness, joined with equal-power crossfades and looped, then scaled
 so that its loudness is the music's plus a chosen relative level. It is ducked to silence
-around every marker (``Program.marker_ranges``): the songs never overlap a marker, so the
-evaluation loses nothing, and clean markers make alignment and the channel measurement
-(Farina IR) exact rather than noise-limited.
+around every marker and over the silence and music-alone segments
+(``Program.noise_quiet_ranges``): the songs never overlap those, so the evaluation loses
+nothing, and clean markers make alignment and the channel measurement (Farina IR) exact
+rather than noise-limited.
 
 ``write_program`` stores ``music.wav`` and ``noise.wav`` (32-bit float) and
 ``program.json`` ({"format": "afp-rig-program", "version": 1, ...}).
@@ -46,10 +53,12 @@ from rig_app.markers import SweepSpec
 __all__ = [
     "PROGRAM_FORMAT",
     "PROGRAM_VERSION",
+    "CalibrationSpec",
     "NormalisedSong",
     "Program",
     "ProgramError",
     "ProgramMarker",
+    "ProgramSegment",
     "ProgramSlot",
     "ProgramSong",
     "build_noise_program",
@@ -115,6 +124,34 @@ class ProgramMarker:
     length: int
 
 
+SegmentKind = Literal["silence", "music", "noise"]
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """Lengths of the calibration segments after the start marker (seconds)."""
+
+    silence_s: float = 1.0
+    music_s: float = 3.0
+    noise_s: float = 3.0
+
+    def __post_init__(self) -> None:
+        if min(self.silence_s, self.music_s, self.noise_s) < 0.5:
+            raise ValueError("calibration segments must be at least 0.5 s long")
+
+
+@dataclass(frozen=True)
+class ProgramSegment(SampleSpan):
+    """A calibration segment: samples [start, end) where only ``kind`` plays
+    (``silence``: neither output; ``music``: the music output alone; ``noise``: the
+    noise output alone)."""
+
+    kind: SegmentKind
+    start: int
+    end: int
+    sample_rate: int
+
+
 @dataclass(frozen=True)
 class ProgramSlot(SampleSpan):
     """A song's place in the program: samples [start, end) and its loudness history."""
@@ -148,6 +185,7 @@ class Program:
     target_lufs: float | None = None
     peak_ceiling_db: float | None = None
     notes: list[str] = field(default_factory=list)
+    calibration: list[ProgramSegment] = field(default_factory=list)
 
     @property
     def samples(self) -> int:
@@ -164,6 +202,16 @@ class Program:
             (max(0, m.position - pre), min(self.samples, m.position + m.length + post))
             for m in self.markers
         ]
+
+    def noise_quiet_ranges(self) -> list[tuple[int, int]]:
+        """Where the noise program must be silent: around every marker
+        (``marker_ranges``) and over the silence and music-alone calibration segments."""
+        segments = [(c.start, c.end) for c in self.calibration if c.kind != "noise"]
+        return sorted(self.marker_ranges() + segments)
+
+    def calibration_segment(self, kind: SegmentKind) -> ProgramSegment | None:
+        """The calibration segment of ``kind`` (None: the program has none)."""
+        return next((c for c in self.calibration if c.kind == kind), None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able description (everything except the audio)."""
@@ -207,6 +255,16 @@ class Program:
                 }
                 for s in self.songs
             ],
+            "calibration": [
+                {
+                    "kind": c.kind,
+                    "start": c.start,
+                    "end": c.end,
+                    "start_s": c.start_s,
+                    "end_s": c.end_s,
+                }
+                for c in self.calibration
+            ],
             "notes": list(self.notes),
         }
 
@@ -242,6 +300,10 @@ class Program:
                 )
                 for s in data["songs"]
             ]
+            calibration = [
+                ProgramSegment(_segment_kind(c["kind"]), int(c["start"]), int(c["end"]), rate)
+                for c in data.get("calibration") or []
+            ]
             spec = data.get("marker")
             return cls(
                 music=np.asarray(music, dtype=np.float32),
@@ -254,6 +316,7 @@ class Program:
                 target_lufs=_opt_float(data.get("target_lufs")),
                 peak_ceiling_db=_opt_float(data.get("peak_ceiling_db")),
                 notes=[str(n) for n in data.get("notes", [])],
+                calibration=calibration,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProgramError(
@@ -263,6 +326,13 @@ class Program:
 
 def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _segment_kind(value: Any) -> SegmentKind:
+    for kind in ("silence", "music", "noise"):
+        if value == kind:
+            return kind
+    raise ValueError(f"unknown calibration segment kind {value!r}")
 
 
 # --- loudness -------------------------------------------------------------------------
@@ -428,11 +498,13 @@ def build_program(
     on_overload: Overload = "lower_gain",
     min_song_s: float = 60.0,
     lead_s: float = 0.5,
+    calibration: CalibrationSpec | None = CalibrationSpec(),
 ) -> Program:
     """Concatenate ``songs`` into a music program with markers (see the module docstring).
 
-    With ``marker=None`` the songs are joined with ``gap_s`` of silence between them and no
-    lead, markers or tail. With ``normalise=False`` the songs keep their level (their
+    ``calibration``: the segments after the start marker (None: none). With
+    ``marker=None`` the songs are joined with ``gap_s`` of silence between them and no
+    lead, markers, calibration or tail. With ``normalise=False`` the songs keep their level (their
     loudness is still measured and recorded). Songs shorter than ``min_song_s``:
     ``ProgramError`` naming the song.
     """
@@ -478,9 +550,19 @@ def build_program(
         markers.append(ProgramMarker(label, put(sweep), len(sweep)))
 
     count = len(prepared)
+    segments: list[ProgramSegment] = []
     if sweep is not None:
         put(np.zeros(round(lead_s * sample_rate), dtype=np.float32))
         put_marker(sweep, "start")
+        if calibration is not None:
+            parts: list[tuple[SegmentKind, np.ndarray]] = [
+                ("silence", np.zeros(round(calibration.silence_s * sample_rate), np.float32)),
+                ("music", _song_excerpts([r.audio for _, r in prepared], calibration, sample_rate)),
+                ("noise", np.zeros(round(calibration.noise_s * sample_rate), np.float32)),
+            ]
+            for kind, piece in parts:
+                start = put(piece)
+                segments.append(ProgramSegment(kind, start, cursor, sample_rate))
     for number, (song, result) in enumerate(prepared, 1):
         if sweep is not None or number > 1:
             put(gap)
@@ -519,7 +601,34 @@ def build_program(
         target_lufs=target_lufs if normalise else None,
         peak_ceiling_db=peak_ceiling_db if normalise else None,
         notes=notes,
+        calibration=segments,
     )
+
+
+_EXCERPTS = 8  # songs the music-alone segment samples: its spectrum is their average
+_EXCERPT_FADE_S = 0.01
+
+
+def _song_excerpts(
+    songs: Sequence[np.ndarray], calibration: CalibrationSpec, sample_rate: int
+) -> np.ndarray:
+    """The music-alone segment: equal pieces from the middle of up to ``_EXCERPTS`` songs
+    (as levelled for the program), faded in and out so no edge clicks."""
+    chosen = list(songs)[:_EXCERPTS]
+    length = round(calibration.music_s * sample_rate)
+    bounds = np.linspace(0, length, len(chosen) + 1).round().astype(int)
+    out = np.zeros(length, np.float32)
+    fade = round(_EXCERPT_FADE_S * sample_rate)
+    ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(fade) + 0.5) / fade)).astype(np.float32)
+    for audio, lo, hi in zip(chosen, bounds[:-1], bounds[1:], strict=True):
+        n = min(hi - lo, len(audio))
+        middle = (len(audio) - n) // 2
+        piece = np.array(audio[middle : middle + n], np.float32)
+        k = min(fade, n // 2)
+        piece[:k] *= ramp[:k]
+        piece[n - k :] *= ramp[:k][::-1]
+        out[lo : lo + n] = piece
+    return out
 
 
 def _load_noise_clip(
@@ -548,7 +657,7 @@ def build_noise_program(
 
     Clips (files are decoded to mono at ``sample_rate``; arrays must already be at it) are
     levelled to a common loudness, shuffled with ``seed``, crossfaded (equal power) and
-    looped; each pass is a new shuffle. ``quiet_ranges`` (e.g. ``Program.marker_ranges()``)
+    looped; each pass is a new shuffle. ``quiet_ranges`` (e.g. ``Program.noise_quiet_ranges()``)
     are ducked to silence with raised-cosine ramps of ``duck_fade_s`` outside them. Peaks
     above ``peak_ceiling_db`` are limited (logged): the noise is not what is evaluated.
     """

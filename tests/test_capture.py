@@ -70,7 +70,7 @@ def test_take_is_recorded_aligned_and_stored_in_a_session(virtual_devices, tmp_p
         program.samples,
         RATE,
         level_db_relative_to_music=-10.0,
-        quiet_ranges=program.marker_ranges(),
+        quiet_ranges=program.noise_quiet_ranges(),
     )
     session = Session.create(tmp_path / "session")
     session.set_program(program, noise)

@@ -99,12 +99,19 @@ def test_program_layout_has_markers_at_start_between_and_end() -> None:
         assert np.array_equal(program.music[marker.position : marker.position + len(sweep)], sweep)
         hit = find_marker(program.music, sweep, marker.position, 2000)
         assert abs(hit.position - marker.position) < 0.01
-    # Every song sits between two markers with a gap on each side and nothing overlaps.
+    # Every song sits between two markers with a gap on each side and nothing overlaps;
+    # the first one after the calibration segments, which follow the start marker.
     gap = round(1.0 * RATE)
+    start = program.markers[0]
+    assert program.calibration[0].start == start.position + start.length
+    assert [c.duration_s for c in program.calibration] == [1.0, 3.0, 3.0]
     for slot, before, after in zip(
         program.songs, program.markers[:-1], program.markers[1:], strict=True
     ):
-        assert slot.start == before.position + before.length + gap
+        end_before = before.position + before.length
+        if before is start:
+            end_before = program.calibration[-1].end
+        assert slot.start == end_before + gap
         assert slot.end + gap == after.position
         assert slot.start_s == pytest.approx(slot.start / RATE)
         assert abs(slot.loudness_after - (-23.0)) < 0.5

@@ -323,7 +323,7 @@ def test_bad_settings_are_refused(world, song_library):
             plan_realworld([recogniser], session, settings)
     # the reader: song intervals on the program clock, song files as the session names them
     session_data = read_session(session)
-    assert session_data.songs[0].start_s == pytest.approx(2.0)  # lead, marker, gap
+    assert session_data.songs[0].start_s == pytest.approx(9.0)  # lead, marker, 7 s calibration, gap
     assert session_data.songs[0].duration_s == pytest.approx(24.0)
     assert session_data.songs[0].file == song_library[0]
 

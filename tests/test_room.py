@@ -49,7 +49,7 @@ def _program(rate: int, seconds: float = 3.0) -> tuple[Program, np.ndarray]:
         program.samples,
         rate,
         seed=3,
-        quiet_ranges=program.marker_ranges(),
+        quiet_ranges=program.noise_quiet_ranges(),
     )
     return program, noise
 

@@ -38,7 +38,7 @@ def session_with_take(tmp_path: Path) -> Session:
         program.samples,
         RATE,
         -10.0,
-        quiet_ranges=program.marker_ranges(),
+        quiet_ranges=program.noise_quiet_ranges(),
     )
     session = Session.create(tmp_path / "s1")
     session.set_program(program, noise)
