@@ -13,7 +13,10 @@ player's).
    missing marker cannot shift the alignment by a whole song);
 2. fine: each marker is searched near its predicted place at the take's own rate with
    sub-sample interpolation (``find_marker``); the first and last must be found, or the
-   take is refused;
+   take is refused. A take that stops early (a recording killed mid-way: the file holds
+   a prefix of the take) is aligned on the markers it holds, at least two; it is
+   *partial*, and only the songs wholly inside it get ground truth (``missing_songs``
+   names the others);
 3. offset and drift by least squares over all found markers; markers whose residual is
    far off (an under/overrun inserts or drops audio) are dropped and reported;
 4. the take is resampled to the program clock with soxr, whose input rate is given as
@@ -62,7 +65,13 @@ from scipy import ndimage, signal
 from afp_core.audio import resample
 from afp_core.errors import AfpError
 from afp_core.fileutil import check_document
-from afp_core.protocols.sessions import ALIGNMENT_FORMAT, ALIGNMENT_VERSION, TakeVerdict, judge_take
+from afp_core.protocols.sessions import (
+    ALIGNMENT_FORMAT,
+    ALIGNMENT_VERSION,
+    TakeVerdict,
+    judge_take,
+    partial_take_note,
+)
 from rig_app.markers import (
     SweepSpec,
     analytic_template,
@@ -193,7 +202,9 @@ def _round_list(values: np.ndarray) -> list[float]:
 class Alignment:
     """How a take maps onto its program, how well, and (optionally) the aligned audio.
 
-    ``aligned`` (program rate, ``program_samples`` long) is not serialised.
+    ``aligned`` (program rate, ``program_samples`` long) is not serialised. ``songs``:
+    the songs wholly inside the take; ``missing_songs``: the titles of the others (a
+    partial take, see ``align_take``).
     """
 
     method: str  # "markers" or "markerless"
@@ -211,6 +222,7 @@ class Alignment:
     ok: bool
     notes: list[str] = field(default_factory=list)
     channel: ChannelResponse | None = None
+    missing_songs: list[str] = field(default_factory=list)
     aligned: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -229,7 +241,8 @@ class Alignment:
     def verdict(self, xruns: int = 0, xrun_times_s: Sequence[float] = ()) -> TakeVerdict:
         """The take's verdict once aligned like this (``xruns``: counted while recording,
         ``xrun_times_s``: where)."""
-        return judge_take(True, {"ok": self.ok, "notes": self.notes}, xruns, xrun_times_s)
+        summary = {"ok": self.ok, "notes": self.notes, "missing_songs": self.missing_songs}
+        return judge_take(True, summary, xruns, xrun_times_s)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -247,6 +260,7 @@ class Alignment:
             "min_snr_db": _finite(self.min_snr_db),
             "ok": self.ok,
             "notes": list(self.notes),
+            "missing_songs": list(self.missing_songs),
             "anchors": [
                 {
                     "label": a.label,
@@ -317,6 +331,7 @@ class Alignment:
                 channel=None
                 if data.get("channel") is None
                 else ChannelResponse.from_dict(data["channel"]),
+                missing_songs=[str(t) for t in data.get("missing_songs") or ()],
             )
         except KeyError as exc:
             raise AlignmentError(f"{where}: missing key {exc.args[0]!r}") from None
@@ -414,7 +429,9 @@ def align_take(
     ``name`` (e.g. the take's file) prefixes every message. Markers with a detection
     SNR under ``min_snr_db`` count as not found; found markers more than ``outlier_ms``
     off the fitted clock are dropped. ``ok`` is true when no marker was dropped and every
-    residual after alignment is within ``max_residual_ms``.
+    residual after alignment is within ``max_residual_ms``. A take that stops before its
+    last marker (a killed recording) is aligned on the markers it holds, at least two;
+    its notes and ``missing_songs`` say which songs it does not hold whole.
     """
     spec = program.marker_spec
     if spec is None or len(program.markers) < 2:
@@ -439,14 +456,24 @@ def align_take(
     anchors = _find_markers(
         x, recording_rate, spec, labels, marker_times, offset, ratio, min_snr_db
     )
-    if anchors[0].used and anchors[-1].used:
+    cut = _cut_off(anchors, offset, ratio, duration, spec)
+    if anchors[0].used and (anchors[-1].used or (cut and _count_used(anchors) >= 2)):
         # Again with the template stretched by the drift the first pass measured.
         offset, ratio, _ = _robust_fit(anchors, outlier_ms)
         anchors = _find_markers(
             x, recording_rate, spec, labels, marker_times, offset, ratio, min_snr_db
         )
+        cut = _cut_off(anchors, offset, ratio, duration, spec)
 
     for which, anchor in (("first", anchors[0]), ("last", anchors[-1])):
+        if which == "last" and cut:
+            if _count_used(anchors) < 2:
+                raise AlignmentError(
+                    f"{name}: the take stops at {duration:.2f} s, before its second marker "
+                    f"('{labels[1]}', expected at {offset + marker_times[1] * ratio:.2f} s): "
+                    "a partial take needs two markers to align"
+                )
+            continue
         if not anchor.used:
             expected = offset + float(anchor.program_s or 0.0) * ratio
             why = anchor.note
@@ -457,6 +484,15 @@ def align_take(
             )
 
     offset, ratio, notes = _robust_fit(anchors, outlier_ms)
+    songs = _song_timings(program.songs, offset, ratio)
+    missing = [song.title for song in songs if song.take_end_s > duration]
+    if cut:
+        notes.append(
+            f"the take stops at {duration:.2f} s, {(duration - offset) / ratio:.2f} s into "
+            f"the {program.duration_s:.2f} s program, before marker '{cut[0].label}'"
+        )
+    if missing:
+        notes.append(partial_take_note(missing))
     alignment = Alignment(
         method="markers",
         recording_rate=recording_rate,
@@ -466,12 +502,13 @@ def align_take(
         offset_s=offset,
         drift_ppm=(ratio - 1.0) * 1e6,
         anchors=anchors,
-        songs=_song_timings(program.songs, offset, ratio),
+        songs=[song for song in songs if song.take_end_s <= duration],
         rms_residual_ms=math.nan,
         max_residual_ms=math.nan,
         min_snr_db=min(a.snr_db for a in anchors if a.used and a.snr_db is not None),
         ok=False,
         notes=notes,
+        missing_songs=missing,
     )
     if resample_take:
         aligned = resample_to_program(
@@ -520,6 +557,28 @@ def _find_markers(
                 anchor.note = f"detection {hit.snr_db:.1f} dB < {min_snr_db:g} dB"
         anchors.append(anchor)
     return anchors
+
+
+def _count_used(anchors: list[Anchor]) -> int:
+    return sum(anchor.used for anchor in anchors)
+
+
+def _cut_off(
+    anchors: list[Anchor], offset: float, ratio: float, duration: float, spec: SweepSpec
+) -> list[Anchor]:
+    """The markers a take stopped before, when it stopped before its last one (a killed
+    recording), else none: those not found whose sweep would end after the take does."""
+    late = [
+        anchor
+        for anchor in anchors
+        if not anchor.used
+        and offset + float(anchor.program_s or 0.0) * ratio + spec.duration_s > duration
+    ]
+    if not late or late[-1] is not anchors[-1]:
+        return []
+    for anchor in late:
+        anchor.note = "after the end of the take (it stopped early)"
+    return late
 
 
 def _coarse_marker_fit(

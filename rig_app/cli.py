@@ -211,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="A recording killed mid-way (kill -9, a crash, a power cut) leaves "
         "takes/LABEL.raw.wav readable up to its last half second but not in the session. "
         "Extend the file's header to every whole frame on disk and store it, unaligned, as "
-        "the take LABEL (its notes say how much was recovered); then run `align`. A take "
-        "cut short before the program's end marker is refused by `align` with its reason.",
+        "the take LABEL (its notes say how much was recovered); then run `align`, which "
+        "aligns a take cut short on the markers it holds and gives ground truth for the "
+        "songs it holds whole: a partial take, flagged, its missing songs named.",
         formatter_class=fmt,
         epilog=EPILOG,
     )

@@ -140,12 +140,35 @@ def test_noise_only_take_is_refused(program: Program) -> None:
     assert str(info.value).startswith("empty.wav: ") and "\n" not in str(info.value)
 
 
-def test_take_stopped_before_the_last_marker_is_refused(program: Program) -> None:
-    take = simulate_take(program.music, RATE, 0.0, noise_db=-30)
-    cut = round((DELAY_S + program.markers[-1].position / RATE) * RATE)
-    with pytest.raises(AlignmentError, match=r"last marker \('end'\)") as info:
-        align_take(take[:cut], RATE, program, name="short.wav")
-    assert "take ends at" in str(info.value)
+def test_take_stopped_early_is_aligned_on_the_markers_it_holds(program: Program) -> None:
+    # a killed recording: the file holds a prefix of the take
+    take = simulate_take(program.music, RATE, 40.0, noise_db=-30)
+
+    def stopped_at(program_s: float) -> np.ndarray:
+        return take[: round((DELAY_S + program_s * (1 + 40e-6)) * RATE)]
+
+    # just before the end marker: every song is in it, so nothing is missing
+    whole = align_take(stopped_at(program.markers[-1].position / RATE), RATE, program)
+    assert whole.ok and whole.missing_songs == [] and whole.verdict().trusted
+    assert whole.offset_s == pytest.approx(DELAY_S, abs=1e-4)
+    assert whole.drift_ppm == pytest.approx(40.0, abs=2.0)
+    assert whole.anchors[-1].take_s is None and "stopped early" in whole.anchors[-1].note
+    assert any("before marker 'end'" in note for note in whole.notes)
+
+    # in the middle of the last song: the songs before it keep their ground truth
+    last = program.songs[-1]
+    partial = align_take(stopped_at(last.start_s + 1.0), RATE, program, name="killed.wav")
+    assert partial.missing_songs == [last.title]
+    assert [song.title for song in partial.songs] == [s.title for s in program.songs[:-1]]
+    assert partial.ok and partial.offset_s == pytest.approx(DELAY_S, abs=1e-4)
+    verdict = partial.verdict()
+    assert verdict.status == "flagged" and verdict.reasons[0].startswith("partial take: 1 song")
+    assert Alignment.from_dict(partial.to_dict()).missing_songs == [last.title]
+
+    # before the second marker: one marker cannot give a clock
+    with pytest.raises(AlignmentError, match=r"before its second marker") as info:
+        align_take(stopped_at(program.markers[1].position / RATE), RATE, program, name="s.wav")
+    assert str(info.value).startswith("s.wav: ") and "\n" not in str(info.value)
 
 
 def test_a_displaced_marker_is_dropped_and_reported(program: Program) -> None:

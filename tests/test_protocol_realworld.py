@@ -31,7 +31,12 @@ from afp_core.protocols.realworld import (
     run_realworld_protocol,
 )
 from afp_core.protocols.report import read_report, write_realworld_report
-from afp_core.protocols.sessions import SessionReadError, SessionSong, read_session
+from afp_core.protocols.sessions import (
+    SessionReadError,
+    SessionSong,
+    partial_take_note,
+    read_session,
+)
 from afp_core.recogniser import NeuralRecogniser, open_recogniser
 from afp_core.search import calibrate_threshold
 from afp_core.tasks import TaskState
@@ -250,6 +255,31 @@ def test_take_with_xruns_is_flagged_and_evaluated_only_when_asked(world, tmp_pat
         "take 'low': flagged: 3 buffer under/overruns while recording (audio lost or "
         "repeated); evaluated as asked"
     ]
+
+
+def test_partial_take_is_flagged_and_evaluated_on_the_songs_it_holds(world, song_library, tmp_path):
+    # a recording killed during the third song: the raw file holds a prefix of the take
+    db, _ = world
+    folder = write_session(tmp_path / "s", song_library[:4], {"low": None})
+    session = Session.load(folder)
+    program = session.load_program()
+    raw = load_audio(session.resolve(session.take("low").raw_file), RATE)
+    stop_s = 0.25 + program.songs[2].start_s + 5.0
+    alignment = align_take(raw[: round(stop_s * RATE)], RATE, program, name="low")
+    missing = [song.title for song in program.songs[2:]]
+    assert alignment.missing_songs == missing
+    assert [song.title for song in alignment.songs] == [s.title for s in program.songs[:2]]
+    session.add_take("low", raw[: round(stop_s * RATE)], RATE, alignment=alignment, replace=True)
+
+    recogniser = open_recogniser(db)
+    with pytest.raises(SessionReadError, match="'low' is flagged: partial take: 2 songs missing"):
+        plan_realworld([recogniser], folder)
+    settings = RealWorldSettings(lengths_s=(5,), methods=("sequence",), allow_unchecked=True)
+    result = run_realworld_protocol(recogniser, folder, settings)
+    assert {t.song for t in result.trials} == {s.title for s in program.songs[:2]}
+    assert result.cell("low", "sequence", 5).queries == 2 * 4
+    assert result.cell("low", "sequence", 5).accuracy == 1.0
+    assert any(partial_take_note(missing) in note for note in result.notes)
 
 
 def test_song_missing_from_database_is_named_before_work(world, song_library, tmp_path):

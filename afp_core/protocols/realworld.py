@@ -414,7 +414,11 @@ def resolve_takes(
                 f"take {take.label!r}: {info.duration_s:.1f} s long, the program's songs end "
                 f"at {end:.1f} s; queries beyond its end are left out"
             )
-        sources.append(_TakeSource(take, file, info.sample_rate, info.frames))
+        frames = info.frames
+        missing = [s.start_s for s in session.songs if s.title in take.missing_songs]
+        if missing:  # a partial take: only the songs it holds whole are read
+            frames = min(frames, round(min(missing) * info.sample_rate))
+        sources.append(_TakeSource(take, file, info.sample_rate, frames))
     return sources
 
 

@@ -111,6 +111,15 @@ def describe_xruns(count: int, times_s: Sequence[float] = (), what: str = "") ->
     return text
 
 
+def partial_take_note(missing: Sequence[str]) -> str:
+    """What a take that stopped early says: the songs it does not hold whole."""
+    titles = ", ".join(repr(title) for title in missing)
+    return (
+        f"partial take: {len(missing)} song{'s' if len(missing) != 1 else ''} missing "
+        f"({titles}); it has ground truth only for the songs before"
+    )
+
+
 def judge_take(
     aligned: bool,
     alignment: dict[str, Any] | None,
@@ -120,8 +129,10 @@ def judge_take(
     """The verdict on a take from what its session records (see ``TakeVerdict``).
 
     ``aligned``: an aligned file exists; ``alignment``: the stored alignment summary
-    (its ``ok`` and ``notes``); ``xruns``: buffer under/overruns counted while recording,
-    ``xrun_times_s`` where they were (seconds into the raw take).
+    (its ``ok``, ``notes`` and ``missing_songs``); ``xruns``: buffer under/overruns
+    counted while recording, ``xrun_times_s`` where they were (seconds into the raw take).
+    A partial take (songs missing: the recording stopped early) is flagged, so it is
+    evaluated only when asked, and then on the songs it holds.
     """
     if not aligned or alignment is None:
         return TakeVerdict("not aligned")
@@ -129,6 +140,9 @@ def judge_take(
     if not alignment.get("ok"):
         notes = [str(note) for note in alignment.get("notes") or ()]
         reasons.extend(notes or ["the alignment failed its checks"])
+    missing = [str(title) for title in alignment.get("missing_songs") or ()]
+    if missing and partial_take_note(missing) not in reasons:  # the notes say it too
+        reasons.append(partial_take_note(missing))
     if xruns:
         lost = describe_xruns(xruns, xrun_times_s, "buffer under/overruns while recording")
         reasons.append(f"{lost} (audio lost or repeated)")
@@ -155,6 +169,11 @@ class SessionTake:
         return judge_take(
             self.aligned_file is not None, self.alignment, self.xruns, self.xrun_times_s
         )
+
+    @property
+    def missing_songs(self) -> tuple[str, ...]:
+        """Titles of the songs the take does not hold whole (a partial take's)."""
+        return tuple(str(t) for t in (self.alignment or {}).get("missing_songs") or ())
 
     def metadata(self) -> dict[str, Any]:
         """What a report records about the take (no channel response arrays)."""
