@@ -67,6 +67,7 @@ __all__ = [
     "TakeRecorder",
     "TakeResult",
     "audible_xruns",
+    "play_audio",
     "play_test_tone",
     "read_take_info",
     "record_take",
@@ -1106,8 +1107,7 @@ def play_test_tone(
     channels: int | None = None,
 ) -> None:
     """Play a sine (10 ms fades, peak ``level_dbfs``) on an output device; blocks."""
-    dev = find_device(device, "output")
-    rate = int(sample_rate or dev.default_samplerate)
+    rate = int(sample_rate or find_device(device, "output").default_samplerate)
     n = max(1, round(seconds * rate))
     t = np.arange(n) / rate
     tone = (10.0 ** (level_dbfs / 20.0) * np.sin(2.0 * np.pi * frequency * t)).astype(np.float32)
@@ -1116,6 +1116,23 @@ def play_test_tone(
         ramp = (0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)).astype(np.float32)
         tone[:fade] *= ramp
         tone[n - fade :] *= ramp[::-1]
+    play_audio(device, tone, rate, channels=channels)
+
+
+def play_audio(
+    device: str | int,
+    audio: np.ndarray,
+    sample_rate: int,
+    *,
+    channels: int | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> None:
+    """Play mono ``audio`` on an output device (every channel the same); blocks until it
+    has played or ``stop()`` says to stop (asked every block)."""
+    dev = find_device(device, "output")
+    sound = np.asarray(audio, dtype=np.float32).reshape(-1)
+    n = len(sound)
+    seconds = n / sample_rate
     done = threading.Event()
     state = {"position": 0}
 
@@ -1123,18 +1140,18 @@ def play_test_tone(
         import sounddevice as sd
 
         start = state["position"]
-        piece = tone[start : start + frames]
+        piece = sound[start : start + frames]
         outdata.fill(0.0)
         outdata[: len(piece)] = piece[:, None]
         state["position"] = start + frames
-        if start + frames >= n:
+        if start + frames >= n or (stop is not None and stop()):
             raise sd.CallbackStop
 
     with hold_portaudio() as sd:
         try:
             stream = sd.OutputStream(
                 device=dev.index,
-                samplerate=rate,
+                samplerate=sample_rate,
                 channels=channels or min(2, dev.max_output_channels),
                 dtype="float32",
                 callback=callback,
@@ -1142,7 +1159,7 @@ def play_test_tone(
             )
             with stream:
                 if not done.wait(seconds + 5.0):
-                    raise DeviceError(f"output {dev.name!r}: the test tone did not finish playing")
+                    raise DeviceError(f"output {dev.name!r}: the sound did not finish playing")
         except sd.PortAudioError as exc:
             raise DeviceError(
                 f"output {dev.name!r}: cannot play ({describe_portaudio_error(exc)})"

@@ -7,11 +7,10 @@ page and printed by ``afp-rig quality``. It holds:
 - the **music-to-noise ratio at the microphone**, per song and for the take. The
   program's calibration segments (``rig_app.program.CalibrationSpec``) play silence,
   the music alone and the noise alone; over them the take gives the microphone's floor
-  and the power each loudspeaker delivers per unit of program power (its gain, floor
-  subtracted). A song's ratio is then
-  ``10 log10(g_music * E_music(song) / (g_noise * E_noise(song)))`` with the energies of
-  the program's own music and noise tracks over the song: a measurement of the room, not
-  the configured distance. The take's ratio pools the songs' energies;
+  and the power each loudspeaker delivers per unit of program power, per octave band
+  (its gain, floor subtracted). A song's music at the microphone is then its program
+  power in each band times the music gain there, its noise likewise: a measurement of
+  the room, not the configured distance. The take's ratio pools the songs' energies;
 - per song, from the raw recording (ground truth interval): peak, samples at or near
   full scale (clipping), runs of digital silence (exact zeros: a dropped buffer), the
   xruns that fall inside it, and its loudness (BS.1770);
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+from scipy import signal
 
 from afp_core.errors import AfpError
 from afp_core.fileutil import utc_now
@@ -161,39 +161,80 @@ def _measure_ratio(
         return None, None, "not measured: the program has no noise track"
     aligned = session.resolve(str(take.aligned_file))
     noise_file = session.resolve(str(noise_name))
-    settle = round(thresholds.settle_s * program.sample_rate)
-    floor, music_mic, noise_mic = (
-        _mean_power(_read(aligned, *_window(segment, settle)))
-        for segment in (segments["silence"], segments["music"], segments["noise"])
-    )
-    music_lo, music_hi = _window(segments["music"], settle)
-    noise_lo, noise_hi = _window(segments["noise"], settle)
-    music_program = _mean_power(program.music[music_lo:music_hi])
-    noise_program = _mean_power(_read(noise_file, noise_lo, noise_hi - noise_lo))
-    calibration = {
-        "floor_dbfs": _rounded(_db(floor)),
-        "music_alone_dbfs": _rounded(_db(music_mic)),
-        "noise_alone_dbfs": _rounded(_db(noise_mic)),
+    rate = program.sample_rate
+    settle = round(thresholds.settle_s * rate)
+    silence, music, noise = (_window(segments[k], settle) for k in ("silence", "music", "noise"))
+    floor = _band_powers(_read(aligned, *silence), rate)
+    music_mic = _band_powers(_read(aligned, *music), rate)
+    noise_mic = _band_powers(_read(aligned, *noise), rate)
+    music_program = _band_powers(program.music[music[0] : music[0] + music[1]], rate)
+    noise_program = _band_powers(_read(noise_file, *noise), rate)
+    calibration: dict[str, Any] = {
+        "floor_dbfs": _rounded(_db(floor.sum())),
+        "music_alone_dbfs": _rounded(_db(music_mic.sum())),
+        "noise_alone_dbfs": _rounded(_db(noise_mic.sum())),
     }
     # a loudspeaker is heard when it lifts the level clearly (3 dB) above the floor
-    if not music_mic > 2.0 * floor or not music_program > 0:
+    if not music_mic.sum() > 2.0 * floor.sum() or not music_program.sum() > 0:
         return None, calibration, "not measured: the music was not heard over the floor"
-    if not noise_mic > 2.0 * floor or not noise_program > 0:
+    if not noise_mic.sum() > 2.0 * floor.sum() or not noise_program.sum() > 0:
         return None, calibration, "not measured: the noise was not heard over the floor"
-    music_gain = (music_mic - floor) / music_program
-    noise_gain = (noise_mic - floor) / noise_program
-    calibration["music_gain_db"] = _rounded(_db(music_gain))
-    calibration["noise_gain_db"] = _rounded(_db(noise_gain))
+    music_gain = _band_gains(music_mic - floor, music_program)
+    noise_gain = _band_gains(noise_mic - floor, noise_program)
+    calibration["music_gain_db"] = [_rounded(_db(g)) for g in music_gain]
+    calibration["noise_gain_db"] = [_rounded(_db(g)) for g in noise_gain]
+    calibration["bands_hz"] = [round(edge, 1) for edge in _band_edges(rate)]
     total_music = total_noise = 0.0
     for song, slot in zip(songs, program.songs, strict=True):
-        music = music_gain * _energy(program.music[slot.start : slot.end])
-        noise = noise_gain * _energy(_read(noise_file, slot.start, slot.end - slot.start))
-        total_music += music
-        total_noise += noise
-        song["music_to_noise_db"] = _rounded(_db(music / noise)) if noise > 0 else None
+        span = slot.end - slot.start
+        at_mic = float(music_gain @ _band_powers(program.music[slot.start : slot.end], rate))
+        noise_at_mic = float(noise_gain @ _band_powers(_read(noise_file, slot.start, span), rate))
+        total_music += at_mic * span
+        total_noise += noise_at_mic * span
+        song["music_to_noise_db"] = (
+            _rounded(_db(at_mic / noise_at_mic)) if noise_at_mic > 0 else None
+        )
     if not total_noise > 0:
         return None, calibration, "not measured: the noise program is silent under the songs"
     return _db(total_music / total_noise), calibration, ""
+
+
+_LOWEST_BAND_HZ = 44.0  # octave bands from here up (below: one band)
+_WELCH_S = 0.128  # Welch segments: 8 Hz resolution, enough for octave bands
+
+
+def _band_edges(rate: int) -> list[float]:
+    """Octave band edges from 0 Hz to Nyquist: [0, 44, 88, 177, ..., rate / 2]."""
+    edges = [0.0]
+    edge = _LOWEST_BAND_HZ
+    while edge < rate / 2:
+        edges.append(edge)
+        edge *= 2.0
+    return [*edges, rate / 2]
+
+
+def _band_powers(x: np.ndarray, rate: int) -> np.ndarray:
+    """Mean power of ``x`` in each octave band (``_band_edges``); they sum to its power."""
+    edges = _band_edges(rate)
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) < 2:
+        return np.zeros(len(edges) - 1)
+    freqs, psd = signal.welch(x, rate, nperseg=min(len(x), round(_WELCH_S * rate)))
+    power = psd * (freqs[1] - freqs[0])
+    bands = np.digitize(freqs, edges[1:-1])
+    return np.bincount(bands, weights=power, minlength=len(edges) - 1)
+
+
+def _band_gains(at_mic: np.ndarray, played: np.ndarray) -> np.ndarray:
+    """Power gain per band, loudspeaker to microphone. A band the calibration hardly
+    played (60 dB under its strongest) has no measurable gain: it takes its nearest
+    measured neighbour's, and the songs rarely put energy there either."""
+    measured = played > played.max() * 1e-6
+    gains = np.where(measured, np.maximum(at_mic, 0.0) / np.where(measured, played, 1.0), 0.0)
+    known = np.flatnonzero(measured)
+    for band in np.flatnonzero(~measured):
+        gains[band] = gains[known[np.argmin(np.abs(known - band))]]
+    return gains
 
 
 def _window(segment: ProgramSegment | None, settle: int) -> tuple[int, int]:
@@ -337,9 +378,6 @@ def _take_flags(
                 song["flags"].append(
                     f"music-to-noise {own:+.1f} dB, {own - ratio:+.1f} dB from the take's"
                 )
-    flagged = [song for song in record["songs"] if song["flags"]]
-    if flagged:
-        flags.append(f"{len(flagged)} of {len(record['songs'])} songs flagged")
     return flags
 
 
@@ -353,15 +391,6 @@ def _read(path: Any, start: int, frames: int) -> np.ndarray:
     except (RuntimeError, sf.LibsndfileError) as exc:
         raise QualityError(f"{path}: cannot read ({' '.join(str(exc).split())})") from None
     return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-
-
-def _energy(x: np.ndarray) -> float:
-    x = np.asarray(x, dtype=np.float64)
-    return float(np.dot(x, x))
-
-
-def _mean_power(x: np.ndarray) -> float:
-    return _energy(x) / len(x) if len(x) else 0.0
 
 
 def _db(power: float) -> float:

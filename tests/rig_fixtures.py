@@ -5,7 +5,8 @@ Register it once (``pytest_plugins = ["tests.rig_fixtures"]`` in the root confte
 (``rig_app.virtual_devices``: music_out, noise_out and mic_in, where mic_in hears the
 other two through 30 ms loopbacks) and stops it at the end. It skips, saying why, only
 when PortAudio or PulseAudio cannot be started here. ``write_killed_take`` leaves the take
-file a recorder killed mid-way leaves, without devices.
+file a recorder killed mid-way leaves, without devices. ``make_room_session`` makes a small
+session with takes simulated through the virtual room and aligned (quality measured).
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from afp_core.tasks import TaskState
 from rig_app.devices import DeviceError, load_sounddevice
+from rig_app.jobs import align_session_take, simulate_session_take
+from rig_app.program import ProgramSong, build_noise_program, build_program, synthesize_song
+from rig_app.room import VirtualRoom
+from rig_app.session import Session
 from rig_app.virtual_devices import VirtualDevices, VirtualDevicesError, start_virtual_devices
 
 
@@ -41,12 +47,14 @@ def virtual_devices() -> Iterator[VirtualDevices]:
 _KILLED_TAKE = """
 import os, signal, sys
 import numpy as np
+from afp_core.fileutil import utc_now
 from rig_app.capture import TakeConfig, TakeRecorder
 
 out, rate, synced, label = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 audio = np.load(sys.argv[5])
 config = TakeConfig("music_out", None, "mic_in", sample_rate=rate, label=label)
 recorder = TakeRecorder(config, audio, None, out)
+recorder._started_at = utc_now("milliseconds")  # as start() sets it
 recorder._create_file()  # the take file and its "recording" sidecar, as start() makes them
 recorder._file.append(audio[:synced])
 recorder._file.sync(durable=True)
@@ -68,3 +76,31 @@ def write_killed_take(path: Path, audio: np.ndarray, rate: int, synced: int, lab
     )
     source.unlink()
     assert process.returncode == -signal.SIGKILL, process.stderr.decode()
+
+
+def make_room_session(
+    folder: Path,
+    labels: tuple[str, ...] = ("low", "high"),
+    *,
+    songs: int = 3,
+    seconds: float = 6.0,
+    rate: int = 16000,
+) -> Session:
+    """A session of ``songs`` synthetic songs with a white-noise program, and the takes
+    ``labels`` simulated through the default virtual room, aligned (a few seconds each)."""
+    session = Session.create(folder)
+    made = [ProgramSong(synthesize_song(seconds, rate, seed=i), f"song {i}") for i in range(songs)]
+    program = build_program(made, rate, gap_s=0.5, min_song_s=0.0)
+    rng = np.random.default_rng(1)
+    noise = build_noise_program(
+        [0.1 * rng.standard_normal(4 * rate).astype(np.float32)],
+        program.samples,
+        rate,
+        seed=3,
+        quiet_ranges=program.noise_quiet_ranges(),
+    )
+    session.set_program(program, noise)
+    for label in labels:
+        simulate_session_take(TaskState(), session, VirtualRoom(), label)
+        align_session_take(TaskState(), session, label)
+    return session

@@ -345,6 +345,13 @@ def test_live_takes_side_by_side_each_in_its_own_room(virtual_devices, tmp_path)
     assert max(total for _, total in seen) > 0
     stored = Session.load(session.folder)
     assert {t.label for t in stored.takes} == {"low", "high"}
+    # measured from the live takes over the calibration segments: the rooms' own ratio
+    for take in stored.takes:
+        quality = take.quality
+        assert quality is not None and quality["intended_music_to_noise_db"] is not None
+        assert quality["music_to_noise_db"] == pytest.approx(
+            quality["intended_music_to_noise_db"], abs=1.0
+        ), take.label
 
 
 def test_an_overdriven_speaker_adds_harmonics_and_the_take_still_aligns(tmp_path):
