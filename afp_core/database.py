@@ -56,6 +56,7 @@ from afp_core.config import AudioConfig, IndexConfig, from_dict, to_dict
 from afp_core.errors import AfpError, Cancelled, DatabaseError
 from afp_core.faults import fault_point
 from afp_core.fileutil import (
+    atomic_folder,
     atomic_path,
     check_document,
     file_sha256,
@@ -328,28 +329,15 @@ def check_new_database_folder(path: Path) -> None:
 
 
 def build_database_folder(path: Path, fill: Callable[[Path], None]) -> None:
-    """Create ``path`` with its ``staging`` folder, filled by ``fill(folder)``, atomically.
-
-    The folder is built under a temporary name and renamed into place, so an interrupted
-    create leaves nothing behind. ``fill`` writes the manifest last.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    absolute = path.absolute()
-    building = absolute.with_name(f".{absolute.name}.creating-{os.getpid()}")
-    shutil.rmtree(building, ignore_errors=True)
+    """Create ``path`` with its ``staging`` folder, filled by ``fill(folder)``, atomically
+    (``atomic_folder``: an interrupted create leaves nothing behind). ``fill`` writes the
+    manifest last."""
     try:
-        building.mkdir()
-        (building / STAGING).mkdir()
-        fill(building)
-        if path.is_dir():
-            path.rmdir()  # empty (checked before); renaming onto it is not portable
-        building.replace(path)
+        with atomic_folder(path) as building:
+            (building / STAGING).mkdir()
+            fill(building)
     except OSError as exc:
-        shutil.rmtree(building, ignore_errors=True)
         raise DatabaseError(f"{path}: cannot create database ({one_line(exc)})") from None
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
 
 
 def create_catalogue(file: Path, meta: dict[str, str]) -> None:

@@ -1,5 +1,5 @@
-"""Small helpers shared by both packages: streamed checksums, atomic writes, sizes, one-line
-messages and timestamps."""
+"""Small helpers shared by both packages: streamed checksums, atomic writes (files and
+folders), sizes, one-line messages and timestamps."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +45,29 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         _fsync(target.parent)  # the rename itself must survive a power cut
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``path``; on success it becomes ``path``.
+
+    ``path`` must not exist or be an empty folder (callers check first, to say so in
+    their own words). If the body raises, the temporary folder is removed and ``path`` is
+    left as it was: nobody sees a half-written folder.
+    """
+    target = Path(path).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    building.mkdir()
+    try:
+        yield building
+        if target.is_dir():
+            target.rmdir()  # empty; renaming onto a folder is not portable
+        building.replace(target)
+        _fsync(target.parent)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
         raise
 
 
