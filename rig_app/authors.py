@@ -1,4 +1,5 @@
-"""The paper authors' layout: their published evaluation material, read into a session.
+"""The paper authors' layout: their published evaluation material, read into a session,
+and recorded sessions written out in it.
 
 The authors published their real-world takes as::
 
@@ -7,8 +8,10 @@ The authors published their real-world takes as::
     recordings/low_t.wav         the takes (also mid_t.wav, high_t.wav)
 
 ``import_authors_layout`` makes a session of it (the program is the songs joined with no
-gaps and no markers; each recording aligned without markers). docs/session-format.md
-says what is assumed.
+gaps and no markers; each recording aligned without markers). ``export_authors_layout``
+writes a recorded session so: the songs as the program played them and each aligned
+take cut to the songs, joined with no gaps, so the authors' scripts (which assume exactly
+that) run on it. docs/session-format.md says what is assumed and written.
 """
 
 from __future__ import annotations
@@ -16,20 +19,33 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import soundfile as sf
+
+from afp_core import __version__
 from afp_core.audio import AUDIO_EXTENSIONS, load_audio, probe_audio
-from afp_core.fileutil import one_line
-from afp_core.protocols.sessions import TAKE_LABELS
+from afp_core.fileutil import atomic_folder, atomic_write_text, one_line, utc_now
+from afp_core.protocols.sessions import (
+    TAKE_LABELS,
+    EvalSession,
+    SessionSong,
+    SessionTake,
+    read_session,
+)
+from afp_core.tasks import TaskState
 from rig_app.align import align_without_markers
 from rig_app.program import ProgramSong, build_program
+from rig_app.selection import Selection
 from rig_app.session import Session, SessionError, SongEntry
 
 __all__ = [
     "SONG_LIST",
     "SongRow",
+    "export_authors_layout",
     "import_authors_layout",
     "read_song_list",
 ]
@@ -324,3 +340,242 @@ def import_authors_layout(
             notes="authors' recording, aligned without markers",
         )
     return session
+
+
+# --- export ---------------------------------------------------------------------------------
+
+SONGS_DIR = "true_songs"
+RECORDINGS_DIR = "recordings"
+NOTES_FILE = "NOTES.txt"
+_BLOCK = 1 << 18  # frames copied at a time
+# bad in a file name somewhere, or split by a CSV reader (ours sniffs , ; | and tabs)
+_UNSAFE = re.compile(r'[\x00-\x1f<>:"/\\|?*,;]')
+
+
+@dataclass(frozen=True)
+class _ExportPlan:
+    """One session's part of an export, checked before anything is written."""
+
+    session: EvalSession
+    music: Path  # the program's music track
+    songs: tuple[SessionSong, ...]  # the songs exported, in play order
+    names: tuple[str, ...]  # their files in true_songs/
+    takes: tuple[tuple[SessionTake, Path], ...]  # the takes exported, with their aligned files
+    left_out: tuple[str, ...]  # what was left out and why, a line each
+
+
+def export_authors_layout(
+    sessions: Sequence[Path | str],
+    out_dir: Path | str,
+    *,
+    task: TaskState | None = None,
+) -> Path:
+    """Write recorded sessions in the paper authors' layout, for their evaluation scripts
+    (and ``import_authors_layout``); returns ``out_dir``.
+
+    For each session: ``recording_songs.csv`` (the song files in play order, one a line),
+    ``true_songs/`` (each song as the program played it, loudness-normalised, cut from
+    the program's music track at its interval; named after its title) and
+    ``recordings/<label>_t.wav`` (the aligned take's song intervals joined in the same
+    order with no gaps, so the layout's "songs back to back from the first sample" holds),
+    all at the program's rate, 32-bit float; ``NOTES.txt`` says where it came from and
+    what was left out. The session's selection (``rig_app.selection``) is honoured: an
+    excluded take gets no recording, and a song excluded in any exported take is left out
+    of all of them (the layout has one song list). One session is written into
+    ``out_dir`` itself, several each into a subfolder named after its folder (made
+    unique). Everything is checked first (``out_dir`` new or empty; every exported take
+    aligned); the files are written into a temporary folder beside ``out_dir`` that is
+    renamed at the end, so a failure or ``task``'s cancel leaves nothing half-written.
+    """
+    task = task or TaskState()
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SessionError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise SessionError(f"{out}: folder is not empty (export into a new or empty one)")
+    if not sessions:
+        raise SessionError(f"{out}: no session to export")
+    plans = [_plan_export(Path(folder)) for folder in sessions]
+    names = _unique_folder_names(plans) if len(plans) > 1 else [""]
+    task.set_total(
+        sum(len(plan.songs) + len(plan.takes) for plan in plans),
+        "exporting in the authors' layout",
+        unit="files",
+    )
+    try:
+        with atomic_folder(out) as building:
+            for plan, name in zip(plans, names, strict=True):
+                _write_layout(plan, building / name, task)
+    except (OSError, sf.SoundFileError) as exc:
+        raise SessionError(f"{out}: cannot write the export ({one_line(exc)})") from None
+    return out
+
+
+def _plan_export(folder: Path) -> _ExportPlan:
+    session = Session.load(folder)
+    selection = Selection.from_session(session)
+    read = read_session(folder)
+    music = session.resolve(str((session.program or {}).get("music_file") or ""))
+    last = max(song.end for song in read.songs)
+    _check_track(music, "the program's music", read.sample_rate, last)
+    left_out: list[str] = []
+    takes: list[tuple[SessionTake, Path]] = []
+    for take in read.takes:
+        reason = selection.reason_excluded(take.label)
+        if reason is not None:
+            left_out.append(f"take {take.label!r}: {reason}")
+            continue
+        if take.aligned_file is None or take.alignment is None:
+            raise SessionError(
+                f"{session.path}: take {take.label!r} is not aligned "
+                f"(afp-rig align {folder} --label {take.label})"
+            )
+        _check_track(take.aligned_file, f"take {take.label!r}", read.sample_rate, last)
+        takes.append((take, take.aligned_file))
+    if not takes:
+        why = "every take is left out by the selection" if read.takes else "no takes recorded"
+        raise SessionError(f"{session.path}: no take to export ({why})")
+    songs: list[SessionSong] = []
+    for song in read.songs:
+        reasons: dict[str, list[str]] = {}
+        for take, _ in takes:
+            reason = selection.reason_excluded(take.label, song.index)
+            if reason is not None:
+                reasons.setdefault(reason, []).append(take.label)
+        if not reasons:
+            songs.append(song)
+            continue
+        why = "; ".join(
+            reason if len(labels) == len(takes) else f"{reason} (take {', '.join(labels)})"
+            for reason, labels in reasons.items()
+        )
+        left_out.append(f"song {song.index} {song.title!r}, from every recording: {why}")
+    if not songs:
+        raise SessionError(f"{session.path}: the selection leaves out every song")
+    return _ExportPlan(
+        read,
+        music,
+        tuple(songs),
+        tuple(_song_file_names([song.title for song in songs])),
+        tuple(takes),
+        tuple(left_out),
+    )
+
+
+def _check_track(path: Path, what: str, rate: int, samples: int) -> None:
+    """Refuse a track that is not on the program clock at ``rate`` for ``samples``."""
+    info = probe_audio(path)
+    if info.sample_rate != rate:
+        raise SessionError(
+            f"{path}: {what} is at {info.sample_rate} Hz, not the program's {rate} Hz"
+        )
+    if info.frames < samples:
+        raise SessionError(
+            f"{path}: {what} ends at {info.frames} samples, before the last song ({samples})"
+        )
+
+
+def _song_file_names(titles: Sequence[str]) -> list[str]:
+    """A .wav file name for each title: the title with what a file system or a CSV
+    reader would trip on replaced, unique (case ignored) by a " (2)" suffix."""
+    names: list[str] = []
+    used: set[str] = set()
+    for number, title in enumerate(titles, 1):
+        # a leading '#' reads as a comment, a leading '.' as a hidden file
+        stem = _UNSAFE.sub("_", title).strip().lstrip(".#").rstrip(". ")[:120] or f"song {number}"
+        name, copy = stem, 1
+        while name.casefold() in used:
+            copy += 1
+            name = f"{stem} ({copy})"
+        used.add(name.casefold())
+        names.append(f"{name}.wav")
+    return names
+
+
+def _unique_folder_names(plans: Sequence[_ExportPlan]) -> list[str]:
+    names: list[str] = []
+    used: set[str] = set()
+    for plan in plans:
+        stem = plan.session.folder.resolve().name.lstrip(".") or "session"
+        name, copy = stem, 1
+        while name.casefold() in used:
+            copy += 1
+            name = f"{stem}-{copy}"
+        used.add(name.casefold())
+        names.append(name)
+    return names
+
+
+def _write_layout(plan: _ExportPlan, folder: Path, task: TaskState) -> None:
+    where = plan.session.folder.name
+    (folder / SONGS_DIR).mkdir(parents=True)
+    for song, name in zip(plan.songs, plan.names, strict=True):
+        task.check_cancelled()
+        _copy_spans(
+            plan.music,
+            [(song.start, song.end)],
+            folder / SONGS_DIR / name,
+            plan.session.sample_rate,
+        )
+        task.advance(1, f"{where}: {song.title}")
+    (folder / RECORDINGS_DIR).mkdir()
+    spans = [(song.start, song.end) for song in plan.songs]
+    for take, aligned in plan.takes:
+        task.check_cancelled()
+        out = folder / RECORDINGS_DIR / f"{take.label}{RECORDING_SUFFIX}.wav"
+        _copy_spans(aligned, spans, out, plan.session.sample_rate)
+        task.advance(1, f"{where}: take {take.label}")
+    atomic_write_text(folder / SONG_LIST, "".join(f"{name}\n" for name in plan.names))
+    atomic_write_text(folder / NOTES_FILE, _notes(plan))
+
+
+def _copy_spans(source: Path, spans: Sequence[tuple[int, int]], out: Path, rate: int) -> None:
+    """``source``'s samples ``[start, end)`` of each span, one after another, into ``out``
+    (mono, 32-bit float), a block at a time: a take can be longer than memory allows.
+    Written in place: the whole export folder is renamed into place at the end."""
+    with (
+        sf.SoundFile(str(source)) as reader,
+        sf.SoundFile(str(out), "w", rate, 1, subtype="FLOAT") as writer,
+    ):
+        for start, end in spans:
+            reader.seek(start)
+            left = end - start
+            while left > 0:
+                block = reader.read(min(left, _BLOCK), dtype="float32", always_2d=True)
+                if not len(block):
+                    raise SessionError(f"{source}: ends before sample {end}")
+                writer.write(block.mean(axis=1) if block.shape[1] > 1 else block[:, 0])
+                left -= len(block)
+
+
+def _notes(plan: _ExportPlan) -> str:
+    session = plan.session
+    recordings = ", ".join(
+        f"{take.label}{RECORDING_SUFFIX}.wav (take {take.label!r}: {take.verdict.describe()})"
+        for take, _ in plan.takes
+    )
+    left_out = ["Nothing was left out."]
+    if plan.left_out:
+        left_out = [
+            "Left out (songs are numbered by their index in the program, 0 for the first):",
+            *(f"- {line}" for line in plan.left_out),
+        ]
+    return "\n".join(
+        [
+            f"Exported by afp-rig {__version__} on {utc_now()} from the session "
+            f"{session.folder.resolve()} (origin {session.origin}, created {session.created}).",
+            "",
+            f"{SONG_LIST} lists the {len(plan.songs)} songs of {SONGS_DIR}/ in play order. "
+            f"{SONGS_DIR}/ holds each song as the program played it (cut from the program's "
+            "music track), named after its title. Each recording in "
+            f"{RECORDINGS_DIR}/ is a take aligned to the program clock, cut to the songs' "
+            "intervals and joined in the same order with no gaps and no markers: each song "
+            "starts where the one before ends, the first at the first sample. "
+            f"{session.sample_rate} Hz, mono, 32-bit float.",
+            "",
+            f"Recordings: {recordings}.",
+            "",
+            *left_out,
+            "",
+        ]
+    )

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -358,16 +359,43 @@ class TakeSettings:
 def _new_take_path(session: Session, label: str, replace: bool) -> Path:
     """Where a new take of ``label`` goes; ``SessionError`` when a take is there already
     (stored or not) and is not to be replaced."""
-    if not replace and session.find_take(label) is not None:
-        raise SessionError(f"{session.path}: a take labelled {label!r} exists already")
     out = session.raw_take_path(label)
-    if out.exists() and not replace:
-        raise SessionError(
-            f"{out}: exists already, a take the session does not hold (a killed recording?); "
-            f"bring it back with `afp-rig recover {session.folder} --label {label}`, or "
-            "replace it"
-        )
+    if replace:
+        return out
+    stored = session.find_take(label)
+    if _stranded(session, label) or (out.exists() and stored is None):
+        raise SessionError(_stranded_message(session, label))
+    if stored is not None:
+        raise SessionError(f"{session.path}: a take labelled {label!r} exists already")
     return out
+
+
+def _stranded(session: Session, label: str) -> bool:
+    """Whether takes/LABEL.raw.wav holds a recording the session does not hold: the rig's
+    recorder wrote it (its sidecar is there), no process records it any more, and the
+    session holds no take of ``label``, or one stored before this recording started (a
+    ``record --replace`` killed before it could store its take: its sidecar still says
+    it is recording, as no stored take's does)."""
+    path = session.raw_take_path(label)
+    info = read_take_info(path)
+    if info is None or not path.is_file() or recording_process(path) is not None:
+        return False
+    stored = session.find_take(label)
+    if stored is None or info.get("state") == "recording":
+        return True
+    try:  # ended but not stored; recorded_at counts whole seconds
+        started = datetime.fromisoformat(str(info.get("started_at"))).replace(microsecond=0)
+        return started > datetime.fromisoformat(stored.recorded_at)
+    except (TypeError, ValueError):  # no time to compare: the stored take stands
+        return False
+
+
+def _stranded_message(session: Session, label: str) -> str:
+    return (
+        f"{session.raw_take_path(label)}: a take the session does not hold (a killed "
+        f"recording?); bring it back with `afp-rig recover {session.folder} --label "
+        f"{label}`, or replace it"
+    )
 
 
 def _store_recording(
@@ -412,16 +440,12 @@ def _song_ranges(program: Program, rate: int) -> list[tuple[int, int]]:
 
 def unstored_takes(session: Session) -> list[str]:
     """Labels of takes the recorder wrote into the session's folder but the session does
-    not hold: a recording killed before it could store itself. Takes another process is
-    still recording are left out; ``recover_session_takes`` brings the others back."""
-    stored = {take.label for take in session.takes}
-    found = []
-    for path in sorted((session.folder / TAKES_DIR).glob(f"*{RAW_TAKE_SUFFIX}")):
-        label = path.name.removesuffix(RAW_TAKE_SUFFIX)
-        recorded = read_take_info(path) is not None  # the recorder's sidecar is there
-        if label not in stored and recorded and recording_process(path) is None:
-            found.append(label)
-    return found
+    not hold: a recording killed before it could store itself, a new label's or one
+    replacing a stored take. Takes another process is still recording are left out;
+    ``recover_session_takes`` brings the others back."""
+    paths = sorted((session.folder / TAKES_DIR).glob(f"*{RAW_TAKE_SUFFIX}"))
+    labels = [path.name.removesuffix(RAW_TAKE_SUFFIX) for path in paths]
+    return [label for label in labels if _stranded(session, label)]
 
 
 def recover_session_takes(
@@ -431,14 +455,16 @@ def recover_session_takes(
 
     Each take file is made to cover every whole frame on disk (``capture.recover_take``)
     and stored unaligned, its notes saying how much was recovered; align it with
-    ``align_session_take``.
+    ``align_session_take``. A killed ``record --replace`` replaces the take it was
+    replacing (whose audio it had overwritten already).
     """
     labels = unstored_takes(session) if labels is None else list(labels)
     results = []
     for label in labels:
         task.check_cancelled()
         task.set_message(f"recovering {label}")
-        if session.find_take(label) is not None:
+        stored = session.find_take(label) is not None
+        if stored and not _stranded(session, label):
             raise SessionError(f"{session.path}: take {label!r} is stored already")
         path = session.raw_take_path(label)
         if not path.is_file():
@@ -451,7 +477,7 @@ def recover_session_takes(
             f"recovered after the recording stopped ({result.ended_by}): "
             f"{format_duration(result.duration_s)} of {format_duration(expected)}"
         )
-        _store_recording(session, label, result, notes)
+        _store_recording(session, label, result, notes, replace=stored)
         results.append(result)
     return results
 
@@ -529,6 +555,8 @@ def align_session_take(task: TaskState, session: Session, label: str) -> Alignme
     why; the take stays stored as it was.
     """
     take = session.take(label)
+    if _stranded(session, label):  # its file holds another recording now
+        raise SessionError(_stranded_message(session, label))
     task.set_total(4, f"aligning {label}: loading")
     program = session.load_program()
     path = session.resolve(take.raw_file)

@@ -1,4 +1,5 @@
-"""The paper authors' layout: song lists, importing the published material."""
+"""The paper authors' layout: song lists, importing the published material, exporting a
+recorded session in it."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import pytest
 import soundfile as sf
 import soxr
 
-from rig_app.authors import import_authors_layout, read_song_list
-from rig_app.program import synthesize_song
+from afp_core.errors import Cancelled
+from afp_core.tasks import TaskState
+from rig_app.align import align_take
+from rig_app.authors import export_authors_layout, import_authors_layout, read_song_list
+from rig_app.program import ProgramSong, build_program, synthesize_song
+from rig_app.selection import Selection
 from rig_app.session import Session, SessionError
 from tests.test_session import RATE, make_take
 
@@ -189,3 +194,130 @@ def test_the_published_name_is_found_beside_the_plain_one_and_never_a_song(tmp_p
     )
     assert [t.label for t in session.takes] == ["high"]
     assert session.notes.endswith("recordings not found: low, mid")
+
+
+def recorded_session(
+    folder: Path, titles: list[str], labels: list[str], align: bool = True
+) -> Session:
+    """A session of short synthetic songs with a take per label, each the program on a
+    drifting clock with a little noise, aligned by its markers (the rig's own path)."""
+    songs = [ProgramSong(synthesize_song(3.0, RATE, seed=70 + i), t) for i, t in enumerate(titles)]
+    program = build_program(songs, RATE, min_song_s=1.0)
+    session = Session.create(folder)
+    session.set_program(program)
+    for number, label in enumerate(labels):
+        take = make_take(program.music, RATE, 20.0 * number, 0.2, seed=number)
+        alignment = align_take(take, RATE, program, name=label) if align else None
+        session.add_take(label, take, RATE, alignment=alignment)
+    return session
+
+
+def read_wav(path: Path) -> np.ndarray:
+    audio, rate = sf.read(path, dtype="float32")
+    assert rate == RATE
+    return audio
+
+
+def test_export_writes_the_layout_and_honours_the_selection(tmp_path: Path) -> None:
+    titles = ["Band - Don't Stop", "AC/DC: Live", "band - don't stop"]
+    session = recorded_session(tmp_path / "session", titles, ["low", "mid", "high"])
+    selection = Selection.from_session(session)
+    selection.exclude("mid", None, "microphone knocked over")
+    selection.exclude("high", 1, "door slammed at 0:02")
+    selection.store(session)
+    task = TaskState()
+
+    out = export_authors_layout([session.folder], tmp_path / "export", task=task)
+
+    assert out == tmp_path / "export"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "NOTES.txt",
+        "recording_songs.csv",
+        "recordings",
+        "true_songs",
+    ]
+    # song 1 is left out of every recording: the layout has one song list
+    names = ["Band - Don't Stop.wav", "band - don't stop (2).wav"]
+    assert (out / "recording_songs.csv").read_text() == "".join(f"{n}\n" for n in names)
+    assert sorted(p.name for p in (out / "true_songs").iterdir()) == sorted(names)
+    assert sorted(p.name for p in (out / "recordings").iterdir()) == ["high_t.wav", "low_t.wav"]
+    program = session.load_program()
+    kept = [program.songs[0], program.songs[2]]
+    for name, slot in zip(names, kept, strict=True):
+        assert np.array_equal(
+            read_wav(out / "true_songs" / name), program.music[slot.start : slot.end]
+        )
+    for label in ("low", "high"):
+        aligned = read_wav(session.resolve(str(session.take(label).aligned_file)))
+        joined = np.concatenate([aligned[slot.start : slot.end] for slot in kept])
+        assert np.array_equal(read_wav(out / "recordings" / f"{label}_t.wav"), joined)
+    notes = (out / "NOTES.txt").read_text()
+    assert "- take 'mid': microphone knocked over" in notes
+    assert "- song 1 'AC/DC: Live', from every recording: door slammed at 0:02 (take high)" in notes
+    assert "low_t.wav (take 'low': ok)" in notes
+    assert task.done == task.total == 4 and task.unit == "files"
+    # the layout reads back: the song list with its titles, the recordings by their names
+    rows = read_song_list(out / "recording_songs.csv")
+    assert [r.title for r in rows] == ["Band - Don't Stop", "band - don't stop (2)"]
+
+
+def test_export_refuses_before_writing_anything(tmp_path: Path) -> None:
+    session = recorded_session(tmp_path / "s", ["a", "b"], ["low"])
+    recorded_session(tmp_path / "raw", ["a", "b"], ["low"], align=False)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    (tmp_path / "file").write_text("")
+
+    def refused(sessions: list[Path], out: Path) -> str:
+        with pytest.raises(SessionError) as caught:
+            export_authors_layout(sessions, out)
+        assert not (tmp_path / "out").exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+        return str(caught.value)
+
+    assert refused([session.folder], tmp_path / "full") == (
+        f"{tmp_path / 'full'}: folder is not empty (export into a new or empty one)"
+    )
+    assert (
+        refused([session.folder], tmp_path / "file")
+        == f"{tmp_path / 'file'}: exists and is not a folder"
+    )
+    assert refused([session.folder, tmp_path / "raw"], tmp_path / "out") == (
+        f"{tmp_path / 'raw' / 'session.json'}: take 'low' is not aligned "
+        f"(afp-rig align {tmp_path / 'raw'} --label low)"
+    )
+    selection = Selection.from_session(session)
+    selection.exclude("low", None, "too quiet")
+    selection.store(session)
+    assert refused([session.folder], tmp_path / "out") == (
+        f"{session.path}: no take to export (every take is left out by the selection)"
+    )
+    # an unaligned take left out by the selection is no obstacle
+    raw = Session.load(tmp_path / "raw")
+    Selection([], []).store(raw)
+    selection = Selection.from_session(raw)
+    selection.exclude("low", None, "never aligned")
+    selection.store(raw)
+    assert refused([raw.folder], tmp_path / "out").endswith(
+        "(every take is left out by the selection)"
+    )
+    # cancelled: nothing is left, not even the temporary folder
+    task = TaskState()
+    task.cancel()
+    Selection([], []).store(session)
+    with pytest.raises(Cancelled):
+        export_authors_layout([session.folder], tmp_path / "out", task=task)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_several_sessions_each_in_a_folder_of_its_own(tmp_path: Path) -> None:
+    first = recorded_session(tmp_path / "a" / "session", ["one", "two"], ["low"])
+    second = recorded_session(tmp_path / "b" / "session", ["three", "four"], ["high"])
+    (tmp_path / "export").mkdir()  # an empty folder is fine
+    out = export_authors_layout([first.folder, second.folder], tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == ["session", "session-2"]
+    assert (out / "session" / "recording_songs.csv").read_text() == "one.wav\ntwo.wav\n"
+    assert (out / "session-2" / "recording_songs.csv").read_text() == "three.wav\nfour.wav\n"
+    assert [p.name for p in (out / "session-2" / "recordings").iterdir()] == ["high_t.wav"]
+    assert "Nothing was left out." in (out / "session" / "NOTES.txt").read_text()

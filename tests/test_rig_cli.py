@@ -298,6 +298,41 @@ def test_record_over_an_unstored_take_names_recover(tmp_path, capsys):
     assert path.read_bytes() == before  # the killed take is left as it was
 
 
+def test_a_killed_record_replace_is_recoverable(tmp_path, capsys):
+    # a stored take, then `record --replace` of it killed mid-way: the recorder had
+    # removed the old file and written part of the new take when it died
+    session_dir = _session_with_killed_take(tmp_path, capsys)
+    assert _run(capsys, "recover", session_dir)[0] == 0
+    assert _run(capsys, "align", session_dir, "--quiet")[0] == 0
+    old = Session.load(session_dir).take("low")
+    assert old.aligned_file is not None
+    path = session_dir / "takes" / "low.raw.wav"
+    path.unlink()
+    replacement = 0.25 * np.random.default_rng(3).standard_normal(48000 * 3, np.float32)
+    write_killed_take(path, replacement, 48000, 48000, "low")
+
+    from rig_app.jobs import unstored_takes
+
+    assert unstored_takes(Session.load(session_dir)) == ["low"]  # the app offers it too
+    record = ["record", session_dir, "--label", "low", "--music-out", "out", "--mic", "in"]
+    command = f"afp-rig recover {session_dir} --label low"
+    code, _, err = _run(capsys, *record, "--quiet")
+    assert code == 1 and err.count("\n") == 1 and command in err
+    code, _, err = _run(capsys, "align", session_dir, "--label", "low", "--quiet")
+    assert code == 1 and command in err  # not the old take's alignment on the new audio
+
+    code, out, err = _run(capsys, "recover", session_dir, "--label", "low")
+    assert code == 0, err
+    assert "recovered (crashed); stored as take 'low'" in out
+    take = Session.load(session_dir).take("low")
+    assert take.notes.startswith("recovered after the recording stopped (crashed): 0:03.0")
+    assert take.alignment is None and take.aligned_file is None
+    assert not (session_dir / old.aligned_file).exists()  # the old take's, stale now
+    assert sf.info(path).frames == 3 * 48000  # nothing of the killed take lost
+    code, _, err = _run(capsys, "recover", session_dir)
+    assert code == 1 and "nothing to recover" in err
+
+
 def test_a_take_with_xruns_says_how_many_and_where(virtual_devices, tmp_path, capsys):
     session_dir = _session_with_program(tmp_path, capsys)
     rate = int(Session.load(session_dir).program["sample_rate"])
