@@ -1,5 +1,5 @@
 """The paper authors' layout: song lists, importing the published material, exporting a
-recorded session in it."""
+recorded session in it and importing that back."""
 
 from __future__ import annotations
 
@@ -10,13 +10,21 @@ import pytest
 import soundfile as sf
 import soxr
 
+from afp_core.audio import load_audio
 from afp_core.errors import Cancelled
+from afp_core.protocols.realworld import RealWorldSettings, run_realworld_protocol
+from afp_core.recogniser import open_recogniser
+from afp_core.shipped import SHIPPED_MODEL
 from afp_core.tasks import TaskState
 from rig_app.align import align_take
 from rig_app.authors import export_authors_layout, import_authors_layout, read_song_list
-from rig_app.program import ProgramSong, build_program, synthesize_song
+from rig_app.jobs import record_or_simulate_takes
+from rig_app.program import ProgramSong, build_noise_program, build_program, synthesize_song
+from rig_app.room import VirtualRoom
 from rig_app.selection import Selection
 from rig_app.session import Session, SessionError
+from tests.conftest import synthesise_song
+from tests.test_protocol_realworld import build_db
 from tests.test_session import RATE, make_take
 
 
@@ -321,3 +329,79 @@ def test_several_sessions_each_in_a_folder_of_its_own(tmp_path: Path) -> None:
     assert (out / "session-2" / "recording_songs.csv").read_text() == "three.wav\nfour.wav\n"
     assert [p.name for p in (out / "session-2" / "recordings").iterdir()] == ["high_t.wav"]
     assert "Nothing was left out." in (out / "session" / "NOTES.txt").read_text()
+
+
+@pytest.mark.skipif(not SHIPPED_MODEL.exists(), reason="no shipped model")
+def test_a_session_exported_and_imported_back_evaluates_the_same(tmp_path: Path) -> None:
+    library = tmp_path / "library"
+    library.mkdir()
+    paths = []
+    for i in range(3):
+        paths.append(library / f"song{i}.wav")
+        sf.write(paths[-1], synthesise_song(300 + i, 8.0), 22050)
+    # the trained model: the untrained one's 1 s votes flip under any sub-sample change
+    db = build_db(tmp_path / "db", paths, SHIPPED_MODEL, calibrate=False)
+    # 16 kHz, as the room's tests: the import's resampling low-passes near the program's
+    # Nyquist frequency, which then lies above the 4 kHz the model hears
+    rate = 16000
+    songs = [ProgramSong(load_audio(p, rate), p.stem, source=str(p)) for p in paths]
+    program = build_program(songs, rate, min_song_s=1.0)
+    noise = build_noise_program(
+        [synthesize_song(3.0, rate, seed=9)],
+        program.samples,
+        rate,
+        -10.0,
+        quiet_ranges=program.noise_quiet_ranges(),
+    )
+    session = Session.create(tmp_path / "recorded")
+    session.set_program(program, noise)
+    made = record_or_simulate_takes(
+        TaskState(), session, VirtualRoom(), ["low", "high"], live=False
+    )
+    assert all(take.alignment is not None and take.alignment.ok for take in made)
+
+    layout = export_authors_layout([session.folder], tmp_path / "layout")
+    imported = import_authors_layout(
+        layout,
+        tmp_path / "imported",
+        sample_rate=rate,
+        min_song_s=1.0,
+        segment_s=6.0,
+        edge_margin_s=1.0,
+        checkpoints=2,
+    )
+
+    assert [s.title for s in imported.songs] == ["song0", "song1", "song2"]
+    new_program = imported.load_program()
+    # the same songs, sample for sample, now back to back from the first sample
+    lengths = [slot.end - slot.start for slot in program.songs]
+    assert [slot.end - slot.start for slot in new_program.songs] == lengths
+    assert [slot.start for slot in new_program.songs] == [0, *np.cumsum(lengths[:-1])]
+    for old, new in zip(program.songs, new_program.songs, strict=True):
+        assert np.array_equal(
+            new_program.music[new.start : new.end], program.music[old.start : old.end]
+        )
+    assert [t.label for t in imported.takes] == ["low", "high"]
+    for take in imported.takes:
+        assert Path(take.raw_file) == (layout / "recordings" / f"{take.label}_t.wav").resolve()
+        alignment = take.load_alignment()
+        assert alignment is not None and alignment.ok
+        # each recording starts with song 1 on the program's clock (correlating through
+        # the room's filters moves the estimate by a fraction of a millisecond)
+        assert abs(alignment.offset_s) < 1e-3 and abs(alignment.drift_ppm) < 1.0
+        assert [g["take_start_s"] for g in take.ground_truth] == pytest.approx(
+            [slot.start_s for slot in new_program.songs], abs=1e-3
+        )
+
+    settings = RealWorldSettings(lengths_s=(1, 2, 3), threshold=None, impostors=False)
+    before = run_realworld_protocol(open_recogniser(db), session.folder, settings)
+    after = run_realworld_protocol(open_recogniser(db), imported.folder, settings)
+    assert after.takes == before.takes == ("low", "high")
+    for take in before.takes:
+        for method in before.methods:
+            for length in settings.lengths_s:
+                old_cell = before.cell(take, method, length)
+                new_cell = after.cell(take, method, length)
+                assert old_cell is not None and new_cell is not None
+                assert new_cell.queries == old_cell.queries > 0
+                assert new_cell.accuracy == old_cell.accuracy, (take, method, length)
