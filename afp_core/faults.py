@@ -9,7 +9,11 @@ one dictionary lookup.
 
 Points: ``index.staged`` (a song's vectors staged), ``index.commit`` (the new index or
 postings file written, the catalogue not yet pointing to it) and ``index.calibrate``
-(one calibration query answered), in both kinds of database.
+(one calibration query answered), in both kinds of database; ``train.step`` (a training
+step done, not saved) and ``train.save`` (the training state saved, the model not yet);
+``record.synced`` (the take file's header made to cover what was written, in the
+recorder's writer thread) and ``record.recorded`` (a take recorded, not yet stored in its
+session).
 """
 
 from __future__ import annotations

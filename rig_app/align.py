@@ -607,6 +607,10 @@ def _coarse_marker_fit(
     for candidate in times:
         for program_s in marker_times:
             predicted = candidate - program_s + marker_times
+            if predicted[0] < -tolerance:
+                # the first marker must lie in the take (it is needed below); without
+                # this a take cut short can match its markers to later ones
+                continue
             nearest = _nearest(times, predicted)
             matched = np.abs(times[nearest] - predicted) <= tolerance
             key = (int(matched.sum()), float(scores[nearest[matched]].sum()))
@@ -616,6 +620,11 @@ def _coarse_marker_fit(
                     (float(marker_times[k]), float(times[nearest[k]]))
                     for k in np.flatnonzero(matched)
                 ]
+    if not best_pairs:
+        raise AlignmentError(
+            f"{name}: first marker ('{labels[0]}') not found: every sweep in the take would "
+            "put it before the take's start"
+        )
     if len(best_pairs) >= 2:
         p, t = np.array(best_pairs).T
         ratio, offset = np.polyfit(p, t, 1)

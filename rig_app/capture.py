@@ -47,6 +47,7 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 
 from afp_core.errors import AfpError
+from afp_core.faults import fault_point
 from afp_core.fileutil import atomic_write_text, one_line, utc_now
 from afp_core.protocols.sessions import describe_xruns
 from afp_core.tasks import TaskState
@@ -872,6 +873,7 @@ class TakeRecorder:
                 if now - last_sync >= self.config.sync_interval_s:
                     self._open_file().sync()
                     last_sync = now
+                    fault_point("record.synced")
                     if self.xrun_total != told:
                         told = self.xrun_total
                         with contextlib.suppress(OSError):  # the take matters more

@@ -24,6 +24,7 @@ import numpy as np
 
 from afp_core.audio import load_audio, resample
 from afp_core.errors import AfpError, Cancelled
+from afp_core.faults import fault_point
 from afp_core.protocols.sessions import describe_xruns
 from afp_core.tasks import TaskState
 from rig_app.align import Alignment, align_take, align_without_markers
@@ -542,6 +543,7 @@ def record_session_take(
     result = record_take(
         config, music, noise, out, task, overwrite=settings.replace, on_recorder=on_recorder
     )
+    fault_point("record.recorded")
     if result.frames > 0:
         _store_recording(session, label, result, notes, distance, replace=True)
     return result

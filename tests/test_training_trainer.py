@@ -27,7 +27,7 @@ from afp_core.training.trainer import (
     Trainer,
     load_train_state,
 )
-from tests.training_fixtures import make_tiny_dataset, tiny_config
+from tests.training_fixtures import make_tiny_dataset, tiny_config, write_yaml
 
 STEPS = 2  # per epoch; 2 epochs
 
@@ -172,35 +172,6 @@ def test_run_folder_rules(setup, straight, tmp_path: Path) -> None:
     trainer = Trainer(changed, out=straight, quiet=True, on_note=lambda _: None, data=data)
     with pytest.raises(ConfigError, match=r"^training\.lr: the run was started with 0\.003"):
         trainer.run(resume=True)
-
-
-def write_yaml(path: Path, paths: dict[str, Path], out: Path, extra: str = "") -> Path:
-    path.write_text(
-        f"""\
-model:
-  name: nafp
-  arch: {{width: 0.25}}
-data:
-  songs: ["{paths["songs"]}"]
-  noise: ["{paths["noise"]}"]
-  synthetic_noise: 0
-  room_irs: ["{paths["rooms"]}"]
-  mic_irs: ["{paths["mics"]}"]
-  val_share: 0.2
-  test_share: 0.0
-  cache_dir: "{paths["cache"]}"
-training:
-  batch_size: 8
-  epochs: 1
-  steps_per_epoch: 1
-  workers: 0
-  device: cpu
-  val_batches: 1
-  val_windows: 4
-{extra}output: "{out}"
-"""
-    )
-    return path
 
 
 def test_cli_train(setup, tmp_path: Path, capsys) -> None:

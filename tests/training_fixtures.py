@@ -86,3 +86,34 @@ def tiny_config(paths: dict[str, Path], out: Path, **training: Any) -> TrainConf
         training=TrainingConfig(**settings),
         output=str(out),
     )
+
+
+def write_yaml(path: Path, paths: dict[str, Path], out: Path, extra: str = "") -> Path:
+    """The YAML of a one-step run on ``make_tiny_dataset``'s files, as ``afp train`` reads
+    it; ``extra`` (whole lines) goes before ``output``."""
+    path.write_text(
+        f"""\
+model:
+  name: nafp
+  arch: {{width: 0.25}}
+data:
+  songs: ["{paths["songs"]}"]
+  noise: ["{paths["noise"]}"]
+  synthetic_noise: 0
+  room_irs: ["{paths["rooms"]}"]
+  mic_irs: ["{paths["mics"]}"]
+  val_share: 0.2
+  test_share: 0.0
+  cache_dir: "{paths["cache"]}"
+training:
+  batch_size: 8
+  epochs: 1
+  steps_per_epoch: 1
+  workers: 0
+  device: cpu
+  val_batches: 1
+  val_windows: 4
+{extra}output: "{out}"
+"""
+    )
+    return path

@@ -49,6 +49,7 @@ import afp_core
 from afp_core.augment import apply_spec_masks
 from afp_core.checkpoint import load_checkpoint, load_torch_file, save_checkpoint
 from afp_core.errors import AfpError, CheckpointError, ConfigError
+from afp_core.faults import fault_point
 from afp_core.fileutil import atomic_path, atomic_write_text
 from afp_core.models import (
     Fingerprinter,
@@ -456,6 +457,7 @@ class Trainer:
                 self.step_in_epoch = int(batch["step"]) + 1
                 self.global_step += 1
                 self._in_step = False
+                fault_point("train.step")
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                 if self.on_step is not None:
@@ -586,6 +588,7 @@ class Trainer:
         # The state first: a model checkpoint newer than the state would be resumed from
         # older weights, the other way round costs at most one epoch's log line.
         save_train_state(self.out / STATE_FILE, self._state())
+        fault_point("train.save")
         save_checkpoint(self.out / MODEL_FILE, self.model, meta)
 
     def _state(self) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""The fault suite: real ``afp`` processes killed at named points, and a bad-file corpus.
+"""The fault suite: real ``afp index``, ``afp train`` and ``afp-rig record`` processes
+killed (SIGKILL or SIGINT) at named points, and a bad-file corpus.
 
-Every test adds rows to ``LEDGER``; the table is printed at the end of the run:
-faults tried / survived / data lost, and bad inputs tried / reported clearly / crashes.
+Every test adds rows to ``LEDGER``; the table is printed at the end of the run: per
+command, kills tried / survived / data lost, and bad inputs tried / reported clearly /
+crashes.
 """
 
 from __future__ import annotations
@@ -38,10 +40,14 @@ def pytest_terminal_summary(terminalreporter) -> None:
     write("")
     write("fault suite                      tried  survived  data lost")
     faults = LEDGER.faults
-    write(
-        f"  kills (SIGKILL / SIGINT)        {len(faults):5d}  {sum(s for _, s, _ in faults):8d}"
-        f"  {sum(lost for *_, lost in faults):9d}"
-    )
+    # one row per command: a fault's name starts with it ("afp index (neural) SIGKILL ...")
+    commands = dict.fromkeys(" ".join(name.split()[:2]) for name, *_ in faults)
+    for command in commands:
+        rows = [fault for fault in faults if fault[0].startswith(command + " ")]
+        write(
+            f"  {command + ' kills':<32}{len(rows):5d}  {sum(s for _, s, _ in rows):8d}"
+            f"  {sum(lost for *_, lost in rows):9d}"
+        )
     inputs = LEDGER.inputs
     write("                                 tried  clear     crashes")
     write(

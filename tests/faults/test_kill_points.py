@@ -5,34 +5,14 @@ and no-match thresholds; the same ``afp identify --json`` answer)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 
 from tests.conftest import synthesise_song
-
-TIMEOUT_S = 300
-
-
-def run_afp(*args: str, fault: str | None = None, sig: str = "KILL") -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AFP_FAULT")}
-    if fault is not None:
-        env |= {"AFP_FAULT_AT": fault, "AFP_FAULT_SIGNAL": sig}
-    return subprocess.run(
-        [sys.executable, "-m", "afp_core.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        # a suite started in the background inherits SIGINT ignored (and so would afp)
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+from tests.faults.processes import killed_code, run_afp
 
 
 def database_state(db: Path, query: Path) -> dict:
@@ -92,7 +72,7 @@ def check_kill_then_rerun(
     db = tmp_path / "db"
     args = index_args(db, library, kind, untrained_checkpoint)
     killed = run_afp(*args, fault=point, sig=sig)
-    expected_code = -signal.SIGKILL if sig == "KILL" else 130
+    expected_code = killed_code(sig)
     name = f"afp index ({kind}) SIG{sig} at {point}"
     survived = killed.returncode == expected_code and "Traceback" not in killed.stderr
     rerun = run_afp(*args)
