@@ -11,6 +11,7 @@ do not pay for the fingerprints again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -18,10 +19,12 @@ import numpy as np
 import torch
 
 from afp_core import database, landmark
+from afp_core.audio import frame_windows
 from afp_core.config import SearchConfig
 from afp_core.database import MANIFEST, FingerprintDB, Song
 from afp_core.errors import ConfigError, DatabaseError
 from afp_core.fileutil import read_json_object
+from afp_core.models import embed_windows
 from afp_core.query import embed_audio
 from afp_core.search import METHODS, Match, as_method, identify_vectors, stored_threshold
 
@@ -129,6 +132,18 @@ class NeuralRecogniser:
     def analyse(self, audio: np.ndarray) -> np.ndarray:
         """(n_windows, dim) vectors of ``audio``, window i starting at i * hop."""
         return embed_audio(self.model, audio, batch_size=self.batch_size, device=self.device)
+
+    def analyse_many(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``analyse`` of each of ``audios``, their windows embedded in shared batches (many
+        short queries cost what their windows cost, not a model call each)."""
+        spec = self.audio
+        windows = [frame_windows(np.asarray(a, np.float32), spec.window, spec.hop) for a in audios]
+        if not windows:
+            return []
+        vectors = embed_windows(
+            self.model, np.concatenate(windows), batch_size=self.batch_size, device=self.device
+        )
+        return np.split(vectors, np.cumsum([len(w) for w in windows])[:-1])
 
     def identify(
         self,

@@ -329,12 +329,59 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "selection",
         help="show what is left out of published query sets, and why",
-        description="List the session's takes and songs (with the indexes `exclude` and "
+        description="List the session's takes and songs (with the numbers `exclude` and "
         "`include` take), what is excluded and why, and the notes.",
         formatter_class=fmt,
         epilog=EPILOG,
     )
     p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
+
+    p = sub.add_parser(
+        "export",
+        help="publish sessions as a query set (clips, indexes, data card, checksums)",
+        description="Cut the real-world protocol's queries from every included take of "
+        "each SESSION (the selection of `exclude` / `include` decides) and write them into "
+        "OUT_DIR with queries.csv, references.csv (the songs as the program played them), "
+        "queryset.json, a README.md data card and SHA256SUMS; `afp evaluate realworld DB "
+        "OUT_DIR` evaluates it. OUT_DIR must be new, empty, or a query set to add the "
+        "sessions it does not hold yet to. --format authors writes the paper authors' "
+        "layout instead (long takes and a song list). See docs/query-set-format.md.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    p.add_argument(
+        "paths",
+        metavar="SESSION_DIR... OUT_DIR",
+        type=Path,
+        nargs="+",
+        help="session folders, then the query set folder",
+    )
+    p.add_argument(
+        "--lengths",
+        type=float,
+        nargs="+",
+        default=[1, 2, 3, 5, 10, 15],
+        help="query lengths in seconds",
+    )
+    p.add_argument(
+        "--per-song",
+        type=int,
+        metavar="N",
+        help="queries kept per song and length, spread evenly (default: all, back to back)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["folder", "authors"],
+        default="folder",
+        help="folder: query clips and indexes; authors: the paper authors' layout",
+    )
+    p.add_argument(
+        "--audio",
+        choices=["flac", "wav"],
+        default="flac",
+        help="clips as FLAC (24-bit) or WAV (32-bit float)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser(
         "demo",
@@ -379,7 +426,7 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--song",
         metavar="N_OR_TITLE",
-        help="program song index (0 = the first; `afp-rig selection` lists them) or title "
+        help="the song's number (1 = the first, as `afp-rig selection` lists them) or title "
         "(omitted: the whole take)",
     )
 
@@ -771,7 +818,7 @@ def run_selection(args: argparse.Namespace) -> int:
     titles = session_song_titles(session) if session.program is not None else []
     print(f"{session.folder}: {len(session.takes)} takes, {len(titles)} songs")
     for index, title in enumerate(titles):
-        print(f"  song {index}: {title}")
+        print(f"  song {index + 1}: {title}")
     for take in session.takes:
         reason = selection.reason_excluded(take.label)
         state = f"excluded: {reason}" if reason is not None else take.verdict.describe()
@@ -783,6 +830,36 @@ def run_selection(args: argparse.Namespace) -> int:
         print(f"excluded: {target}: {exclusion.reason}")
     for note in selection.notes:
         print(f"note on {describe_target(session, note.take, note.song)}: {note.text}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from rig_app.export import export_query_set
+
+    if len(args.paths) < 2:
+        raise AfpError("give one or more session folders, then the query set folder")
+    *sessions, out = args.paths
+    lengths = [int(x) if float(x).is_integer() else float(x) for x in args.lengths]
+    with _progress(args.quiet, "s", "exporting") as task:
+        result = export_query_set(
+            task,
+            sessions,
+            out,
+            lengths_s=lengths,
+            per_song=args.per_song,
+            layout=args.format,
+            audio=args.audio,
+        )
+    for note in result.notes:
+        print(f"note: {note}")
+    if args.format == "authors":
+        print(f"{result.folder}: written in the paper authors' layout")
+        return 0
+    added = ", ".join(result.added) or "none"
+    print(
+        f"{result.folder}: {result.clips} query clips added (sessions added: {added}); "
+        f"check with: cd {result.folder} && sha256sum -c SHA256SUMS"
+    )
     return 0
 
 
@@ -826,6 +903,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "exclude": run_exclude,
     "include": run_include,
     "selection": run_selection,
+    "export": run_export,
 }
 
 if __name__ == "__main__":

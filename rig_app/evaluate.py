@@ -38,6 +38,7 @@ from afp_core.database import MANIFEST, FingerprintDB
 from afp_core.errors import AudioError, ConfigError
 from afp_core.fileutil import file_sha256
 from afp_core.indexing import index_library, open_database_for_indexing, read_tags
+from afp_core.protocols.querysets import read_session_or_queryset
 from afp_core.protocols.realworld import (
     RealWorldPlan,
     RealWorldResult,
@@ -50,7 +51,7 @@ from afp_core.protocols.realworld import (
     take_sort_key,
 )
 from afp_core.protocols.report import ReportError, read_report, write_realworld_report
-from afp_core.protocols.sessions import EvalSession, read_session
+from afp_core.protocols.sessions import EvalSession
 from afp_core.recogniser import NeuralRecogniser, Recogniser, open_recogniser
 from afp_core.shipped import SHIPPED_MODEL, default_checkpoint_path
 from afp_core.tasks import TaskState
@@ -104,7 +105,9 @@ def evaluate_session(
 ) -> tuple[Path, list[RealWorldResult]]:
     """Run the real-world protocol on a session and write its report; (folder, results).
 
-    Give ``database`` (a folder built by ``afp index``: searched with ``checkpoint``, which
+    ``session_folder`` may also be a query set exported from sessions (``afp-rig
+    export``); its report then goes into the set's ``evaluations/`` by default. Give
+    ``database`` (a folder built by ``afp index``: searched with ``checkpoint``, which
     must be its model, or by default with its own model) or ``library`` (a folder of
     songs, indexed here with ``checkpoint``, default the shipped model, into
     ``library_database_folder``; songs indexed before are not extracted again). Every
@@ -118,7 +121,7 @@ def evaluate_session(
     if (database is None) == (library is None):
         raise ConfigError("give either a database folder or a library folder to index")
     check_realworld_settings(settings)
-    session = read_session(session_folder)
+    session = read_session_or_queryset(session_folder)  # or an exported query set
     resolve_takes(session, settings, [])  # takes aligned and readable, before anything else
     out = _report_folder(session, out)
     checkpoint = None if checkpoint is None else Path(checkpoint)
@@ -247,6 +250,8 @@ def _check_library_covers(
     missing = []
     for song in session.songs:
         if song.file is not None and song.file.is_file() and file_sha256(song.file) in checksums:
+            continue
+        if song.source_sha256 in checksums:  # a query set's reference: its original is there
             continue
         if _title_key(song.title) not in titles:
             missing.append(song.title)

@@ -8,7 +8,8 @@ The choice is a record in the session (``Session.selection``, docs/session-forma
      "notes": [{"take": "low", "song": null, "text": "..."}]}
 
 ``take`` null: that song in every take; ``song`` null: the whole take (``song`` is the
-program's song index, 0 for the first). A note with both null is about the session.
+program's song index, 0 for the first; the commands and pages number songs from 1, as
+the rig lists them). A note with both null is about the session.
 The Dataset page and ``afp-rig exclude / include / selection`` edit it through
 ``Selection``; ``rig_app.export`` honours it.
 """
@@ -189,27 +190,28 @@ def session_song_titles(session: Session) -> list[str]:
 
 
 def find_song(session: Session, text: str) -> int:
-    """The song index ``text`` names: a number is the index, anything else a title
-    (case and spacing ignored). One-line ``SessionError`` naming session.json if none
-    or several match."""
+    """The song index ``text`` names: a number is the song's number as the rig lists songs
+    (1 for the first: ``afp-rig program``, ``quality``, ``selection``), anything else a
+    title (case and spacing ignored). One-line ``SessionError`` naming session.json if
+    none or several match."""
     titles = session_song_titles(session)
-    listing = f"songs 0-{len(titles) - 1}" if titles else "no songs"
+    listing = f"songs 1-{len(titles)}" if titles else "no songs"
     text = str(text).strip()
     if text.isdigit():
-        index = int(text)
-        if index >= len(titles):
-            raise SessionError(f"{session.path}: no song {index} ({listing})")
-        return index
+        number = int(text)
+        if not 1 <= number <= len(titles):
+            raise SessionError(f"{session.path}: no song {number} ({listing})")
+        return number - 1
     key = " ".join(text.casefold().split())
     found = [i for i, title in enumerate(titles) if " ".join(title.casefold().split()) == key]
     if not found:
         raise SessionError(
-            f"{session.path}: no song titled {text!r} ({listing}; give a title or an index)"
+            f"{session.path}: no song titled {text!r} ({listing}; give a title or a number)"
         )
     if len(found) > 1:
         raise SessionError(
-            f"{session.path}: several songs are titled {text!r} (indexes "
-            f"{', '.join(map(str, found))}); give the index"
+            f"{session.path}: several songs are titled {text!r} (songs "
+            f"{', '.join(str(i + 1) for i in found)}); give the number"
         )
     return found[0]
 
@@ -221,14 +223,17 @@ def check_target(session: Session, take: str | None, song: int | None) -> None:
     if song is not None:
         count = len(session_song_titles(session))
         if not 0 <= song < count:
-            raise SessionError(f"{session.path}: no song {song} (the program has {count})")
+            raise SessionError(
+                f"{session.path}: no song with index {song} (the program has {count})"
+            )
 
 
 def describe_target(session: Session, take: str | None, song: int | None) -> str:
-    """``take low``, ``song 3 'Title' in every take``, ``song 3 'Title' of take low``."""
+    """``take low``, ``song 3 'Title' in every take``, ``song 3 'Title' of take low`` (songs
+    numbered from 1, as the rig lists them; ``song`` is the index)."""
     if song is None:
         return f"take {take}" if take is not None else "the session"
     titles = session_song_titles(session)
     title = titles[song] if 0 <= song < len(titles) else "?"
     where = "in every take" if take is None else f"of take {take}"
-    return f"song {song} {title!r} {where}"
+    return f"song {song + 1} {title!r} {where}"

@@ -73,11 +73,13 @@ def write_session(
     *,
     align: bool = True,
     seed: int = 0,
+    rate: int = RATE,
 ) -> Path:
-    """A session of ``song_paths`` with one take per label: clean (None) or white noise at
-    that SNR over the songs. Each take is the program delayed by 0.25 s, then aligned."""
-    songs = [ProgramSong(load_audio(p, RATE), p.stem, source=str(p)) for p in song_paths]
-    program = build_program(songs, RATE, min_song_s=1.0)
+    """A session of ``song_paths`` at ``rate`` with one take per label: clean (None) or
+    white noise at that SNR over the songs. Each take is the program delayed by 0.25 s,
+    then aligned."""
+    songs = [ProgramSong(load_audio(p, rate), p.stem, source=str(p)) for p in song_paths]
+    program = build_program(songs, rate, min_song_s=1.0)
     session = Session.create(folder)
     session.set_program(program)
     rng = np.random.default_rng(seed)
@@ -90,14 +92,14 @@ def write_session(
             power = np.mean(take[inside > 0] ** 2)
             noise = rng.standard_normal(len(take)) * np.sqrt(power / 10 ** (snr / 10))
             take = take + inside * noise
-        recording = np.concatenate([np.zeros(RATE // 4), take, np.zeros(RATE // 2)])
+        recording = np.concatenate([np.zeros(rate // 4), take, np.zeros(rate // 2)])
         recording = recording.astype(np.float32)
         if align:
-            alignment = align_take(recording, RATE, program, name=label)
+            alignment = align_take(recording, rate, program, name=label)
             assert alignment.ok
-            session.add_take(label, recording, RATE, alignment=alignment)
+            session.add_take(label, recording, rate, alignment=alignment)
         else:
-            session.add_take(label, take.astype(np.float32), RATE)
+            session.add_take(label, take.astype(np.float32), rate)
     return folder
 
 

@@ -103,22 +103,23 @@ def test_malformed_record_is_one_line_naming_session_json(session_dir, record, e
 
 
 def test_commands(session_dir, capsys):
-    code, out, _ = _run(capsys, "exclude", session_dir, "--take", "low", "--song", "1",
+    code, out, _ = _run(capsys, "exclude", session_dir, "--take", "low", "--song", "2",
                         "--reason", "door slammed")  # fmt: skip
-    assert code == 0 and "excluded song 1 'song1' of take low: door slammed" in out
+    assert code == 0 and "excluded song 2 'song1' of take low: door slammed" in out
+    assert Selection.from_session(Session.load(session_dir)).reason_excluded("low", 1)
     code, out, _ = _run(capsys, "exclude", session_dir, "--song", "SONG2", "--reason", "skips")
-    assert code == 0 and "song 2 'song2' in every take" in out  # by title, case ignored
+    assert code == 0 and "song 3 'song2' in every take" in out  # by title, case ignored
     code, out, _ = _run(capsys, "exclude", session_dir, "--take", "high", "--reason", "mic moved")
     assert code == 0
 
     code, out, _ = _run(capsys, "selection", session_dir)
     assert code == 0
-    assert "song 0: song0" in out and "take low: ok" in out
+    assert "song 1: song0" in out and "take low: ok" in out
     assert "take high: excluded: mic moved" in out
-    assert "excluded: song 1 'song1' of take low: door slammed" in out
-    assert "excluded: song 2 'song2' in every take: skips" in out
+    assert "excluded: song 2 'song1' of take low: door slammed" in out
+    assert "excluded: song 3 'song2' in every take: skips" in out
 
-    code, out, _ = _run(capsys, "include", session_dir, "--take", "low", "--song", "2")
+    code, out, _ = _run(capsys, "include", session_dir, "--take", "low", "--song", "3")
     assert code == 0 and "0 exclusion(s) removed" in out
     assert "take low: still excluded by a wider exclusion: skips" in out
     code, out, _ = _run(capsys, "include", session_dir, "--take", "high")
@@ -132,8 +133,10 @@ def test_command_errors_are_one_line(session_dir, capsys):
     code, _, err = _run(capsys, "exclude", session_dir, "--take", "loud", "--reason", "x")
     assert code == 1
     assert f"{path}: no take labelled 'loud' (takes: low, high)" in _one_line_error(err)
-    code, _, err = _run(capsys, "exclude", session_dir, "--song", "7", "--reason", "x")
-    assert code == 1 and f"{path}: no song 7 (songs 0-2)" in _one_line_error(err)
+    code, _, err = _run(capsys, "exclude", session_dir, "--song", "4", "--reason", "x")
+    assert code == 1 and f"{path}: no song 4 (songs 1-3)" in _one_line_error(err)
+    code, _, err = _run(capsys, "exclude", session_dir, "--song", "0", "--reason", "x")
+    assert code == 1 and f"{path}: no song 0 (songs 1-3)" in _one_line_error(err)
     code, _, err = _run(capsys, "include", session_dir, "--song", "nothing like it")
     assert code == 1 and "no song titled 'nothing like it'" in _one_line_error(err)
     code, _, err = _run(capsys, "exclude", session_dir, "--reason", "x")

@@ -51,14 +51,21 @@ def add_evaluate_parser(sub: Any, epilog: str) -> None:
         help="queries cut from the aligned takes of a session (paper Tables 2 and 4)",
         description="For every take of SESSION (low, mid, high...) and every song, cut "
         "queries of each length back to back inside the song's interval of the aligned take "
-        "and identify them with every decision rule of each database (neural or landmark). "
+        "and identify them with every decision rule of each database (neural or landmark); "
+        "or identify the clips of a query set exported from sessions (afp-rig export), "
+        "which gives the same report. "
         "Several databases are compared on the same takes in one table (paper Table 2). "
         "Reports song-level accuracy (the paper's measure, no rejection), offset accuracy "
         "(±0.5 s) and the 'no match' rate.",
         epilog=epilog,
     )
     p.add_argument("dbs", metavar="DB", type=Path, nargs="+", help="database folder(s)")
-    p.add_argument("session", metavar="SESSION", type=Path, help="session folder (afp-rig)")
+    p.add_argument(
+        "session",
+        metavar="SESSION",
+        type=Path,
+        help="session folder, or query set folder (afp-rig export)",
+    )
     p.add_argument(
         "--model", type=Path, help="checkpoint for the neural databases (must be their model)"
     )
@@ -300,16 +307,23 @@ def _finish(table: str, out: Path) -> int:
 
 
 def _run_realworld(args: argparse.Namespace) -> int:
+    from afp_core.protocols.querysets import is_queryset_folder, read_session_or_queryset
     from afp_core.protocols.realworld import RealWorldSettings, plan_realworld, run_realworld_plan
     from afp_core.protocols.report import format_realworld_table, write_realworld_report
-    from afp_core.protocols.sessions import is_session_folder, read_session
+    from afp_core.protocols.sessions import is_session_folder
 
-    if not is_session_folder(args.session):
+    def usable(path: Path) -> bool:
+        return is_session_folder(path) or is_queryset_folder(path)
+
+    if not usable(args.session):
         hint = ""
-        if any(is_session_folder(db) for db in args.dbs):
+        if any(usable(db) for db in args.dbs):
             hint = " (give the databases first, the session last)"
-        raise ConfigError(f"{args.session}: not a session folder (no session.json){hint}")
-    session = read_session(args.session)
+        raise ConfigError(
+            f"{args.session}: not a session or query set folder (no session.json or "
+            f"queryset.json){hint}"
+        )
+    session = read_session_or_queryset(args.session)
     if args.model is not None and len(args.dbs) > 1:
         from afp_core.recogniser import database_kind
 

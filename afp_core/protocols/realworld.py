@@ -3,11 +3,17 @@
 A session (``afp_core.protocols.sessions``) holds takes recorded while the music program
 played, each aligned to the program clock: in a take's aligned file, sample i is program
 sample i, so song s occupies the same interval ``[s.start_s, s.end_s)`` as in the
-program. For every take and song the protocol reads that interval once, resamples it to
-the recogniser's rate and analyses it once (``Recogniser.analyse``); then it cuts
-queries of 1, 2, 3, 4, 5, 10 and 15 s back to back inside it (query j of length L starts
-``j * L`` s after the song's start, as long as it fits) and identifies each with every
-decision rule of the recogniser.
+program. For every take and song the protocol reads that interval once and cuts queries
+of 1, 2, 3, 4, 5, 10 and 15 s back to back inside it (``query_starts``: query j of length
+L starts ``j * L`` s after the song's start, as long as it fits; ``cut_query``); each
+query is resampled to the recogniser's rate and analysed on its own
+(``Recogniser.analyse``), as a query clip is, and identified with every decision rule of
+the recogniser. A neural recogniser whose rate is the take's analyses the whole interval
+once instead and slices it: its windows are independent, so that is the same analysis.
+
+An exported query set (``afp_core.protocols.querysets``, docs/query-set-format.md) holds
+those very clips, cut the same way; it is evaluated clip by clip with the same code and
+gives the same report.
 
 Measures, per take x rule x query length:
 
@@ -38,7 +44,7 @@ import dataclasses
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +56,18 @@ from afp_core.calibration import threshold_at_false_match_rate
 from afp_core.database import Song
 from afp_core.errors import AudioError, ConfigError, DatabaseError
 from afp_core.fileutil import file_sha256
+from afp_core.protocols.querysets import (
+    QueryClip,
+    QuerySetSession,
+    read_audio_mono,
+    read_session_or_queryset,
+)
 from afp_core.protocols.sessions import (
     TAKE_LABELS,
     EvalSession,
     SessionReadError,
     SessionSong,
     SessionTake,
-    read_session,
 )
 from afp_core.recogniser import NeuralRecogniser, Recogniser
 from afp_core.tasks import TaskState
@@ -64,9 +75,27 @@ from afp_core.tasks import TaskState
 DEFAULT_LENGTHS_S: tuple[float, ...] = (1, 2, 3, 4, 5, 10, 15)
 
 
-def take_sort_key(label: str) -> tuple[int, str]:
-    """The order takes are listed in everywhere: ``TAKE_LABELS``, then others by label."""
-    return (TAKE_LABELS.index(label) if label in TAKE_LABELS else len(TAKE_LABELS)), label
+def take_sort_key(label: str) -> tuple[str, int, str]:
+    """The order takes are listed in everywhere: ``TAKE_LABELS``, then others by label (a
+    query set of several sessions labels its takes ``<session>/<take>``: session by
+    session, each in that order)."""
+    session, _, take = label.rpartition("/")
+    return session, (TAKE_LABELS.index(take) if take in TAKE_LABELS else len(TAKE_LABELS)), take
+
+
+def query_starts(duration_s: float, length_s: float) -> list[float]:
+    """Where the protocol's queries of ``length_s`` start in a song interval of
+    ``duration_s`` seconds: back to back from its start (query j at ``j * length_s``), as
+    many as fit whole."""
+    count = math.floor(duration_s / length_s + 1e-9)
+    return [j * length_s for j in range(count)]
+
+
+def cut_query(interval: np.ndarray, rate: int, start_s: float, length_s: float) -> np.ndarray:
+    """The query ``[start_s, start_s + length_s)`` of a song's interval at ``rate``: the
+    samples the protocol analyses and an exported query set holds."""
+    first = round(start_s * rate)
+    return interval[first : first + round(length_s * rate)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,11 +212,59 @@ class _System:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Query:
+    length_s: float
+    start_s: float  # after the song's start (program clock)
+    audio: np.ndarray
+    rate: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _SongQueries:
+    """A song's queries in one take; ``interval``: the song's whole interval they were cut
+    from (at ``rate``), when there is one to analyse at once."""
+
+    queries: list[_Query]
+    interval: np.ndarray | None = None
+    rate: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class _TakeSource:
+    """A session's take: queries are cut from its file on the program clock."""
+
     take: SessionTake
     file: Path
     rate: int
     frames: int
+
+    def song_queries(self, song: SessionSong, lengths_s: Sequence[float]) -> _SongQueries:
+        raw = read_song_interval(self.file, self.rate, self.frames, song)
+        queries = [
+            _Query(length, start, cut_query(raw, self.rate, start, length), self.rate)
+            for length in lengths_s
+            for start in query_starts(len(raw) / self.rate, length)
+        ]
+        return _SongQueries(queries, raw, self.rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClipSource:
+    """A query set's take: its queries are clip files, cut already."""
+
+    take: SessionTake
+    clips: dict[int, tuple[QueryClip, ...]]  # song index -> clips
+
+    def song_queries(self, song: SessionSong, lengths_s: Sequence[float]) -> _SongQueries:
+        wanted = {float(length): length for length in lengths_s}
+        queries = []
+        for clip in self.clips.get(song.index, ()):
+            if clip.length_s in wanted:
+                audio, rate = read_audio_mono(clip.file)
+                queries.append(_Query(wanted[clip.length_s], clip.offset_s, audio, rate))
+        order = {float(length): i for i, length in enumerate(lengths_s)}
+        queries.sort(key=lambda q: (order[float(q.length_s)], q.start_s))
+        return _SongQueries(queries)
 
 
 @dataclasses.dataclass
@@ -197,7 +274,7 @@ class RealWorldPlan:
     session: EvalSession
     settings: RealWorldSettings
     systems: list[_System]
-    sources: list[_TakeSource]
+    sources: list[_TakeSource | _ClipSource]
     notes: list[str]
 
     @property
@@ -238,6 +315,9 @@ def map_session_songs(
             if song.file not in checksums:
                 checksums[song.file] = file_sha256(song.file)
             found = by_checksum.get(checksums[song.file])
+            how = "checksum"
+        if found is None and song.source_sha256:  # a query set's copy: the original's
+            found = by_checksum.get(song.source_sha256)
             how = "checksum"
         if found is None:
             titled = by_title.get(_title_key(song.title), [])
@@ -284,7 +364,7 @@ def plan_realworld(
 ) -> RealWorldPlan:
     """Check everything before work; one-line ``AfpError`` for the first problem found."""
     if not isinstance(session, EvalSession):
-        session = read_session(session)
+        session = read_session_or_queryset(session)
     if not recognisers:
         raise ConfigError("no recogniser to evaluate")
     check_realworld_settings(settings)
@@ -311,6 +391,8 @@ def plan_realworld(
     for length in settings.lengths_s:
         if length > longest_song:
             notes.append(f"no song is {length:g} s long: no {length:g} s queries")
+        elif isinstance(session, QuerySetSession) and float(length) not in session.lengths_s:
+            notes.append(f"the query set holds no {length:g} s queries")
     return RealWorldPlan(session, settings, planned, sources, notes)
 
 
@@ -375,7 +457,7 @@ def _default_labels(recognisers: Sequence[Recogniser]) -> list[str]:
 
 def resolve_takes(
     session: EvalSession, settings: RealWorldSettings, notes: list[str]
-) -> list[_TakeSource]:
+) -> list[_TakeSource | _ClipSource]:
     where = session.folder
     if settings.takes is not None:
         takes = [session.take(label) for label in settings.takes]
@@ -385,7 +467,9 @@ def resolve_takes(
         raise SessionReadError(
             f"{where}: the session has no takes to evaluate (record one with `afp-rig record`)"
         )
-    sources = []
+    if isinstance(session, QuerySetSession):  # checked when it was exported
+        return [_ClipSource(take, session.clips.get(take.label, {})) for take in takes]
+    sources: list[_TakeSource | _ClipSource] = []
     for take in takes:
         verdict = take.verdict
         if not verdict.trusted and not settings.allow_unchecked:
@@ -486,22 +570,21 @@ def run_realworld_plan(
     for source in plan.sources:
         for song in plan.session.songs:
             task.check_cancelled()
-            raw = _read_interval(source, song)
-            by_rate: dict[int, np.ndarray] = {}
+            cut = source.song_queries(song, settings.lengths_s)
             for members in groups.values():
-                first = members[0].recogniser
-                rate = first.sample_rate
-                if rate not in by_rate:
-                    by_rate[rate] = resample(raw, source.rate, rate) if len(raw) else raw
-                audio = by_rate[rate]
                 task.set_message(f"{source.take.label}: {song.title}")
-                analysis = first.analyse(audio) if len(audio) else None
-                duration = len(audio) / rate
-                for system in members:
-                    trials[system.label] += _identify_song(
-                        system, source.take.label, song, analysis, duration, settings, thresholds
-                    )
-                    task.check_cancelled()
+                for query, analysis, at_s in _analyses(members[0].recogniser, cut, task):
+                    for system in members:
+                        trials[system.label] += _identify_query(
+                            system,
+                            source.take.label,
+                            song,
+                            query,
+                            analysis,
+                            at_s,
+                            settings,
+                            thresholds,
+                        )
                 task.advance(song.duration_s)
     elapsed = time.monotonic() - started
     results = []
@@ -539,74 +622,98 @@ def _threshold(
     return None if settings.threshold is None else float(settings.threshold)
 
 
-def _read_interval(source: _TakeSource, song: SessionSong) -> np.ndarray:
-    """The song's interval of the take, mono float32 at the take file's rate."""
-    start = round(song.start_s * source.rate)
-    end = min(round(song.end_s * source.rate), source.frames)
+def read_song_interval(file: Path, rate: int, frames: int, song: SessionSong) -> np.ndarray:
+    """The song's interval of a take on the program clock (``file``, ``frames`` long at
+    ``rate``), mono float32 at that rate; cut short where the take ends."""
+    start = round(song.start_s * rate)
+    end = min(round(song.end_s * rate), frames)
     if end <= start:
         return np.zeros(0, np.float32)
     try:
         data, _ = sf.read(
-            str(source.file), start=start, frames=end - start, dtype="float32", always_2d=True
+            str(file), start=start, frames=end - start, dtype="float32", always_2d=True
         )
     except (RuntimeError, sf.LibsndfileError) as exc:
-        raise AudioError(f"{source.file}: cannot read {song.title!r} ({exc})") from None
+        raise AudioError(f"{file}: cannot read {song.title!r} ({exc})") from None
     return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0].copy()
 
 
-def _identify_song(
+def _analyses(
+    recogniser: Recogniser, cut: _SongQueries, task: TaskState
+) -> Iterator[tuple[_Query, Any, float]]:
+    """(query, analysis, where the query starts in it) for each query of a song: every
+    query analysed on its own, or the whole interval once where slicing it is the same."""
+    rate = recogniser.sample_rate
+    whole = cut.interval
+    if whole is not None and cut.rate == rate and isinstance(recogniser, NeuralRecogniser):
+        analysis = recogniser.analyse(whole) if cut.queries else None
+        for query in cut.queries:
+            task.check_cancelled()
+            yield query, analysis, query.start_s
+        return
+    for length in dict.fromkeys(q.length_s for q in cut.queries):
+        task.check_cancelled()
+        queries = [q for q in cut.queries if q.length_s == length]
+        audios = [resample(q.audio, q.rate, rate) for q in queries]
+        if isinstance(recogniser, NeuralRecogniser):
+            analyses = recogniser.analyse_many(audios)  # the same, in shared batches
+        else:
+            analyses = [recogniser.analyse(audio) for audio in audios]
+        for query, analysis in zip(queries, analyses, strict=True):
+            yield query, analysis, 0.0
+
+
+def _identify_query(
     system: _System,
     take: str,
     song: SessionSong,
+    query: _Query,
     analysis: Any,
-    duration_s: float,
+    at_s: float,
     settings: RealWorldSettings,
     thresholds: dict[tuple[str, str, float], float | None],
 ) -> list[RealWorldTrial]:
+    """One trial per decision rule for ``query``, found at ``at_s`` in ``analysis``."""
     expected = system.mapping[song.index]
     recogniser = system.recogniser
+    start, length = query.start_s, query.length_s
+    truth = song.source_start_s + start
     rows = []
-    for length in settings.lengths_s:
-        count = math.floor(duration_s / length + 1e-9) if analysis is not None else 0
-        for j in range(count):
-            start = j * length
-            truth = song.source_start_s + start
-            for method in system.methods:
-                match = recogniser.identify(analysis, start, length, method)
-                found = match.song
-                threshold = thresholds[system.label, method, length]
-                song_hit = found is not None and found.id == expected.song_id
-                impostor = None
-                if settings.impostors:
-                    alone = recogniser.identify(
-                        analysis, start, length, method, exclude_song=expected.song_id
-                    )
-                    impostor = float(alone.score)
-                near = match.offset_s is not None and (
-                    abs(match.offset_s - truth) <= settings.offset_tolerance_s + 1e-9
-                )
-                rows.append(
-                    RealWorldTrial(
-                        system=system.label,
-                        take=take,
-                        song_index=song.index,
-                        song=song.title,
-                        start_s=float(start),
-                        true_offset_s=float(truth),
-                        length_s=float(length),
-                        method=method,
-                        found=None if found is None else found.title,
-                        found_id=None if found is None else found.id,
-                        offset_s=None if match.offset_s is None else float(match.offset_s),
-                        score=float(match.score),
-                        threshold=threshold,
-                        song_hit=song_hit,
-                        offset_hit=song_hit and near,
-                        rejected=found is None
-                        or (threshold is not None and match.score < threshold),
-                        impostor_score=impostor,
-                    )
-                )
+    for method in system.methods:
+        match = recogniser.identify(analysis, at_s, length, method)
+        found = match.song
+        threshold = thresholds[system.label, method, length]
+        song_hit = found is not None and found.id == expected.song_id
+        impostor = None
+        if settings.impostors:
+            alone = recogniser.identify(
+                analysis, at_s, length, method, exclude_song=expected.song_id
+            )
+            impostor = float(alone.score)
+        near = match.offset_s is not None and (
+            abs(match.offset_s - truth) <= settings.offset_tolerance_s + 1e-9
+        )
+        rows.append(
+            RealWorldTrial(
+                system=system.label,
+                take=take,
+                song_index=song.index,
+                song=song.title,
+                start_s=float(start),
+                true_offset_s=float(truth),
+                length_s=float(length),
+                method=method,
+                found=None if found is None else found.title,
+                found_id=None if found is None else found.id,
+                offset_s=None if match.offset_s is None else float(match.offset_s),
+                score=float(match.score),
+                threshold=threshold,
+                song_hit=song_hit,
+                offset_hit=song_hit and near,
+                rejected=found is None or (threshold is not None and match.score < threshold),
+                impostor_score=impostor,
+            )
+        )
     return rows
 
 

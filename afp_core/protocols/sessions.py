@@ -65,7 +65,9 @@ class SessionSong(SampleSpan):
 
     ``start``/``end`` are program samples at ``sample_rate`` (half-open); ``file`` is the
     song's audio file as the session names it, resolved against the session folder
-    (None when the session names none or it does not exist here).
+    (None when the session names none or it does not exist here). ``source_sha256``: the
+    checksum of the original song file where ``file`` is a copy (a query set's reference),
+    so that a database of the originals still finds it by content.
     """
 
     index: int
@@ -77,6 +79,7 @@ class SessionSong(SampleSpan):
     sample_rate: int
     source_start_s: float = 0.0
     file: Path | None = None
+    source_sha256: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
