@@ -11,6 +11,10 @@
 5. The real-world protocol (``afp_core.protocols.realworld``): queries of 1-15 s cut
    back-to-back inside every song of every take, both decision rules; the table printed
    (paper Table 4's shape) and the report saved.
+6. The takes published as a query set (``rig_app.export``): ``DEMO_PER_SONG`` clips per
+   song and length, with their indexes, data card and checksums, in OUT/query-set. A
+   take whose alignment was flagged is left out, with its verdict as the reason, the way
+   a curator would on the Dataset page.
 """
 
 from __future__ import annotations
@@ -36,13 +40,17 @@ from afp_core.query import load_query
 from afp_core.shipped import default_checkpoint_path
 from afp_core.tasks import progress_task
 from rig_app.devices import DeviceError
+from rig_app.export import ExportResult, export_query_set
 from rig_app.jobs import record_or_simulate_takes
 from rig_app.program import ProgramSong, build_noise_program, build_program
+from rig_app.quality import format_quality
 from rig_app.room import VirtualRoom
-from rig_app.session import Session, SessionError, SongEntry
+from rig_app.selection import Selection
+from rig_app.session import Session, SessionError, SongEntry, TakeEntry
 from rig_app.virtual_devices import VirtualDevicesError
 
 PROGRAM_RATE = 16_000  # keeps the whole band an 8 kHz model hears, and the markers
+DEMO_PER_SONG = 2  # clips per song and length in the exported set: a sample, a few MB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,6 +251,7 @@ def run_demo_job(options: DemoOptions) -> Path:
     # the loopbacks' rate control can bend the clock enough for one marker to be dropped;
     # such a take is still on the program clock within milliseconds: evaluate it, say so
     stored = Session.load(session.folder)
+    log(format_quality(stored))
     flagged = [take for take in stored.takes if not take.verdict.trusted]
     for take in flagged:
         log(f"NOTE: take {take.label} is {take.verdict.describe()}; evaluated anyway")
@@ -274,5 +283,26 @@ def run_demo_job(options: DemoOptions) -> Path:
     )
     print((report / "table.md").read_text(encoding="utf-8"))
     log(f"report: {report}")
-    log(f"to see it in the app (Evaluate page): afp-rig {session.folder}")
+    query_set = export_demo_takes(stored, flagged, out / "query-set", options.quiet)
+    print(
+        f"query set: {query_set.folder} ({query_set.clips} clips of {len(query_set.added)} "
+        f"session, {DEMO_PER_SONG} per song and length; its README.md is the data card)"
+    )
+    log(f"to see it in the app (Dataset and Evaluate pages): afp-rig {session.folder}")
     return report
+
+
+def export_demo_takes(
+    session: Session, flagged: list[TakeEntry], folder: Path, quiet: bool
+) -> ExportResult:
+    """Publish the demo's trusted takes as a query set in ``folder`` (rebuilt each run,
+    like the session); a flagged take is left out with its verdict as the reason."""
+    if flagged:
+        selection = Selection.from_session(session)
+        for take in flagged:
+            selection.exclude(take.label, None, f"the demo's take was {take.verdict.describe()}")
+        selection.store(session)
+    if folder.exists():
+        shutil.rmtree(folder)
+    with progress_task(quiet, "s", "exporting") as task:
+        return export_query_set(task, [session.folder], folder, per_song=DEMO_PER_SONG)

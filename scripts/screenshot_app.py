@@ -10,8 +10,9 @@ the evaluation of the shipped model on them. When DEMO/session holds no evaluati
 script runs that demo first (a few minutes on 2 cores; the development music of
 ``./dev data``). Then it opens the session in the app at 1280 x 900, shows each page, waits
 for the page's own work (the device list, the Inspect page's spectra and spectrograms, the
-Evaluate page's latest report) and saves songs.png, program.png, record.png, inspect.png
-and evaluate.png as the X server shows them. With the virtual audio devices
+Evaluate page's latest report) and saves songs.png, program.png, record.png, inspect.png,
+dataset.png (with the sessions of ``--also`` in the same table) and evaluate.png as the X
+server shows them; ``--only`` picks pages. With the virtual audio devices
 (``rig_app.virtual_devices``) the Record page lists them and shows the microphone's level
 during a test tone.
 """
@@ -125,12 +126,35 @@ def show_record(window: MainWindow, devices: object | None, out: Path) -> None:
     record.listen.setChecked(False)
 
 
+def show_dataset(window: MainWindow, others: list[Path], out: Path) -> None:
+    """The Dataset page with the open session and ``others`` in one table, a row chosen."""
+    page = window.dataset_page
+    for folder in others:
+        page.add_session(folder)
+    window.show_page("Dataset")
+    wait_idle(page, "listing the output devices", DEVICE_S)
+    page.table.selectRow(1)
+    save(window, "Dataset", out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, default=ROOT / "demo-quick", help="demo folder")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     parser.add_argument("--no-devices", action="store_true", help="no virtual audio devices")
+    parser.add_argument(
+        "--also",
+        type=Path,
+        nargs="*",
+        default=[],
+        metavar="SESSION",
+        help="more sessions for the Dataset page's table (one query set spans sessions)",
+    )
+    parser.add_argument(
+        "--only", nargs="*", metavar="PAGE", help="only these pages (default: every page)"
+    )
     args = parser.parse_args()
+    wanted = {name.lower() for name in args.only} if args.only else None
     os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
     if os.environ["QT_QPA_PLATFORM"].startswith("xcb") and not os.environ.get("DISPLAY"):
         raise SystemExit("screenshot_app: no X display: run it under xvfb-run (see --help)")
@@ -160,25 +184,33 @@ def main() -> int:
             raise SystemExit(f"screenshot_app: {error}")
         args.out.mkdir(parents=True, exist_ok=True)
 
-        window.show_page("Songs")
-        save(window, "Songs", args.out)
-        program = window.show_page("Program")
-        wait_idle(program, "loading the program")
-        save(window, "Program", args.out)
-        show_record(window, devices, args.out)
+        def shoot(page: str) -> bool:
+            return wanted is None or page in wanted
 
-        inspect = window.show_page("Inspect")
-        wait_idle(inspect, "the spectra and spectrograms")
-        if inspect.workers or inspect.spectra is None or inspect.excerpt is None:
-            raise SystemExit("screenshot_app: the Inspect page computed nothing")
-        save(window, "Inspect", args.out)
-
-        evaluate = window.show_page("Evaluate")
-        evaluate.set_database(args.demo.resolve() / "db")  # what the demo searched
-        read = wait_for(evaluate.load_report(), "reading the latest report")
-        if not read or evaluate.view is None:
-            raise SystemExit(f"screenshot_app: {evaluate.message_text}")
-        save(window, "Evaluate", args.out)
+        if shoot("songs"):
+            window.show_page("Songs")
+            save(window, "Songs", args.out)
+        if shoot("program"):
+            program = window.show_page("Program")
+            wait_idle(program, "loading the program")
+            save(window, "Program", args.out)
+        if shoot("record"):
+            show_record(window, devices, args.out)
+        if shoot("inspect"):
+            inspect = window.show_page("Inspect")
+            wait_idle(inspect, "the spectra and spectrograms")
+            if inspect.workers or inspect.spectra is None or inspect.excerpt is None:
+                raise SystemExit("screenshot_app: the Inspect page computed nothing")
+            save(window, "Inspect", args.out)
+        if shoot("dataset"):
+            show_dataset(window, args.also, args.out)
+        if shoot("evaluate"):
+            evaluate = window.show_page("Evaluate")
+            evaluate.set_database(args.demo.resolve() / "db")  # what the demo searched
+            read = wait_for(evaluate.load_report(), "reading the latest report")
+            if not read or evaluate.view is None:
+                raise SystemExit(f"screenshot_app: {evaluate.message_text}")
+            save(window, "Evaluate", args.out)
         window.close()
     return 0
 

@@ -6,6 +6,9 @@ demo runs offline so that it does not depend on PulseAudio.
 
 from __future__ import annotations
 
+import csv
+from collections import Counter
+
 import pytest
 
 from afp_core.database import FingerprintDB
@@ -44,6 +47,15 @@ def test_demo_builds_records_aligns_and_evaluates(
     # the program holds excerpts: true offsets count from where each excerpt starts (7 s)
     assert min(t["true_offset_s"] for t in trials) == pytest.approx(7.0, abs=1e-6)
     assert (report_folder / "accuracy.png").stat().st_size > 0
+    # every take's quality was measured, and the takes were published as a query set
+    assert all(t.quality and t.quality["music_to_noise_db"] is not None for t in session.takes)
+    query_set = tmp_path / "out" / "query-set"
+    assert f"query set: {query_set} (" in printed
+    with (query_set / "queries.csv").open(encoding="utf-8") as handle:
+        clips = list(csv.DictReader(handle))
+    assert {row["take"] for row in clips} == {"low", "mid", "high"}
+    assert max(Counter((r["take"], r["song_index"], r["length_s"]) for r in clips).values()) == 2
+    assert (query_set / "SHA256SUMS").is_file() and (query_set / "README.md").is_file()
 
     # a rerun rebuilds the session but keeps the database: nothing is indexed again
     before = [(s.id, s.added_at) for s in FingerprintDB.open(tmp_path / "out" / "db").songs()]

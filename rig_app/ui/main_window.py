@@ -31,6 +31,7 @@ from afp_core.fileutil import one_line
 from rig_app.jobs import format_duration, recover_session_takes, unstored_takes
 from rig_app.session import Session
 from rig_app.ui.pages import Page
+from rig_app.ui.pages.dataset import DatasetPage
 from rig_app.ui.pages.evaluate import EvaluatePage
 from rig_app.ui.pages.inspect import InspectPage
 from rig_app.ui.pages.program import ProgramPage
@@ -146,12 +147,14 @@ class MainWindow(QMainWindow):
         self.program_page = ProgramPage(self.state)
         self.record_page = RecordPage(self.state)
         self.inspect_page = InspectPage(self.state)
+        self.dataset_page = DatasetPage(self.state)
         self.evaluate_page = EvaluatePage(self.state)
         self.pages: list[Page] = [
             self.songs_page,
             self.program_page,
             self.record_page,
             self.inspect_page,
+            self.dataset_page,
             self.evaluate_page,
         ]
         self.page_list = QListWidget()

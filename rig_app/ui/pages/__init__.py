@@ -1,4 +1,5 @@
-"""The application's pages (Songs, Program, Record, Inspect, Evaluate) and what they share."""
+"""The application's pages (Songs, Program, Record, Inspect, Dataset, Evaluate) and what they
+share."""
 
 from __future__ import annotations
 
