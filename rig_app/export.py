@@ -72,7 +72,7 @@ from afp_core.tasks import TaskState
 from rig_app.evaluate import parse_lengths
 from rig_app.room import RoomError, room_from_notes
 from rig_app.selection import Selection
-from rig_app.session import Session, TakeEntry
+from rig_app.session import Session, SessionError, TakeEntry
 
 __all__ = [
     "AUDIO_FORMATS",
@@ -176,8 +176,24 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-") or "session"
 
 
-def _plan_session(folder: Path, lengths_s: Sequence[float], per_song: int | None) -> _SessionPlan:
-    session = Session.load(folder)
+def _load(folder: Path) -> Session:
+    """The session; a file it names that is missing says what to do about it."""
+    try:
+        return Session.load(folder)
+    except SessionError as exc:
+        if not str(exc).endswith("is missing"):
+            raise
+        raise ExportError(
+            f"{exc}: restore it; a take's aligned audio is made again by `afp-rig align "
+            f"{folder} --label LABEL`, or leave the take out: afp-rig exclude {folder} "
+            "--take LABEL --reason ..."
+        ) from None
+
+
+def _plan_session(
+    session: Session, lengths_s: Sequence[float], per_song: int | None
+) -> _SessionPlan:
+    folder = session.folder
     read = read_session(folder)
     selection = Selection.from_session(session)
     where = session.path
@@ -512,12 +528,14 @@ def write_query_set(
     kept: list[str] = []
     notes: list[str] = []
     for folder in sessions:
-        plan = _plan_session(Path(folder), lengths_s, per_song)
-        already = held.get(plan.key) or next((p.id for p in plans if p.key == plan.key), None)
-        if already is not None:
+        session = _load(Path(folder))
+        key = _session_key(session)
+        already = held.get(key) or next((p.id for p in plans if p.key == key), None)
+        if already is not None:  # not checked again: it is not read
             kept.append(already)
             notes.append(f"{folder}: already in the set as {already!r}; left as it is")
             continue
+        plan = _plan_session(session, lengths_s, per_song)
         unique, n = plan.id, 2
         while unique in ids:
             unique, n = f"{plan.id}-{n}", n + 1

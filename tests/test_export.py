@@ -299,7 +299,8 @@ def test_bad_input_is_one_line_and_writes_nothing(world, song_library, tmp_path,
     (broken / "takes/high.aligned.wav").unlink()
     code = cli.main(["export", str(broken), str(out), "--quiet"])
     err = _one_line(capsys.readouterr().err)
-    assert code == 1 and "takes/high.aligned.wav is missing" in err
+    assert code == 1 and "takes/high.aligned.wav is missing: restore it" in err
+    assert f"afp-rig align {broken} --label LABEL" in err
 
     code = cli.main(["export", str(out), "--quiet"])
     assert code == 1 and "then the query set folder" in _one_line(capsys.readouterr().err)
