@@ -95,7 +95,7 @@ def test_evaluates_a_session_with_a_database(world, tmp_path):
     assert result.cell("low", "vote", 3).accuracy >= 0.9
     for method in ("sequence", "vote"):
         assert result.cell("low", method, 3).queries == SONGS * 8
-        assert result.cell("high", method, 3).accuracy < 0.5
+        assert result.cell("high", method, 3).accuracy < 0.75  # clearly less than clean
     # one bar, filled once, messages saying the phase
     fractions = progress.fractions()
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
@@ -229,7 +229,7 @@ def test_library_is_indexed_on_the_fly_resumed_and_reused(
     assert calibrated == [SONGS + 1]  # the "no match" threshold, once all songs are in
     assert result.recogniser["database"] == str(db_dir)
     assert result.cell("low", "sequence", 3).accuracy == 1.0
-    assert result.cell("high", "sequence", 3).accuracy < 0.5
+    assert result.cell("high", "sequence", 3).accuracy < 0.75
     assert any("added 2 songs" in note for note in result.notes)
     fractions = progress.fractions()
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
@@ -326,9 +326,9 @@ def _page(window, session: Path):
     return window.show_page("Evaluate")
 
 
-def test_page_comes_after_inspect_and_says_what_to_do(qtbot, window, song_library, tmp_path):
+def test_page_comes_last_and_says_what_to_do(qtbot, window, song_library, tmp_path):
     titles = [page.title for page in window.pages]
-    assert titles.index("Evaluate") == titles.index("Inspect") + 1
+    assert titles[-3:] == ["Inspect", "Dataset", "Evaluate"]
     page = window.show_page("Evaluate")
     assert "No session open" in page.placeholder_text
     unaligned = write_session(tmp_path / "s", song_library[:2], {"low": None}, align=False)
