@@ -69,7 +69,6 @@ from afp_core.protocols.realworld import (
 )
 from afp_core.protocols.sessions import EvalSession, SessionSong, SessionTake, read_session
 from afp_core.tasks import TaskState
-from rig_app.evaluate import parse_lengths
 from rig_app.room import RoomError, room_from_notes
 from rig_app.selection import Selection
 from rig_app.session import Session, SessionError, TakeEntry
@@ -81,7 +80,6 @@ __all__ = [
     "ExportResult",
     "data_card",
     "export_query_set",
-    "parse_export_lengths",
     "spread",
     "write_float_wav",
     "write_query_set",
@@ -496,11 +494,6 @@ def export_query_set(
     return write_query_set(
         sessions, out_dir, lengths_s=lengths_s, per_song=per_song, audio=audio, task=task
     )
-
-
-def parse_export_lengths(text: str) -> tuple[float, ...]:
-    """Query lengths typed in a field ("1 2 3 5 10 15"), as the Evaluate page reads them."""
-    return parse_lengths(text)
 
 
 def write_query_set(
