@@ -15,6 +15,12 @@ Where things go, by default:
   naming the checkpoint and the library folder, so another model or another library gets
   its own database and the same ones reuse it (an interrupted indexing resumes there).
 
+A query set (``afp-rig export``) is evaluated as a session is, its reports and library
+databases going into ``<set>/evaluations/``. A folder that cannot be written (a set
+someone sent, on a read-only medium) takes no default: the report folder must be given,
+and a library's database then goes beside it (``evaluations_folder`` says which); both
+are checked before any work.
+
 ``EvaluationView`` is what a view draws of a report (table shaped like paper Table 4:
 rows query lengths, columns rule x take; one accuracy-vs-length series per take and
 rule), read back from the report folder by ``load_evaluation``.
@@ -27,6 +33,7 @@ import datetime
 import functools
 import hashlib
 import math
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +73,8 @@ __all__ = [
     "Series",
     "evaluate_and_view",
     "evaluate_session",
+    "evaluations_folder",
+    "folder_writable",
     "library_database_folder",
     "load_evaluation",
     "new_report_folder",
@@ -116,7 +125,8 @@ def evaluate_session(
     database, the session's songs in the database or the library. Progress goes through
     ``task`` in seconds of audio (``AUDIO_UNIT``): the library's new songs indexed, then
     the takes evaluated, as one count; cancelling keeps the songs indexed so far and
-    writes no report.
+    writes no report. A session or set whose folder cannot be written needs ``out``
+    (checked first too); a library's database then goes beside the report folder.
     """
     if (database is None) == (library is None):
         raise ConfigError("give either a database folder or a library folder to index")
@@ -135,8 +145,9 @@ def evaluate_session(
         task.set_total(plan.audio_s, "evaluating")
         evaluating = _phase(task, 0.0, plan.audio_s, "evaluating")
     elif library is not None:
+        home = evaluations_folder(session.folder) or out.parent
         recogniser, plan, evaluating = _index_then_plan(
-            task, session, Path(library), checkpoint, settings, device, notes
+            task, session, Path(library), checkpoint, settings, device, notes, home
         )
     else:  # excluded by the first check
         raise ConfigError("give either a database folder or a library folder to index")
@@ -174,8 +185,10 @@ def _index_then_plan(
     settings: RealWorldSettings,
     device: str,
     notes: list[str],
+    home: Path,
 ) -> tuple[Recogniser, RealWorldPlan, TaskState]:
-    """Check the library covers the session, index what is new, plan; the evaluating task."""
+    """Check the library covers the session, index what is new (into a database in
+    ``home``), plan; the evaluating task."""
     if not library.is_dir():
         raise ConfigError(f"{library}: no such library folder")
     if _inside(session.folder, library):
@@ -192,7 +205,7 @@ def _index_then_plan(
     files = list(iter_audio_files([library]))
     if not files:
         raise ConfigError(f"{library}: no audio files in the library folder")
-    db_dir = library_database_folder(session.folder, library, model.sha256)
+    db_dir = home / _library_database_name(library, model.sha256)
     known = _existing_checksums(db_dir)
     library_checksums: dict[str, Path] = {}
     titles: set[str] = set()
@@ -304,11 +317,34 @@ def _title_key(title: str) -> str:
 
 
 def library_database_folder(session_folder: Path | str, library: Path | str, sha256: str) -> Path:
-    """Where a library's database for a checkpoint (its ``sha256``) lives in a session."""
+    """Where a library's database for a checkpoint (its ``sha256``) lives in a session
+    (or a query set) that can be written."""
+    return Path(session_folder) / EVALUATIONS_DIR / _library_database_name(library, sha256)
+
+
+def _library_database_name(library: Path | str, sha256: str) -> str:
     library = Path(library).resolve()
     digest = hashlib.sha256(f"{sha256}\n{library}".encode()).hexdigest()[:10]
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", library.name).strip("-.") or "library"
-    return Path(session_folder) / EVALUATIONS_DIR / f"db-{name[:40]}-{digest}"
+    return f"db-{name[:40]}-{digest}"
+
+
+def folder_writable(folder: Path | str) -> bool:
+    """Whether files can be made in ``folder``, or (where it does not exist yet) in the
+    nearest folder above it that exists."""
+    path = Path(folder).absolute()
+    while not path.exists():
+        if path.parent == path:
+            return False
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def evaluations_folder(source_folder: Path | str) -> Path | None:
+    """``<source>/evaluations``, where a session's or query set's reports go by default;
+    None when it cannot be written (a read-only set: the report folder must be chosen)."""
+    folder = Path(source_folder) / EVALUATIONS_DIR
+    return folder if folder_writable(folder) else None
 
 
 def new_report_folder(session_folder: Path | str) -> Path:
@@ -323,10 +359,17 @@ def new_report_folder(session_folder: Path | str) -> Path:
 
 def _report_folder(session: EvalSession, out: Path | str | None) -> Path:
     if out is None:
+        if evaluations_folder(session.folder) is None:
+            raise ConfigError(
+                f"{session.folder}: cannot be written (read-only), so the report cannot go "
+                f"into its {EVALUATIONS_DIR}/ folder; choose a folder for the report"
+            )
         return new_report_folder(session.folder)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder")
+    if not folder_writable(out):
+        raise ConfigError(f"{out}: cannot be written (read-only); choose another report folder")
     return out
 
 
@@ -389,6 +432,12 @@ class EvaluationView:
     offset_tolerance_s: float = 0.5
     threshold: Any = "auto"
     trials: int = 0
+    origin: str = ""  # the evaluated folder's: "queryset" for a query set
+
+    @property
+    def source(self) -> str:
+        """'query set NAME' or 'NAME' (a session): what was evaluated."""
+        return f"query set {self.session}" if self.origin == "queryset" else self.session
 
     def measure_title(self, measure: str) -> str:
         return MEASURES[measure].format(tol=self.offset_tolerance_s)
@@ -533,6 +582,7 @@ def load_evaluation(task: TaskState | None, folder: Path | str) -> EvaluationVie
         offset_tolerance_s=float(settings.get("offset_tolerance_s", 0.5)),
         threshold=settings.get("threshold", "auto"),
         trials=len(report.trials),
+        origin=str((data.get("session") or {}).get("origin", "")),
     )
 
 

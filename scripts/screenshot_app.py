@@ -12,9 +12,11 @@ script runs that demo first (a few minutes on 2 cores; the development music of
 for the page's own work (the device list, the Inspect page's spectra and spectrograms, the
 Evaluate page's latest report) and saves songs.png, program.png, record.png, inspect.png,
 dataset.png (with the sessions of ``--also`` in the same table) and evaluate.png as the X
-server shows them; ``--only`` picks pages. With the virtual audio devices
-(``rig_app.virtual_devices``) the Record page lists them and shows the microphone's level
-during a test tone.
+server shows them; ``--only`` picks pages. ``--queryset SET`` adds evaluate-queryset.png:
+the Evaluate page on an exported query set (DEMO/query-set is the demo session's) with
+its latest report, evaluated first with DEMO/db when it holds none. With the virtual
+audio devices (``rig_app.virtual_devices``) the Record page lists them and shows the
+microphone's level during a test tone.
 """
 
 from __future__ import annotations
@@ -137,6 +139,22 @@ def show_dataset(window: MainWindow, others: list[Path], out: Path) -> None:
     save(window, "Dataset", out)
 
 
+def show_queryset(window: MainWindow, queryset: Path, database: Path, out: Path) -> None:
+    """The Evaluate page in query-set mode: the set's latest report (evaluated if none)."""
+    page = window.show_page("Evaluate")
+    if error := page.set_queryset(queryset):
+        raise SystemExit(f"screenshot_app: {error}")
+    page.set_database(database)
+    if page.previous.count():
+        done = wait_for(page.load_report(), "reading the query set's latest report")
+    else:
+        print(f"screenshot_app: no report in {queryset}: evaluating it with {database}")
+        done = wait_for(page.evaluate(), "evaluating the query set")
+    if not done or page.view is None:
+        raise SystemExit(f"screenshot_app: {page.message_text}")
+    save(window, "Evaluate-queryset", out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, default=ROOT / "demo-quick", help="demo folder")
@@ -152,6 +170,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--only", nargs="*", metavar="PAGE", help="only these pages (default: every page)"
+    )
+    parser.add_argument(
+        "--queryset",
+        type=Path,
+        metavar="SET",
+        help="the Evaluate page on this query set too (DEMO/query-set): evaluate-queryset.png",
     )
     args = parser.parse_args()
     wanted = {name.lower() for name in args.only} if args.only else None
@@ -211,6 +235,8 @@ def main() -> int:
             if not read or evaluate.view is None:
                 raise SystemExit(f"screenshot_app: {evaluate.message_text}")
             save(window, "Evaluate", args.out)
+            if args.queryset is not None:
+                show_queryset(window, args.queryset.resolve(), args.demo.resolve() / "db", args.out)
         window.close()
     return 0
 

@@ -528,3 +528,234 @@ def test_page_cancel_leaves_no_result(qtbot, window, world, monkeypatch):
     assert "Cancelled: no report was written" in page.message_text
     assert not window.state.busy and page.evaluate_button.isEnabled()
     assert not page.panel.isVisible()
+
+
+# --- a query set instead of the open session ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def queryset(world):
+    """The session exported as a query set (``afp-rig export``), every 3 s and 5 s query."""
+    from rig_app.export import write_query_set
+
+    root, _, session = world
+    write_query_set([session], root / "set", lengths_s=SETTINGS.lengths_s)
+    return root / "set"
+
+
+def _summary(report) -> list[tuple]:
+    keys = ("take", "method", "length_s", "queries", "accuracy", "offset_accuracy")
+    return sorted(tuple(c[k] for k in keys) for c in report.summary)
+
+
+def test_page_evaluates_a_query_set_as_afp_evaluate_does(qtbot, window, world, queryset, tmp_path):
+    """No session open: the set's takes, its lengths, its folder; the same numbers as
+    ``afp evaluate realworld DB SET``."""
+    from PySide6.QtCore import Qt
+
+    from afp_core.cli import main as afp_main
+
+    _, db, _ = world
+    page = window.show_page("Evaluate")
+    assert (
+        "No session open" in page.placeholder_text and "a query set folder" in page.placeholder_text
+    )
+    assert page.use_session.text() == "the open session (none open)"
+    assert page.set_queryset(queryset) == ""
+    assert page.using_queryset and page.placeholder_text == "" and page.result_box.isVisibleTo(page)
+    assert list(page.take_boxes) == ["low", "high"]
+    assert all(box.isChecked() for box in page.take_boxes.values())
+    assert page.take_boxes["low"].toolTip().startswith("take low of session session, recorded ")
+    assert page.take_boxes["low"].toolTip().endswith(f"{SONGS * (8 + 4)} clips")
+    assert not page.allow_unchecked.isVisibleTo(page)  # a set holds trusted takes only
+    assert page.lengths.text() == "3 5"  # the set's own lengths
+    info = page.queryset_info.text()
+    assert info == (
+        f"Query set of 1 session (session): 2 takes, {2 * SONGS * 12} clips of 3 5 s, 3 songs; "
+        "reports go into its evaluations/ folder."
+    )
+    assert page.out.placeholderText() == "<query set>/evaluations/<date-time>"
+    before = set(previous_reports(queryset))
+    assert page.previous.count() == len(before)
+
+    page.set_database(db)
+    qtbot.mouseClick(page.evaluate_button, Qt.MouseButton.LeftButton)
+    assert page.workers and page.panel.isVisible() and page.panel.cancel_button.isVisible()
+    assert not page.use_session.isEnabled() and not page.queryset.isEnabled()
+    with qtbot.waitSignal(page.job_done, timeout=JOB_MS):
+        pass
+    assert page.message_text == "" and page.view is not None
+    (folder,) = set(previous_reports(queryset)) - before
+    assert page.view.folder == folder and folder.parent == queryset / "evaluations"
+    assert page.previous.currentData() == str(folder)
+    assert page.previous.currentText() == f"{folder.name} (latest)"
+    assert page.notes.text().startswith(f"query set {queryset.name}: ")
+    report = read_report(folder)
+    assert report.data["session"]["origin"] == "queryset"
+    assert report.data["inputs"]["session"] == str(queryset)
+
+    # the command on the same set: the same trials, cell for cell
+    out = tmp_path / "cli"
+    args = ["evaluate", "realworld", str(db), str(queryset), "--lengths", "3", "5"]
+    assert afp_main([*args, "--out", str(out), "--quiet"]) == 0
+    command = read_report(out)
+    assert _summary(report) == _summary(command) and len(report.trials) == len(command.trials)
+    assert page.table_cells()[0] == ["query", "queries", "low", "high", "low", "high"]
+    headers, rows = load_evaluation(None, out).table("accuracy")
+    assert page.table_cells()[0] == headers and page.table_cells()[2:] == rows
+    assert rows[0][1:3] == ["24", "100.0"]  # the clean take: every query
+
+    # a session opened meanwhile does not replace the set; choosing it does
+    assert window.open_session(world[2]) is None
+    assert (
+        page.using_queryset and page.view is not None and list(page.take_boxes) == ["low", "high"]
+    )
+    assert page.use_session.text() == "the open session (session)"
+    page.use_session.setChecked(True)
+    assert page.view is None and page.lengths.text() == "1 2 3 4 5 10 15"  # the paper's again
+    assert page.allow_unchecked.isVisibleTo(page)
+    assert folder not in {Path(page.previous.itemData(i)) for i in range(page.previous.count())}
+    page.use_queryset.setChecked(True)
+    assert page.lengths.text() == "3 5" and page.previous.currentData() == str(folder)
+
+
+def test_page_query_set_of_several_sessions_labels_takes_by_session(
+    qtbot, window, world, song_library, tmp_path
+):
+    from rig_app.export import write_query_set
+
+    _, db, session = world
+    other = write_session(tmp_path / "other", song_library[:SONGS], {"mid": 10.0}, seed=1)
+    both = tmp_path / "both"
+    write_query_set([session, other], both, lengths_s=(5,))
+    page = window.show_page("Evaluate")
+    assert page.set_queryset(both) == ""
+    assert list(page.take_boxes) == ["other/mid", "session/low", "session/high"]
+    assert page.take_boxes["other/mid"].toolTip().startswith("take mid of session other")
+    assert page.queryset_info.text().startswith("Query set of 2 sessions (session, other): 3 takes")
+    page.set_database(db)
+    page.take_boxes["session/high"].setChecked(False)
+    with qtbot.waitSignal(page.job_done, timeout=JOB_MS):
+        assert page.evaluate() is not None
+    assert page.message_text == "" and page.view is not None
+    headers = ["query", "queries", "other/mid", "session/low", "other/mid", "session/low"]
+    assert page.table_cells()[0] == headers
+    assert page.table_cells()[2][3] == "100.0"  # session/low, offset-consistent, 5 s
+
+
+def test_page_query_set_errors_are_one_line(
+    qtbot, window, world, queryset, song_library, untrained_checkpoint, tmp_path
+):
+    _, _, session = world
+    page = window.show_page("Evaluate")
+
+    def refused(folder: Path, says: str) -> None:
+        error = page.set_queryset(folder)
+        assert says in error and "\n" not in error, error
+        assert page.queryset_info.text() == error and "b00020" in page.queryset_info.styleSheet()
+        assert page.using_queryset and page.queryset_session is None
+        assert "Choose a query set folder above" in page.placeholder_text
+        assert not page.take_boxes and page.evaluate() is None and not page.workers
+
+    refused(tmp_path / "nowhere", "no such folder")
+    refused(tmp_path, "not a query set folder (no queryset.json); make one with `afp-rig export`")
+    refused(session, "a session, not a query set: evaluate it as the open session")
+    broken = tmp_path / "broken"
+    shutil.copytree(queryset, broken, ignore=shutil.ignore_patterns("evaluations"))
+    (broken / "queries.csv").unlink()
+    refused(broken, "queries.csv: no such file (the query set is incomplete)")
+    (broken / "queryset.json").write_text("{not json")
+    refused(broken, "queryset.json")
+
+    # songs the database lacks: said in one line before any query is identified
+    other_db = build_db(tmp_path / "otherdb", song_library[SONGS:], untrained_checkpoint, False)
+    assert page.set_queryset(queryset) == "" and page.placeholder_text == ""
+    reports = set(previous_reports(queryset))
+    page.set_database(other_db)
+    with qtbot.waitSignal(page.job_done, timeout=JOB_MS):
+        assert page.evaluate() is not None
+    text = page.message_text
+    assert f"{SONGS} of the session's {SONGS} songs are not in the database" in text
+    assert str(other_db) in text and "\n" not in text and "b00020" in page.message.styleSheet()
+    assert page.view is None and set(previous_reports(queryset)) == reports
+
+
+def test_read_only_query_set_asks_for_a_report_folder(
+    qtbot, window, world, queryset, tmp_path, monkeypatch
+):
+    _, db, _ = world
+    real = evaluate.folder_writable
+    monkeypatch.setattr(
+        evaluate,
+        "folder_writable",
+        lambda folder: not Path(folder).absolute().is_relative_to(queryset) and real(folder),
+    )
+    # without the page: refused before any work, in one line
+    progress = Progress()
+    with pytest.raises(ConfigError) as error:
+        evaluate_session(progress.task, queryset, database=db, settings=SETTINGS)
+    assert "cannot be written (read-only)" in str(error.value)
+    assert "choose a folder for the report" in str(error.value) and progress.reports == []
+    with pytest.raises(ConfigError, match="cannot be written"):
+        evaluate_session(TaskState(), queryset, database=db, out=queryset / "evaluations" / "x")
+    # a library's database goes beside the report folder then
+    homes: list[Path] = []
+
+    def index_then_plan(task, session, library, checkpoint, settings, device, notes, home):
+        homes.append(home)
+        raise Cancelled()
+
+    monkeypatch.setattr(evaluate, "_index_then_plan", index_then_plan)
+    with pytest.raises(Cancelled):
+        evaluate_session(TaskState(), queryset, library=tmp_path, out=tmp_path / "r" / "1")
+    assert homes == [tmp_path / "r"]
+
+    page = window.show_page("Evaluate")
+    assert page.set_queryset(queryset) == ""
+    assert page.queryset_info.text().endswith(
+        "the folder is read-only: choose a folder for the report below."
+    )
+    assert (
+        page.out.placeholderText() == "the query set is read-only: choose a folder for the report"
+    )
+    assert "beside the report folder" in page.library.placeholderText()
+    page.set_database(db)
+    assert page.evaluate() is None and not page.workers
+    assert "the query set is read-only: choose a folder for the report" in page.message_text
+    assert "\n" not in page.message_text
+    out = tmp_path / "reports" / "first"
+    page.out.setText(str(out))
+    with qtbot.waitSignal(page.job_done, timeout=JOB_MS):
+        assert page.evaluate() is not None
+    assert page.message_text == "" and page.view is not None and page.view.folder == out
+    assert not (queryset / "evaluations" / out.name).exists()
+    # listed with the set's own reports while the app runs
+    assert page.previous.currentData() == str(out)
+
+
+def test_page_cancel_on_a_query_set_leaves_no_result(qtbot, window, world, queryset, monkeypatch):
+    _, db, _ = world
+    page = window.show_page("Evaluate")
+    assert page.set_queryset(queryset) == ""
+    page.set_database(db)
+    started = threading.Event()
+    real = evaluate.evaluate_session
+
+    def slow(task, *args, **kwargs):
+        started.set()
+        for _ in range(600):
+            if task.cancelled:
+                break
+            threading.Event().wait(0.05)
+        return real(task, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_session", slow)
+    before = set(previous_reports(queryset))
+    worker = page.evaluate()
+    assert worker is not None and started.wait(10)
+    with qtbot.waitSignal(worker.cancelled, timeout=JOB_MS):
+        page.panel.cancel()
+    qtbot.waitUntil(lambda: not page.workers, timeout=JOB_MS)
+    assert page.view is None and set(previous_reports(queryset)) == before
+    assert "Cancelled: no report was written" in page.message_text
+    assert page.evaluate_button.isEnabled() and page.queryset.isEnabled()

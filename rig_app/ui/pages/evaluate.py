@@ -1,12 +1,16 @@
-"""Evaluate page: the real-world protocol on the open session (paper §3, Table 4).
+"""Evaluate page: the real-world protocol on the open session or on an exported query set
+(paper §3, Table 4).
 
-Top: what to evaluate: a checkpoint (default: the shipped model, or a database's own
-model), the fingerprints to search (a database folder, or a library folder indexed on
-the fly), the query lengths, the decision rules, the takes and the report folder; one
-click runs ``rig_app.evaluate.evaluate_session`` on a worker with progress and cancel.
+Top: what to evaluate: the open session or a query set folder (``afp-rig export``; no
+session needs to be open; its takes are listed as the set labels them), a checkpoint
+(default: the shipped model, or a database's own model), the fingerprints to search (a
+database folder, or a library folder indexed on the fly), the query lengths (a set's own
+by default), the decision rules, the takes and the report folder (default:
+``<session or set>/evaluations/<date-time>``; a read-only set asks for one); one click
+runs ``rig_app.evaluate.evaluate_session`` on a worker with progress and cancel.
 Bottom: the result as paper Table 4 (rows query lengths, columns rule x take), the
 accuracy-vs-length plot (one line per take and rule), the notes, and the report folder
-(opened in the file manager); a previous report of the session can be shown again.
+(opened in the file manager); a previous report of the session or set can be shown again.
 
 Everything here only draws ``rig_app.evaluate.EvaluationView``s read back from the
 report folders on worker threads.
@@ -33,6 +37,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPushButton,
     QRadioButton,
+    QSizePolicy,
     QSplitter,
     QStackedWidget,
     QTableWidget,
@@ -43,17 +48,29 @@ from PySide6.QtWidgets import (
 
 from afp_core.errors import AfpError
 from afp_core.fileutil import one_line
+from afp_core.protocols.querysets import (
+    QUERYSET_FILE,
+    QuerySetError,
+    QuerySetSession,
+    is_queryset_folder,
+    read_queryset,
+)
 from afp_core.protocols.realworld import RealWorldSettings, take_sort_key
+from afp_core.protocols.sessions import is_session_folder
 from afp_core.shipped import SHIPPED_MODEL
 from rig_app.evaluate import (
+    EVALUATIONS_DIR,
     MEASURES,
     METHOD_NAMES,
+    REPORT_FILE,
     EvaluationView,
     Series,
     evaluate_and_view,
+    evaluations_folder,
     load_evaluation,
     parse_lengths,
     previous_reports,
+    short_path,
     value_range,
 )
 from rig_app.session import Session
@@ -85,6 +102,66 @@ def _shipped_text() -> str:
     return f"shipped model ({where.as_posix()})"
 
 
+def read_queryset_folder(folder: Path | str) -> QuerySetSession:
+    """A query set folder as the page evaluates it; one-line ``QuerySetError`` saying what
+    the folder is instead (none, a session, something else, unreadable)."""
+    folder = Path(folder)
+    try:
+        if not folder.is_dir():
+            raise QuerySetError(f"{folder}: no such folder")
+        if not is_queryset_folder(folder):
+            if is_session_folder(folder):
+                raise QuerySetError(
+                    f"{folder}: a session, not a query set: evaluate it as the open session "
+                    "(open it with the buttons above)"
+                )
+            raise QuerySetError(
+                f"{folder}: not a query set folder (no {QUERYSET_FILE}); make one with "
+                "`afp-rig export` or Export on the Dataset page"
+            )
+        return read_queryset(folder)
+    except OSError as exc:
+        raise QuerySetError(f"{folder}: cannot read ({one_line(exc)})") from None
+
+
+def describe_queryset(queryset: QuerySetSession) -> str:
+    """One line: its sessions, takes, clips, lengths and songs."""
+    ids = [str(s.get("id", "")) for s in queryset.sessions]
+    clips = sum(len(c) for by_song in queryset.clips.values() for c in by_song.values())
+    lengths = " ".join(f"{x:g}" for x in queryset.lengths_s)
+    takes = len(queryset.takes)
+    return (
+        f"Query set of {len(ids)} session{'s' if len(ids) != 1 else ''} "
+        f"({', '.join(ids)}): {takes} take{'s' if takes != 1 else ''}, {clips} clips of "
+        f"{lengths} s, {len(queryset.songs)} songs"
+    )
+
+
+def _queryset_take_tips(queryset: QuerySetSession) -> dict[str, str]:
+    """Take label -> what the set says about the take (its session, conditions, clips)."""
+    several = len(queryset.sessions) > 1
+    tips = {}
+    for session in queryset.sessions:
+        for take in session.get("takes") or ():
+            if not isinstance(take, dict):
+                continue
+            label = (
+                f"{session.get('id')}/{take.get('label')}" if several else str(take.get("label"))
+            )
+            parts = [f"take {take.get('label')} of session {session.get('id')}"]
+            if take.get("recorded_at"):
+                parts.append(f"recorded {take['recorded_at']}")
+            if take.get("room"):
+                parts.append(f"room {take['room']}")
+            ratio = take.get("music_to_noise_db")
+            if isinstance(ratio, int | float):
+                parts.append(f"music-to-noise {ratio:.1f} dB")
+            count = sum(len(c) for c in queryset.clips.get(label, {}).values())
+            parts.append(f"{count} clips")
+            tips[label] = ", ".join(parts)
+    return tips
+
+
 def _browse_row(edit: QLineEdit, button: QPushButton) -> QHBoxLayout:
     row = QHBoxLayout()
     row.setContentsMargins(0, 0, 0, 0)
@@ -104,11 +181,41 @@ class EvaluatePage(Page):
         self._untrusted: list[str] = []  # flagged or unaligned takes (``TakeVerdict``)
         self._job: Worker | None = None
         self._job_kind = ""
+        self._job_source: Path | None = None
+        self._queryset: QuerySetSession | None = None
+        self._queryset_text: str | None = ""  # the folder text last read (None: read again)
+        self._queryset_error = ""
+        self._queryset_writable = True
+        self._auto_lengths = DEFAULT_LENGTHS  # the lengths the page filled in itself
+        self._written: dict[Path, list[Path]] = {}  # reports written elsewhere, by source
+        self._labels: list[QLabel] = []
 
         self.empty = placeholder("")
         self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
 
         # --- inputs ---------------------------------------------------------------------
+        self.use_session = QRadioButton("the open session")
+        self.use_queryset = QRadioButton("a query set folder")
+        self.use_session.setChecked(True)
+        self.use_queryset.setToolTip(
+            "A folder exported by `afp-rig export` (or Export on the Dataset page): the "
+            "protocol's queries cut from the aligned takes of one or more sessions; no "
+            "session needs to be open"
+        )
+        self._mode_group = QButtonGroup(self)
+        self._mode_group.addButton(self.use_session)
+        self._mode_group.addButton(self.use_queryset)
+        self.queryset = QLineEdit()
+        self.queryset.setPlaceholderText("a folder written by afp-rig export or the Dataset page")
+        self.queryset.editingFinished.connect(self._on_queryset_edited)
+        self.queryset_browse = QPushButton("Browse…")
+        self.queryset_browse.clicked.connect(self._on_browse_queryset)
+        self.queryset_info = QLabel("")
+        # one line, cut where the page is too narrow (the tooltip holds it all): a wrapped
+        # label here is given the height of several lines and leaves gaps around it
+        self.queryset_info.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.queryset_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.use_queryset.toggled.connect(self._on_mode_changed)
         self.checkpoint = QLineEdit()
         self.checkpoint.setPlaceholderText(
             f"{_shipped_text()}; a database is searched with its own model"
@@ -128,10 +235,6 @@ class EvaluatePage(Page):
         self.database = QLineEdit()
         self.database.setPlaceholderText("a database folder (afp index)")
         self.library = QLineEdit()
-        self.library.setPlaceholderText(
-            "a folder of songs holding the session's songs; indexed into "
-            "<session>/evaluations/db-…, resumed and reused"
-        )
         self.database_browse = QPushButton("Browse…")
         self.library_browse = QPushButton("Browse…")
         self.database_browse.clicked.connect(lambda: self._browse_folder(self.database))
@@ -157,7 +260,6 @@ class EvaluatePage(Page):
         self.takes_note.setWordWrap(True)
         self.takes_note.setStyleSheet(_RED)
         self.out = QLineEdit()
-        self.out.setPlaceholderText("<session>/evaluations/<date-time>")
         self.out_browse = QPushButton("Browse…")
         self.out_browse.clicked.connect(lambda: self._browse_folder(self.out))
         self.evaluate_button = QPushButton("Evaluate")
@@ -165,11 +267,24 @@ class EvaluatePage(Page):
         self.evaluate_button.setMinimumWidth(110)
         self.evaluate_button.clicked.connect(lambda: self.evaluate())
 
+        source = QGridLayout()
+        source.setColumnStretch(1, 1)
+        source.addWidget(self._label("Evaluate:"), 0, 0)
+        choice = QHBoxLayout()
+        choice.setContentsMargins(0, 0, 0, 0)
+        choice.addWidget(self.use_session)
+        choice.addSpacing(12)
+        choice.addWidget(self.use_queryset)
+        choice.addLayout(_browse_row(self.queryset, self.queryset_browse), 1)
+        source.addLayout(choice, 0, 1)
+        source.addWidget(self.queryset_info, 1, 1)
+
         grid = QGridLayout()
+        grid.setContentsMargins(0, 0, 0, 0)
         grid.setColumnStretch(2, 1)
-        grid.addWidget(QLabel("Model:"), 0, 0)
+        grid.addWidget(self._label("Model:"), 0, 0)
         grid.addLayout(_browse_row(self.checkpoint, self.checkpoint_browse), 0, 1, 1, 2)
-        grid.addWidget(QLabel("Fingerprints:"), 1, 0)
+        grid.addWidget(self._label("Fingerprints:"), 1, 0)
         grid.addWidget(self.use_database, 1, 1)
         grid.addLayout(_browse_row(self.database, self.database_browse), 1, 2)
         grid.addWidget(self.use_library, 2, 1)
@@ -182,28 +297,36 @@ class EvaluatePage(Page):
         for box in self.rules.values():
             queries.addWidget(box)
         queries.addStretch(1)
-        grid.addWidget(QLabel("Queries:"), 3, 0)
+        grid.addWidget(self._label("Queries:"), 3, 0)
         grid.addLayout(queries, 3, 1, 1, 2)
         takes = QHBoxLayout()
         takes.addLayout(self.takes_row)
         takes.addSpacing(16)
         takes.addWidget(self.allow_unchecked)
         takes.addStretch(1)
-        grid.addWidget(QLabel("Takes:"), 4, 0)
+        grid.addWidget(self._label("Takes:"), 4, 0)
         grid.addLayout(takes, 4, 1, 1, 2)
         grid.addWidget(self.takes_note, 5, 1, 1, 2)
         out_row = _browse_row(self.out, self.out_browse)
         out_row.addSpacing(12)
         out_row.addWidget(self.evaluate_button)
-        grid.addWidget(QLabel("Report folder:"), 6, 0)
+        grid.addWidget(self._label("Report folder:"), 6, 0)
         grid.addLayout(out_row, 6, 1, 1, 2)
         self.panel = TaskPanel()
         self.message = QLabel("")
         self.message.setWordWrap(True)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        inputs = QGroupBox("Evaluate a model on this session's takes (paper §3)")
+        # the labels of both grids line up, whichever rows are shown
+        width = max(label.sizeHint().width() for label in self._labels)
+        source.setColumnMinimumWidth(0, width)
+        grid.setColumnMinimumWidth(0, width)
+        self.form = QWidget()
+        self.form.setLayout(grid)
+        inputs = QGroupBox("Evaluate a model on recorded takes (paper §3)")
         inputs_layout = QVBoxLayout(inputs)
-        inputs_layout.addLayout(grid)
+        inputs_layout.addLayout(source)
+        inputs_layout.addWidget(self.empty)
+        inputs_layout.addWidget(self.form)
         inputs_layout.addWidget(self.panel)
         inputs_layout.addWidget(self.message)
 
@@ -215,7 +338,6 @@ class EvaluatePage(Page):
         self.open_button.clicked.connect(self.open_report_folder)
         self.previous = QComboBox()
         self.previous.setMinimumContentsLength(24)
-        self.previous.setToolTip("Reports in <session>/evaluations, newest first")
         self.show_button = QPushButton("Show")
         self.show_button.setToolTip("Show the chosen report")
         self.show_button.clicked.connect(lambda: self.load_report())
@@ -284,28 +406,27 @@ class EvaluatePage(Page):
         self.notes.setWordWrap(True)
         self.notes.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.notes.setStyleSheet(_GREY)
-        result = QGroupBox("Result")
+        result = self.result_box = QGroupBox("Result")
         result_layout = QVBoxLayout(result)
         result_layout.addLayout(top)
         result_layout.addLayout(measure_row)
         result_layout.addWidget(self.result_stack, 1)
         result_layout.addWidget(self.notes)
 
-        content = QWidget()
-        content_layout = QVBoxLayout(content)
-        content_layout.setContentsMargins(0, 0, 0, 0)
-        content_layout.addWidget(inputs)
-        content_layout.addWidget(result, 1)
-        self.stack = QStackedWidget()
-        self.stack.addWidget(self.empty)
-        self.stack.addWidget(content)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.stack)
+        layout.addWidget(inputs)
+        layout.addWidget(result, 1)
+        layout.addStretch(0)  # takes the room only while the result is hidden
 
         state.takes_changed.connect(self._on_takes_changed)
         state.program_changed.connect(self._on_takes_changed)
         self._on_source_changed()
         self._on_session_changed(state.session)
+
+    def _label(self, text: str) -> QLabel:
+        label = QLabel(text)
+        self._labels.append(label)
+        return label
 
     # --- state ---------------------------------------------------------------------------
 
@@ -316,40 +437,172 @@ class EvaluatePage(Page):
 
     @property
     def placeholder_text(self) -> str:
-        """The hint shown instead of the page ('' when the page is shown)."""
-        return self.empty.text() if self.stack.currentWidget() is self.empty else ""
+        """The hint shown instead of the form ('' when the form is shown)."""
+        return "" if self.empty.isHidden() else self.empty.text()
 
     @property
     def message_text(self) -> str:
         return self.message.text()
 
+    @property
+    def using_queryset(self) -> bool:
+        """Whether the page evaluates a query set folder rather than the open session."""
+        return self.use_queryset.isChecked()
+
+    @property
+    def queryset_session(self) -> QuerySetSession | None:
+        """The query set read from the folder chosen (None: none, or it failed)."""
+        return self._queryset
+
+    @property
+    def source_folder(self) -> Path | None:
+        """What Evaluate evaluates: the query set's folder or the open session's."""
+        if self.using_queryset:
+            return None if self._queryset is None else self._queryset.folder
+        return None if self.session is None else self.session.folder
+
     def _on_session_changed(self, session: Session | None) -> None:
+        name = f" ({session.folder.name})" if session is not None else " (none open)"
+        self.use_session.setText(f"the open session{name}")
+        if self.using_queryset:  # the set shown stays
+            self.refresh()
+            return
         self._view = None
         self._show_message("")
-        self._read_takes(session)
+        self._read_takes()
         self._fill_previous()
         self._draw()
 
     def _on_takes_changed(self) -> None:
-        self._read_takes(self.session)
+        if not self.using_queryset:
+            self._read_takes()
 
-    def _read_takes(self, session: Session | None) -> None:
-        takes = [(entry.label, entry.verdict) for entry in session.takes] if session else []
-        takes.sort(key=lambda t: take_sort_key(t[0]))
+    def _on_mode_changed(self) -> None:
+        self._view = None
+        self._show_message("")
+        if self.using_queryset:
+            self._load_queryset()
+        self._apply_lengths()
+        self._read_takes()
+        self._fill_previous()
+        self._draw()
+
+    # --- the query set ------------------------------------------------------------------
+
+    def set_queryset(self, folder: Path | str) -> str:
+        """Evaluate the query set in ``folder`` (read now, again if it was before: it may
+        have changed); '' or why it cannot be."""
+        self.queryset.setText(str(folder))
+        self._queryset_text = None  # read it again
+        self._on_queryset_edited()
+        self.use_queryset.setChecked(True)
+        return self._queryset_error
+
+    def _on_queryset_edited(self) -> None:
+        changed = self._load_queryset()
+        if not self.using_queryset:
+            if changed and self._queryset_text:
+                self.use_queryset.setChecked(True)  # a folder chosen there is to be evaluated
+            return
+        if changed:
+            self._view = None
+            self._show_message("")
+            self._apply_lengths()
+            self._read_takes()
+            self._fill_previous()
+            self._draw()
+
+    def _load_queryset(self) -> bool:
+        """Read the folder typed if it changed (quick: the set's index files); whether it
+        did. An error is shown under the row, in one line."""
+        text = self.queryset.text().strip()
+        if text == self._queryset_text:
+            return False
+        self._queryset_text = text
+        self._queryset, self._queryset_error = None, ""
+        if text:
+            try:
+                self._queryset = read_queryset_folder(Path(text))
+            except AfpError as exc:
+                self._queryset_error = one_line(exc)
+        queryset = self._queryset
+        self._queryset_writable = (
+            queryset is None or evaluations_folder(queryset.folder) is not None
+        )
+        if queryset is not None:
+            where = (
+                f"reports go into its {EVALUATIONS_DIR}/ folder"
+                if self._queryset_writable
+                else "the folder is read-only: choose a folder for the report below"
+            )
+            self.queryset_info.setText(f"{describe_queryset(queryset)}; {where}.")
+        else:
+            self.queryset_info.setText(self._queryset_error)
+        self.queryset_info.setToolTip(self.queryset_info.text())
+        self.queryset_info.setStyleSheet(_RED if self._queryset_error else _GREY)
+        return True
+
+    def _on_browse_queryset(self) -> None:
+        start = self.queryset.text() or (str(self.session.folder.parent) if self.session else "")
+        folder = QFileDialog.getExistingDirectory(self, "Choose a query set folder", start)
+        if folder:
+            self.set_queryset(folder)
+
+    def _apply_lengths(self) -> None:
+        """The set's own query lengths in set mode, the paper's otherwise, unless typed."""
+        queryset = self._queryset if self.using_queryset else None
+        wanted = DEFAULT_LENGTHS
+        tip = "Query lengths in seconds, back to back inside every song"
+        if queryset is not None and queryset.lengths_s:
+            wanted = " ".join(f"{x:g}" for x in queryset.lengths_s)
+            tip += f"; the query set holds queries of {wanted} s"
+        if self.lengths.text().strip() in (DEFAULT_LENGTHS, self._auto_lengths):
+            self.lengths.setText(wanted)
+        self._auto_lengths = wanted
+        self.lengths.setToolTip(tip)
+
+    # --- takes ---------------------------------------------------------------------------
+
+    def _take_entries(self) -> list[tuple[str, str, str, bool, str]]:
+        """(label, box text, tooltip, trusted, why not) per take of what is evaluated."""
+        if self.using_queryset:
+            queryset = self._queryset
+            if queryset is None:
+                return []
+            tips = _queryset_take_tips(queryset)
+            # every take of a set was trusted when it was exported
+            return [
+                (take.label, take.label, tips.get(take.label, take.label), True, "")
+                for take in queryset.takes
+            ]
+        session = self.session
+        return [
+            (
+                entry.label,
+                entry.label if entry.verdict.trusted else f"{entry.label} ({entry.verdict.status})",
+                f"{entry.label}: {entry.verdict.describe()}",
+                entry.verdict.trusted,
+                f"{entry.label} is {entry.verdict.describe()}",
+            )
+            for entry in (session.takes if session is not None else ())
+        ]
+
+    def _read_takes(self) -> None:
+        takes = sorted(self._take_entries(), key=lambda t: take_sort_key(t[0]))
         while self.takes_row.count():
             item = self.takes_row.takeAt(0)
             widget = item.widget() if item is not None else None
             if widget is not None:
                 widget.deleteLater()
         self.take_boxes = {}
-        self._untrusted = [label for label, verdict in takes if not verdict.trusted]
-        for label, verdict in takes:
-            box = QCheckBox(label if verdict.trusted else f"{label} ({verdict.status})")
-            box.setToolTip(f"{label}: {verdict.describe()}")
-            box.setChecked(verdict.trusted or self.allow_unchecked.isChecked())
+        self._untrusted = [label for label, _, _, trusted, _ in takes if not trusted]
+        for label, text, tip, trusted, _ in takes:
+            box = QCheckBox(text)
+            box.setToolTip(tip)
+            box.setChecked(trusted or self.allow_unchecked.isChecked())
             self.takes_row.addWidget(box)
             self.take_boxes[label] = box
-        why = [f"{label} is {v.describe()}" for label, v in takes if not v.trusted]
+        why = [reason for _, _, _, trusted, reason in takes if not trusted]
         them = "it" if len(why) == 1 else "them"
         self.takes_note.setText(
             f"{'; '.join(why)}. Align again on the Record page, or tick “evaluate … anyway” "
@@ -367,9 +620,20 @@ class EvaluatePage(Page):
                 self.take_boxes[label].setChecked(checked)
 
     def _problem(self) -> str:
+        if self.using_queryset:
+            if self._queryset is None:
+                return (
+                    "Choose a query set folder above: one written by afp-rig export or by "
+                    "Export on the Dataset page (the protocol's queries cut from the aligned "
+                    "takes of one or more sessions). No session needs to be open."
+                )
+            return ""
         session = self.session
         if session is None:
-            return "No session open: create or open one with the buttons above."
+            return (
+                "No session open: create or open one with the buttons above, or choose "
+                "“a query set folder” to evaluate an exported query set."
+            )
         if session.program is None:
             return (
                 "This session has no program yet: build it on the Program page, record and "
@@ -385,9 +649,17 @@ class EvaluatePage(Page):
     def refresh(self) -> None:
         problem = self._problem()
         self.empty.setText(problem)
-        self.stack.setCurrentIndex(0 if problem else 1)
+        self.empty.setVisible(bool(problem))
+        self.form.setVisible(not problem)
+        self.result_box.setVisible(not problem)
+        queryset = self.using_queryset
+        self.queryset_info.setVisible(queryset and bool(self.queryset_info.text()))
+        self.allow_unchecked.setVisible(not queryset)  # a set holds trusted takes only
+        self._update_hints()
         busy = self.busy
         for widget in (
+            self.use_session,
+            self.use_queryset,
             self.checkpoint,
             self.checkpoint_browse,
             self.use_database,
@@ -400,6 +672,8 @@ class EvaluatePage(Page):
             *self.rules.values(),
             *self.take_boxes.values(),
         ):
+            widget.setEnabled(not busy)
+        for widget in (self.queryset, self.queryset_browse):
             widget.setEnabled(not busy)
         self._on_source_changed()
         self.evaluate_button.setEnabled(not busy and not problem)
@@ -415,12 +689,40 @@ class EvaluatePage(Page):
         for widget in (self.library, self.library_browse):
             widget.setEnabled(not database and not busy)
 
+    def _update_hints(self) -> None:
+        """The placeholders saying where things go, for the session or the set."""
+        if self.using_queryset:
+            what, where = "the set's songs", "<query set>/evaluations"
+            if not self._queryset_writable:
+                self.out.setPlaceholderText(
+                    "the query set is read-only: choose a folder for the report"
+                )
+                self.library.setPlaceholderText(
+                    "a folder of songs holding the set's songs; indexed into a database "
+                    "beside the report folder (the set is read-only)"
+                )
+                self.previous.setToolTip(f"Reports in {where}, newest first")
+                return
+        else:
+            what, where = "the session's songs", "<session>/evaluations"
+        self.out.setPlaceholderText(f"{where}/<date-time>")
+        self.library.setPlaceholderText(
+            f"a folder of songs holding {what}; indexed into {where}/db-…, resumed and reused"
+        )
+        self.previous.setToolTip(f"Reports in {where}, newest first")
+
     def _fill_previous(self, select: Path | None = None) -> None:
         self.previous.clear()
-        if self.session is not None:
-            for index, folder in enumerate(previous_reports(self.session.folder)):
+        source = self.source_folder
+        if source is not None:
+            found = previous_reports(source)
+            for index, folder in enumerate(found):
                 text = folder.name + (" (latest)" if index == 0 else "")
                 self.previous.addItem(text, str(folder))
+            # reports of it written elsewhere since the app started (a read-only set's)
+            for folder in self._written.get(source, []):
+                if folder not in found and (folder / REPORT_FILE).is_file():
+                    self.previous.addItem(short_path(folder), str(folder))
         if select is not None:
             index = self.previous.findData(str(select))
             if index >= 0:
@@ -436,6 +738,11 @@ class EvaluatePage(Page):
 
     def options(self) -> dict[str, object]:
         """``evaluate_session``'s keyword arguments from the form (``AfpError`` if bad)."""
+        if self.using_queryset and not self._queryset_writable and not self.out.text().strip():
+            raise AfpError(
+                f"{self.queryset.text().strip()}: the query set is read-only: choose a folder "
+                "for the report (Report folder, Browse…)"
+            )
         lengths = parse_lengths(self.lengths.text())
         rules = tuple(name for name, box in self.rules.items() if box.isChecked())
         if not rules:
@@ -483,7 +790,8 @@ class EvaluatePage(Page):
             self.checkpoint.setText(path)
 
     def _browse_folder(self, edit: QLineEdit) -> None:
-        start = edit.text() or (str(self.session.folder) if self.session else "")
+        source = self.source_folder
+        start = edit.text() or (str(source) if source is not None else "")
         folder = QFileDialog.getExistingDirectory(self, "Choose a folder", start)
         if folder:
             edit.setText(folder)
@@ -492,16 +800,21 @@ class EvaluatePage(Page):
 
     def evaluate(self) -> Worker | None:
         """Run the evaluation the form describes in a worker; returns it (None: refused)."""
-        session = self.session
-        if session is None or self.busy or self._problem():
+        if self.using_queryset and not self.busy:
+            self._on_queryset_edited()  # a folder typed but not read yet
+        source = self.source_folder
+        if source is None or self.busy or self._problem():
             return None
         try:
             options = self.options()
         except AfpError as exc:
             self._show_message(one_line(exc), error=True)
+            if "read-only" in str(exc):
+                self.out.setFocus()
             return None
         self._show_message("")
-        worker = Worker(evaluate_and_view, session.folder, **options)
+        worker = Worker(evaluate_and_view, source, **options)
+        self._job_source = source
         return self._start(worker, "evaluate", "checking the inputs …")
 
     def load_report(self, folder: Path | str | None = None) -> Worker | None:
@@ -528,6 +841,9 @@ class EvaluatePage(Page):
     def _on_result(self, view: EvaluationView) -> None:
         self._view = view
         if self._job_kind == "evaluate":
+            source = self._job_source
+            if source is not None and view.folder.parent != source / EVALUATIONS_DIR:
+                self._written.setdefault(source, []).append(view.folder)
             self._fill_previous(select=view.folder)
             self.status.emit(f"Evaluate: report written to {view.folder}")
         else:
@@ -549,7 +865,7 @@ class EvaluatePage(Page):
         self._show_message(text)
 
     def _on_job_done(self) -> None:
-        self._job, self._job_kind = None, ""
+        self._job, self._job_kind, self._job_source = None, "", None
 
     def open_report_folder(self) -> bool:
         """Open the shown report's folder in the desktop's file manager."""
@@ -585,7 +901,7 @@ class EvaluatePage(Page):
         self._draw_plot(view, measure)
         self.report_label.setText(str(view.folder))
         self.report_label.setToolTip(view.describe)
-        lines = [f"{view.session}: {view.describe}; {view.trials} queries identified."]
+        lines = [f"{view.source}: {view.describe}; {view.trials} queries identified."]
         lines += [f"• {note}" for note in view.notes]
         self.notes.setText("\n".join(lines))
         self.refresh()
