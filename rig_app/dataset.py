@@ -20,7 +20,7 @@ from afp_core.errors import AfpError
 from afp_core.protocols.realworld import take_sort_key
 from afp_core.tasks import TaskState
 from rig_app.capture import play_audio
-from rig_app.room import RoomError, room_from_notes
+from rig_app.room import find_take_room
 from rig_app.selection import Selection
 from rig_app.session import Session, TakeEntry
 
@@ -70,10 +70,7 @@ class DatasetRow:
 def describe_condition(take: TakeEntry) -> str:
     """Where a take was made, in a few words: the virtual room and noise distance, or the
     devices and the noise speaker's distance."""
-    try:
-        found = room_from_notes(take.notes)
-    except RoomError:
-        found = None
+    found = find_take_room(take.notes)
     if found is not None:
         _, details = found
         distance = details.get("noise_distance_m", take.speaker_distance_m)

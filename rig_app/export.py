@@ -69,7 +69,7 @@ from afp_core.protocols.realworld import (
 )
 from afp_core.protocols.sessions import EvalSession, SessionSong, SessionTake, read_session
 from afp_core.tasks import TaskState
-from rig_app.room import RoomError, room_from_notes
+from rig_app.room import find_take_room
 from rig_app.selection import Selection
 from rig_app.session import Session, SessionError, TakeEntry
 
@@ -297,10 +297,7 @@ def _condition(entry: TakeEntry) -> dict[str, Any]:
     """Devices, room and noise distance of a take, as the data card shows them."""
     room = ""
     distance = entry.speaker_distance_m
-    try:
-        found = room_from_notes(entry.notes)
-    except RoomError:
-        found = None
+    found = find_take_room(entry.notes)
     if found is not None:
         virtual, details = found
         mode = details.get("mode") or "virtual"

@@ -35,7 +35,7 @@ from afp_core.errors import AfpError
 from afp_core.fileutil import utc_now
 from afp_core.protocols.realworld import take_sort_key
 from rig_app.program import Program, ProgramSegment, measure_loudness
-from rig_app.room import RoomError, room_from_notes
+from rig_app.room import find_take_room
 from rig_app.session import Session, TakeEntry
 
 QUALITY_FORMAT = "afp-rig-quality"
@@ -246,10 +246,7 @@ def _window(segment: ProgramSegment | None, settle: int) -> tuple[int, int]:
 
 def _intended_ratio(take: TakeEntry) -> float | None:
     """The ratio a virtual-room take was made with (its notes say), else None."""
-    try:
-        found = room_from_notes(take.notes)
-    except RoomError:
-        return None
+    found = find_take_room(take.notes)
     if found is None:
         return None
     value = found[1].get("music_to_noise_db")

@@ -59,6 +59,7 @@ from afp_core.errors import AfpError
 from afp_core.fileutil import atomic_write_text, check_document, read_json_object
 
 __all__ = [
+    "find_take_room",
     "ROOM_FORMAT",
     "ROOM_VERSION",
     "RoomError",
@@ -781,6 +782,15 @@ def room_from_notes(notes: str) -> tuple[VirtualRoom, dict[str, Any]] | None:
         raise RoomError("take notes: virtual room record is not a JSON object")
     take = data.pop("take", {})
     return VirtualRoom.from_dict(data, where="take notes"), dict(take or {})
+
+
+def find_take_room(notes: str) -> tuple[VirtualRoom, dict[str, Any]] | None:
+    """``room_from_notes``, or None where the notes' room record cannot be read: the views
+    that list takes (quality, Dataset page, export) still show such a take, without a room."""
+    try:
+        return room_from_notes(notes)
+    except RoomError:
+        return None
 
 
 def live_take_audio(

@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,13 @@ import pytest
 from afp_core.tasks import TaskState
 from rig_app.devices import DeviceError, load_sounddevice
 from rig_app.jobs import align_session_take, simulate_session_take
-from rig_app.program import ProgramSong, build_noise_program, build_program, synthesize_song
+from rig_app.program import (
+    Program,
+    ProgramSong,
+    build_noise_program,
+    build_program,
+    synthesize_song,
+)
 from rig_app.room import VirtualRoom
 from rig_app.session import Session
 from rig_app.virtual_devices import VirtualDevices, VirtualDevicesError, start_virtual_devices
@@ -89,9 +95,21 @@ def make_room_session(
     """A session of ``songs`` synthetic songs with a white-noise program, and the takes
     ``labels`` simulated through the default virtual room, aligned (a few seconds each)."""
     session = Session.create(folder)
-    made = [ProgramSong(synthesize_song(seconds, rate, seed=i), f"song {i}") for i in range(songs)]
+    session.set_program(*make_room_program(rate, range(songs), seconds))
+    for label in labels:
+        simulate_session_take(TaskState(), session, VirtualRoom(), label)
+        align_session_take(TaskState(), session, label)
+    return session
+
+
+def make_room_program(
+    rate: int, seeds: Iterable[int], seconds: float, noise_seed: int = 1
+) -> tuple[Program, np.ndarray]:
+    """A program of synthetic songs (``song N`` for each seed N, ``seconds`` long; markers,
+    0.5 s gaps, calibration segments) and a white-noise program ducked where it must be."""
+    made = [ProgramSong(synthesize_song(seconds, rate, seed=i), f"song {i}") for i in seeds]
     program = build_program(made, rate, gap_s=0.5, min_song_s=0.0)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(noise_seed)
     noise = build_noise_program(
         [0.1 * rng.standard_normal(4 * rate).astype(np.float32)],
         program.samples,
@@ -99,8 +117,4 @@ def make_room_session(
         seed=3,
         quiet_ranges=program.noise_quiet_ranges(),
     )
-    session.set_program(program, noise)
-    for label in labels:
-        simulate_session_take(TaskState(), session, VirtualRoom(), label)
-        align_session_take(TaskState(), session, label)
-    return session
+    return program, noise

@@ -16,10 +16,6 @@ from rig_app.align import align_take
 from rig_app.jobs import record_or_simulate_takes
 from rig_app.program import (
     Program,
-    ProgramSong,
-    build_noise_program,
-    build_program,
-    synthesize_song,
 )
 from rig_app.room import (
     SPEED_OF_SOUND,
@@ -36,22 +32,13 @@ from rig_app.room import (
     write_channel_ir,
 )
 from rig_app.session import Session
+from tests.rig_fixtures import make_room_program
 
 ROOM = VirtualRoom()
 
 
 def _program(rate: int, seconds: float = 3.0) -> tuple[Program, np.ndarray]:
-    songs = [ProgramSong(synthesize_song(seconds, rate, seed=i), f"song {i}") for i in (1, 2)]
-    program = build_program(songs, rate, gap_s=0.5, min_song_s=0.0)  # markers start/middle/end
-    rng = np.random.default_rng(7)
-    noise = build_noise_program(
-        [0.1 * rng.standard_normal(3 * rate).astype(np.float32)],
-        program.samples,
-        rate,
-        seed=3,
-        quiet_ranges=program.noise_quiet_ranges(),
-    )
-    return program, noise
+    return make_room_program(rate, (1, 2), seconds, noise_seed=7)  # markers start/middle/end
 
 
 def _song_ranges(program: Program) -> list[tuple[int, int]]:
