@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -284,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
     p.add_argument("--label", help="only this take (default: every aligned take)")
     p.add_argument("--recompute", action="store_true", help="measure again and store")
+    p.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a flag's threshold for this measurement (implies --recompute; kept in each "
+        "record): " + ", ".join(f"{name}={value:g}" for name, value in _quality_defaults().items()),
+    )
     p.add_argument("--json", action="store_true", help="print the records as JSON")
 
     p = sub.add_parser(
@@ -325,6 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     _add_target(p)
+
+    p = sub.add_parser(
+        "note",
+        help="note something about a take, a song or the session (shown in the data card)",
+        description="Keep TEXT as the note on --take, --song, both (that song of that "
+        "take) or, with neither, the session: what a curator noticed (the Dataset page's Note "
+        "column; exported in the data card). An empty TEXT removes the note.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    _add_target(p)
+    p.add_argument("text", metavar="TEXT", help="the note ('' removes it)")
 
     p = sub.add_parser(
         "selection",
@@ -722,17 +743,25 @@ def _align(session: Session, labels: Sequence[str], quiet: bool) -> int:
     return refused
 
 
-def run_quality(args: argparse.Namespace) -> int:
-    from rig_app.quality import format_quality, update_session_quality
+def _quality_defaults() -> dict[str, float]:
+    from rig_app.quality import QualityThresholds
 
+    return dataclasses.asdict(QualityThresholds())
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    from rig_app.quality import format_quality, parse_thresholds, update_session_quality
+
+    thresholds = parse_thresholds(args.threshold)
     session = _open(args.session)
     labels = [args.label] if args.label else None
     if args.label:
         session.take(args.label)  # says which takes there are
     takes = [t for t in session.takes if labels is None or t.label in labels]
-    stale = [t.label for t in takes if t.aligned_file and (args.recompute or t.quality is None)]
+    again = args.recompute or bool(args.threshold)
+    stale = [t.label for t in takes if t.aligned_file and (again or t.quality is None)]
     if stale:
-        update_session_quality(session, labels=stale)
+        update_session_quality(session, thresholds, labels=stale)
     if args.json:
         records = {t.label: t.quality for t in takes}
         print(json.dumps(records, indent=2, allow_nan=False))
@@ -763,11 +792,16 @@ def run_import_authors(args: argparse.Namespace) -> int:
     return 0
 
 
-def _target(session: Session, args: argparse.Namespace) -> tuple[str | None, int | None]:
-    """The take and song index the command names, checked against the session."""
+def _target(
+    session: Session, args: argparse.Namespace, whole_session: bool = False
+) -> tuple[str | None, int | None]:
+    """The take and song index the command names, checked against the session (neither:
+    the session itself, where ``whole_session`` allows it)."""
     from rig_app.selection import check_target, find_song
 
     if args.take is None and args.song is None:
+        if whole_session:
+            return None, None
         raise AfpError(f"{session.path}: give --take, --song or both")
     song = None if args.song is None else find_song(session, args.song)
     check_target(session, args.take, song)
@@ -807,6 +841,24 @@ def run_include(args: argparse.Namespace) -> int:
     for label, reason in still:
         if reason is not None:
             print(f"note: take {label}: still excluded by a wider exclusion: {reason}")
+    return 0
+
+
+def run_note(args: argparse.Namespace) -> int:
+    from rig_app.selection import Selection, describe_target
+
+    session = _open(args.session)
+    take, song = _target(session, args, whole_session=True)
+    selection = Selection.from_session(session)
+    selection.set_note(take, song, args.text)
+    selection.store(session)
+    what = "the session" if take is None and song is None else describe_target(session, take, song)
+    done = (
+        f"note on {what}: {args.text.strip()}"
+        if args.text.strip()
+        else f"removed the note on {what}"
+    )
+    print(f"{session.folder}: {done}")
     return 0
 
 
@@ -902,6 +954,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "import-authors": run_import_authors,
     "exclude": run_exclude,
     "include": run_include,
+    "note": run_note,
     "selection": run_selection,
     "export": run_export,
 }

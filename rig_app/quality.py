@@ -59,6 +59,27 @@ class QualityThresholds:
     settle_s: float = 0.4  # skipped at the start of a calibration segment (reverberation)
 
 
+def parse_thresholds(settings: Sequence[str]) -> QualityThresholds:
+    """``QualityThresholds`` with ``NAME=VALUE`` settings (numbers only) over the defaults;
+    ``QualityError`` in one line for an unknown name or a value that is not a number."""
+    known = {f.name for f in dataclasses.fields(QualityThresholds)}
+    values: dict[str, float] = {}
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        name = name.strip()
+        if not sep or name not in known:
+            names = ", ".join(sorted(known))
+            raise QualityError(f"--threshold {setting!r}: give NAME=VALUE, NAME one of {names}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise QualityError(f"--threshold {setting!r}: {value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise QualityError(f"--threshold {setting!r}: {value!r} is not a finite number")
+        values[name] = number
+    return dataclasses.replace(QualityThresholds(), **values)
+
+
 def measure_take_quality(
     session: Session,
     label: str,

@@ -59,13 +59,13 @@ from afp_core.errors import AfpError
 from afp_core.fileutil import atomic_write_text, check_document, read_json_object
 
 __all__ = [
-    "find_take_room",
     "ROOM_FORMAT",
     "ROOM_VERSION",
     "RoomError",
     "SimulatedTake",
     "VirtualRoom",
     "convolve_blocks",
+    "find_take_room",
     "live_take_audio",
     "microphone_ir",
     "music_to_noise_db",

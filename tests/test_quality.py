@@ -155,3 +155,12 @@ def test_quality_command_prints_the_table_json_and_recomputes(tmp_path, capsys):
 
     assert cli.main(["quality", folder, "--label", "far"]) == 1
     assert "no take labelled 'far'" in capsys.readouterr().err
+
+    # a threshold is a setting: measured again with it, kept in the record, flags follow
+    assert cli.main(["quality", folder, "--threshold", "ratio_tolerance_db=0.01"]) == 0
+    assert "from the intended" in capsys.readouterr().out
+    record = Session.load(session.folder).take("low").quality
+    assert record["thresholds"]["ratio_tolerance_db"] == 0.01
+    for bad, says in (("foo=1", "NAME one of clip_level_dbfs"), ("quiet_lufs=x", "not a number")):
+        assert cli.main(["quality", folder, "--threshold", bad]) == 1
+        assert says in capsys.readouterr().err

@@ -127,6 +127,22 @@ def test_commands(session_dir, capsys):
     assert Selection.from_session(Session.load(session_dir)).reason_excluded("high") is None
 
 
+def test_note_command_on_a_song_of_a_take_and_on_the_session(session_dir, capsys):
+    code, out, _ = _run(capsys, "note", session_dir, "--take", "low", "--song", "1", "hum")
+    assert code == 0 and "note on song 1 'song0' of take low: hum" in out
+    code, out, _ = _run(capsys, "note", session_dir, "recorded on a Monday")
+    assert code == 0 and "note on the session: recorded on a Monday" in out
+    selection = Selection.from_session(Session.load(session_dir))
+    assert (
+        selection.note("low", 0) == "hum" and selection.note(None, None) == "recorded on a Monday"
+    )
+    code, out, _ = _run(capsys, "selection", session_dir)
+    assert "note on song 1 'song0' of take low: hum" in out
+    code, out, _ = _run(capsys, "note", session_dir, "--take", "low", "--song", "1", "")
+    assert code == 0 and "removed the note on song 1 'song0' of take low" in out
+    assert Selection.from_session(Session.load(session_dir)).note("low", 0) == ""
+
+
 def test_command_errors_are_one_line(session_dir, capsys):
     path = session_dir / "session.json"
     before = path.read_bytes()
@@ -151,7 +167,7 @@ def test_command_errors_are_one_line(session_dir, capsys):
 
 def test_commands_explain_every_option(capsys):
     parser = cli.build_parser()
-    for command in ("exclude", "include", "selection"):
+    for command in ("exclude", "include", "note", "selection"):
         with pytest.raises(SystemExit) as exit_info:
             cli.main([command, "--help"])
         assert exit_info.value.code == 0 and "Exit status" in capsys.readouterr().out
