@@ -24,6 +24,7 @@ from afp_core.fileutil import format_bytes
 if TYPE_CHECKING:
     import numpy as np
 
+    from afp_core.database import Song
     from afp_core.search import Match
 
 EPILOG = "Exit status: 0 success, 1 error (one line on stderr), 2 bad usage, 130 interrupted."
@@ -109,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("db", metavar="DB_DIR", type=Path, help="database folder")
     p.add_argument("queries", metavar="QUERY", type=Path, nargs="+", help="audio files")
+    p.add_argument(
+        "--db",
+        dest="more_dbs",
+        metavar="DB_DIR",
+        type=Path,
+        action="append",
+        default=[],
+        help="another neural database of the same model, searched together with the first "
+        "as one (repeatable): parts of one library; answers name their database",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per query per line")
     p.add_argument(
         "--method",
@@ -295,6 +306,7 @@ def run_identify(args: argparse.Namespace) -> int:
     from afp_core.indexing import load_database_model
     from afp_core.query import identify_audio, load_query
     from afp_core.search import as_method, stored_threshold
+    from afp_core.shards import ShardedDB
 
     if _existing_database_kind(args.db) == "landmark":
         return _run_landmark_identify(args)
@@ -304,7 +316,9 @@ def run_identify(args: argparse.Namespace) -> int:
         raise AfpError("--method fused and --landmark-db go together")
     if args.method == "fused":
         return _run_fused_identify(args)
-    db = FingerprintDB.open(args.db)
+    db: FingerprintDB | ShardedDB = (
+        ShardedDB.open(_neural_dbs(args)) if args.more_dbs else FingerprintDB.open(args.db)
+    )
     checkpoint = load_database_model(db, args.model)
     model = checkpoint.model.to(args.device)
     if args.nprobe is not None:
@@ -344,7 +358,7 @@ def _run_fused_identify(args: argparse.Namespace) -> int:
     from afp_core.landmark import LandmarkRecogniser
     from afp_core.recogniser import NeuralRecogniser, open_recogniser
 
-    neural = open_recogniser(args.db, args.model, k=_k(args), device=args.device)
+    neural = open_recogniser(_neural_dbs(args), args.model, k=_k(args), device=args.device)
     if not isinstance(neural, NeuralRecogniser):
         raise AfpError(f"{args.db}: --method fused needs a neural database here")
     if args.nprobe is not None:
@@ -363,6 +377,14 @@ def _run_fused_identify(args: argparse.Namespace) -> int:
     return _identify_each(
         args, fused.sample_rate, answer, lambda s: fused.threshold(METHOD, s), ".2f", None
     )
+
+
+def _neural_dbs(args: argparse.Namespace) -> list[Path]:
+    """``afp identify``'s databases: DB_DIR and each --db, every one neural."""
+    for folder in args.more_dbs:
+        if _existing_database_kind(folder) != "neural":
+            raise AfpError(f"{folder}: --db takes neural databases (afp index without --landmark)")
+    return [args.db, *args.more_dbs]
 
 
 def _identify_each(
@@ -407,7 +429,10 @@ def _operating_point(
     rate = entry.get("false_match_rate")
     if rate is None and "quantile" in entry:  # landmark and older neural calibrations
         rate = round(1.0 - float(entry["quantile"]), 6)
-    return {"false_match_rate": rate, "source": entry.get("source", "database vectors")}
+    point = {"false_match_rate": rate, "source": entry.get("source", "database vectors")}
+    if "false_match_rate_bound" in entry:  # databases searched as one (afp_core.shards)
+        point["false_match_rate_bound"] = entry["false_match_rate_bound"]
+    return point
 
 
 def _threshold_option(text: str) -> float:
@@ -438,12 +463,10 @@ def _report_match(
     """
     song = match.song
     best = match.candidates[0] if match.candidates else None
+    no_song = {"song": None, "artist": None, "song_id": None, "path": None}
     record = {
         "query": str(query),
-        "song": song.title if song else None,
-        "artist": song.artist if song else None,
-        "song_id": song.id if song else None,
-        "path": song.source if song else None,
+        **(_song_record(song) if song else no_song),
         "offset_s": round(match.offset_s, 3) if song and match.offset_s is not None else None,
         "score": round(float(match.score), 4),
         "method": match.method,
@@ -452,10 +475,7 @@ def _report_match(
         "best": None
         if best is None
         else {
-            "song": best.song.title,
-            "artist": best.song.artist,
-            "song_id": best.song.id,
-            "path": best.song.source,
+            **_song_record(best.song),
             "offset_s": round(best.offset_s, 3),
             "score": round(float(best.score), 4),
         },
@@ -470,7 +490,19 @@ def _report_match(
             f"{query}: {song.title}"
             + (f" — {song.artist}" if song.artist else "")
             + f" at {match.offset_s:.1f} s (score {match.score:{score_format}})"
+            + (f" in {record['database']}" if "database" in record else "")
         )
+
+
+def _song_record(song: Song) -> dict[str, Any]:
+    """A song as ``identify`` reports it. One of several databases searched as one also
+    names its ``database``, and ``song_id`` is its id there."""
+    from afp_core.shards import ShardSong
+
+    record = {"song": song.title, "artist": song.artist, "song_id": song.id, "path": song.source}
+    if isinstance(song, ShardSong):
+        record |= {"song_id": song.shard_id, "database": song.database}
+    return record
 
 
 def _report_failure(args: argparse.Namespace, query: Path, exc: AfpError) -> None:
@@ -564,6 +596,7 @@ def _run_landmark_identify(args: argparse.Namespace) -> int:
             "--nprobe": args.nprobe is not None,
             "-k": args.k is not None,
             f"--method {args.method}": args.method not in (None, METHOD),
+            "--db": bool(args.more_dbs),
         },
     )
     db = LandmarkDB.open(args.db)

@@ -501,8 +501,8 @@ class FingerprintDB(SongCatalogue):
         own, other = model_identity(self.model_info), model_identity(model_info)
         if own != other:
             raise DatabaseError(
-                f"{self.path}: DB was built with model {own[0]} (sha {_short(own[1])}), "
-                f"not {other[0]} (sha {_short(other[1])}); "
+                f"{self.path}: DB was built with model {own[0]} (sha {short_sha(own[1])}), "
+                f"not {other[0]} (sha {short_sha(other[1])}); "
                 "use the database's own model or rebuild"
             )
 
@@ -1096,5 +1096,6 @@ def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def _short(sha: Any) -> str:
+def short_sha(sha: Any) -> str:
+    """The first 12 hex digits of a checksum, for messages."""
     return str(sha)[:12] if sha else "unknown"

@@ -37,6 +37,7 @@ from afp_core.faults import fault_point
 from afp_core.fileutil import file_sha256
 from afp_core.models import Fingerprinter, embed_windows
 from afp_core.search import METHODS, calibrate_threshold
+from afp_core.shards import ShardedDB
 from afp_core.shipped import default_checkpoint_path, write_untrained_checkpoint
 from afp_core.tasks import TaskState
 
@@ -146,12 +147,14 @@ def open_database_for_indexing(
     return db, checkpoint
 
 
-def load_database_model(db: FingerprintDB, model_path: Path | None = None) -> Checkpoint:
+def load_database_model(
+    db: FingerprintDB | ShardedDB, model_path: Path | None = None
+) -> Checkpoint:
     """The model a query must use: the database's own copy, or ``model_path`` if it is the same."""
     if model_path is None:
-        own = db.path / MODEL_FILE
-        if not own.exists():
-            raise DatabaseError(f"{db.path}: the database has no model.pt; pass --model")
+        own = db.model_path
+        if own is None:
+            raise DatabaseError(f"{db.path}: the database has no {MODEL_FILE}; pass --model")
         checkpoint = load_checkpoint(own)
     else:
         checkpoint = load_checkpoint(model_path)

@@ -10,10 +10,9 @@ import torch
 
 from afp_core.audio import check_finite, frame_windows, probe_audio, quiet_stderr, resample
 from afp_core.config import SearchConfig
-from afp_core.database import FingerprintDB
 from afp_core.errors import AudioError
 from afp_core.models import Fingerprinter, embed_windows
-from afp_core.search import Match, Method, identify_vectors
+from afp_core.search import Match, Method, SearchableDB, identify_vectors
 
 
 def embed_audio(
@@ -30,7 +29,7 @@ def embed_audio(
 
 
 def identify_audio(
-    db: FingerprintDB,
+    db: SearchableDB,
     model: Fingerprinter,
     audio: np.ndarray,
     *,
@@ -75,7 +74,7 @@ def load_query(
 
 
 def identify_file(
-    db: FingerprintDB,
+    db: SearchableDB,
     model: Fingerprinter,
     path: Path,
     *,

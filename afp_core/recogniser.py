@@ -6,11 +6,14 @@ protocol analyses a stretch of audio once (``analyse``) and then asks for answer
 many queries cut from it (``identify``), so that back-to-back queries of several lengths
 do not pay for the fingerprints again.
 
-``open_recogniser(db_dir)`` opens either kind from its database folder.
+``open_recogniser(db_dir)`` opens either kind from its database folder, and
+``open_recogniser([db_dir, ...])`` several neural databases of one model searched as one
+(``afp_core.shards``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -26,7 +29,15 @@ from afp_core.errors import ConfigError, DatabaseError
 from afp_core.fileutil import read_json_object
 from afp_core.models import embed_windows
 from afp_core.query import embed_audio
-from afp_core.search import METHODS, Match, as_method, identify_vectors, stored_threshold
+from afp_core.search import (
+    METHODS,
+    Match,
+    SearchableDB,
+    as_method,
+    identify_vectors,
+    stored_threshold,
+)
+from afp_core.shards import ShardedDB
 
 if TYPE_CHECKING:
     from afp_core.checkpoint import Checkpoint
@@ -92,7 +103,7 @@ class NeuralRecogniser:
 
     def __init__(
         self,
-        db: FingerprintDB,
+        db: SearchableDB,
         checkpoint: Checkpoint,
         *,
         k: int = SearchConfig.k,
@@ -124,6 +135,17 @@ class NeuralRecogniser:
             "trained": self.checkpoint.meta.get("trained"),
             "k": self.k,
             "nprobe": self.db.nprobe,
+        } | self._shards()
+
+    def _shards(self) -> dict[str, Any]:
+        """Databases searched as one: "database" names the system in tables (the
+        folders' names joined), "databases" holds the folders."""
+        if not isinstance(self.db, ShardedDB):
+            return {}
+        paths = self.db.paths
+        return {
+            "database": " + ".join(path.name for path in paths),
+            "databases": [str(path) for path in paths],
         }
 
     def songs(self) -> list[Song]:
@@ -196,18 +218,24 @@ def database_kind(db_dir: Path) -> str:
 
 
 def open_recogniser(
-    db_dir: Path | str,
+    db_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     checkpoint_path: Path | None = None,
     *,
     k: int = SearchConfig.k,
     device: str | torch.device = "cpu",
 ) -> Recogniser:
-    """The recogniser stored in ``db_dir``.
+    """The recogniser stored in ``db_dir``, or in several folders searched as one.
 
     A neural database answers with its own model.pt, or with ``checkpoint_path`` when
     that is the same model (any other is refused before work starts). A landmark database
-    needs no checkpoint and refuses one.
+    needs no checkpoint and refuses one. A list of folders (neural databases of one
+    model) gives one recogniser searching them as one (``afp_core.shards``).
     """
+    if not isinstance(db_dir, str | os.PathLike):
+        folders = [Path(folder) for folder in db_dir]
+        if len(folders) != 1:
+            return _open_shards(folders, checkpoint_path, k=k, device=device)
+        db_dir = folders[0]
     db_dir = Path(db_dir)
     kind = database_kind(db_dir)
     if kind == "landmark":
@@ -219,3 +247,17 @@ def open_recogniser(
     db = FingerprintDB.open(db_dir)
     checkpoint = load_database_model(db, checkpoint_path)
     return NeuralRecogniser(db, checkpoint, k=k, device=device)
+
+
+def _open_shards(
+    folders: list[Path], checkpoint_path: Path | None, *, k: int, device: str | torch.device
+) -> NeuralRecogniser:
+    from afp_core.indexing import load_database_model
+
+    for folder in folders:
+        if database_kind(folder) != "neural":
+            raise ConfigError(
+                f"{folder}: a landmark database cannot be searched with others as one"
+            )
+    db = ShardedDB.open(folders)
+    return NeuralRecogniser(db, load_database_model(db, checkpoint_path), k=k, device=device)

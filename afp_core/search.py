@@ -19,7 +19,7 @@ estimates that threshold from the database alone (see its docstring).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -37,6 +37,37 @@ _RESCORE_CHUNK = 1 << 22
 _REDRAWS = 20
 # PQ-rebuilt copies of the same vector agree to ~0.95 cosine: above this they are one.
 _SAME_FINGERPRINT = 0.9
+
+
+class SearchableDB(Protocol):
+    """What the decision rules need from a database: a ``FingerprintDB``, or several
+    searched as one (``afp_core.shards.ShardedDB``)."""
+
+    @property
+    def path(self) -> object: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def density(self) -> int: ...
+    @property
+    def stored_hop_s(self) -> float: ...
+    @property
+    def nprobe(self) -> int: ...
+    @nprobe.setter
+    def nprobe(self, value: int) -> None: ...
+    @property
+    def search_settings(self) -> dict[str, Any]: ...
+    def stored_span(self, n_windows: int) -> int: ...
+    def songs(self, status: str | None = None) -> list[Song]: ...
+    def song(self, song_id: int) -> Song: ...
+    def search(
+        self, queries: np.ndarray, k: int, exclude_song: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def song_spans(self, song_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray: ...
+    def check_model(self, model_info: dict[str, Any]) -> None: ...
+    def info(self) -> dict[str, Any]: ...
 
 
 def as_method(value: str) -> Method:
@@ -74,7 +105,7 @@ class Match:
 
 
 def search_majority_vote(
-    db: FingerprintDB,
+    db: SearchableDB,
     vectors: np.ndarray,
     k: int = SearchConfig.k,
     exclude_song: int | None = None,
@@ -120,7 +151,7 @@ def search_majority_vote(
 
 
 def search_offset_consistent(
-    db: FingerprintDB,
+    db: SearchableDB,
     vectors: np.ndarray,
     k: int = SearchConfig.k,
     exclude_song: int | None = None,
@@ -170,7 +201,7 @@ def search_offset_consistent(
     return Match(top.song, top.offset_s, top.score, "sequence", candidates)
 
 
-def _score_alignments(db: FingerprintDB, queries: np.ndarray, window_ids: np.ndarray) -> np.ndarray:
+def _score_alignments(db: SearchableDB, queries: np.ndarray, window_ids: np.ndarray) -> np.ndarray:
     """Mean inner product of query window j with database vector window_ids[c, j], per c."""
     # Neighbouring alignments share most vectors: rebuild each distinct vector once.
     unique_ids, inverse = np.unique(window_ids, return_inverse=True)
@@ -186,7 +217,7 @@ def _score_alignments(db: FingerprintDB, queries: np.ndarray, window_ids: np.nda
 
 
 def identify_vectors(
-    db: FingerprintDB,
+    db: SearchableDB,
     vectors: np.ndarray,
     method: Method = "sequence",
     k: int = SearchConfig.k,
@@ -283,7 +314,7 @@ def calibrate_threshold(
 
 
 def stored_threshold(
-    db: FingerprintDB, method: str, n_windows: int, k: int = SearchConfig.k
+    db: SearchableDB, method: str, n_windows: int, k: int = SearchConfig.k
 ) -> float | None:
     """The calibrated threshold for ``method`` and queries of ``n_windows`` windows.
 
@@ -296,13 +327,13 @@ def stored_threshold(
 
 
 def stored_impostor_mean(
-    db: FingerprintDB, method: str, n_windows: int, k: int = SearchConfig.k
+    db: SearchableDB, method: str, n_windows: int, k: int = SearchConfig.k
 ) -> float | None:
     """The mean impostor score behind ``stored_threshold`` (None where not measured)."""
     return _stored(db, method, "impostor_mean_by_windows", n_windows, k)
 
 
-def _stored(db: FingerprintDB, method: str, table: str, n_windows: int, k: int) -> float | None:
+def _stored(db: SearchableDB, method: str, table: str, n_windows: int, k: int) -> float | None:
     """``table`` of the calibration entry at the longest length <= ``n_windows``."""
     entry = db.search_settings.get("thresholds", {}).get(method, {})
     if entry.get("k") != k or entry.get("nprobe") != db.nprobe:
@@ -312,7 +343,7 @@ def _stored(db: FingerprintDB, method: str, table: str, n_windows: int, k: int) 
     return float(values[str(lengths[-1])]) if lengths else None
 
 
-def _check_query(db: FingerprintDB, vectors: np.ndarray) -> np.ndarray:
+def _check_query(db: SearchableDB, vectors: np.ndarray) -> np.ndarray:
     array = np.asarray(vectors)
     if array.ndim == 2 and array.shape[0] == 0:
         raise AudioError("query shorter than one window: no fingerprints to search")

@@ -85,6 +85,12 @@ def add_evaluate_parser(sub: Any, epilog: str) -> None:
         "same library) answering together, reported beside each alone",
     )
     p.add_argument(
+        "--as-one",
+        action="store_true",
+        help="the neural databases are parts of one library (same model): search them as "
+        "one database instead of comparing them",
+    )
+    p.add_argument(
         "--allow-unchecked",
         action="store_true",
         help="evaluate takes whose alignment is missing or failed its checks (an unaligned "
@@ -267,10 +273,11 @@ def _notice(_quiet: bool = False) -> Callable[[str], None]:
     return say
 
 
-def _open(db: Path, model: Path | None, args: argparse.Namespace) -> Recogniser:
+def _open(db: Path | list[Path], model: Path | None, args: argparse.Namespace) -> Recogniser:
+    """One database's recogniser, or a list's (neural databases searched as one)."""
     from afp_core.recogniser import database_kind, open_recogniser
 
-    checkpoint = model if database_kind(db) == "neural" else None
+    checkpoint = model if isinstance(db, list) or database_kind(db) == "neural" else None
     recogniser = open_recogniser(db, checkpoint, k=args.k, device=args.device)
     if hasattr(recogniser, "batch_size"):
         recogniser.batch_size = args.batch_size
@@ -324,13 +331,16 @@ def _run_realworld(args: argparse.Namespace) -> int:
             f"queryset.json){hint}"
         )
     session = read_session_or_queryset(args.session)
-    if args.model is not None and len(args.dbs) > 1:
-        from afp_core.recogniser import database_kind
+    if args.as_one:
+        recognisers = _open_as_one(args)
+    else:
+        if args.model is not None and len(args.dbs) > 1:
+            from afp_core.recogniser import database_kind
 
-        neural = [db for db in args.dbs if database_kind(db) == "neural"]
-        if len(neural) > 1:
-            raise ConfigError("--model applies to one neural database; give one, or no --model")
-    recognisers = [_open(db, args.model, args) for db in args.dbs]
+            neural = [db for db in args.dbs if database_kind(db) == "neural"]
+            if len(neural) > 1:
+                raise ConfigError("--model applies to one neural database; give one, or no --model")
+        recognisers = [_open(db, args.model, args) for db in args.dbs]
     if args.fuse:
         recognisers.append(_fused(recognisers, args.dbs))
     settings = RealWorldSettings(
@@ -348,6 +358,19 @@ def _run_realworld(args: argparse.Namespace) -> int:
         results = run_realworld_plan(plan, task=task)
     write_realworld_report(out, results, extra={"command": _command_line(args)})
     return _finish(format_realworld_table(results), out)
+
+
+def _open_as_one(args: argparse.Namespace) -> list[Recogniser]:
+    """``--as-one``: the neural databases searched as one, then each landmark database."""
+    from afp_core.recogniser import database_kind
+
+    neural = [db for db in args.dbs if database_kind(db) == "neural"]
+    if len(neural) < 2:
+        raise ConfigError(
+            f"--as-one needs two or more neural databases (given: {len(neural)} of {len(args.dbs)})"
+        )
+    others = [_open(db, None, args) for db in args.dbs if db not in neural]
+    return [_open(neural, args.model, args), *others]
 
 
 def _baseline_settings(args: argparse.Namespace, lengths: list[float]) -> BaselineSettings:
