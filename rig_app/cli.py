@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from rig_app.session import Session
 
 PROG = "afp-rig"
+# what ``add_subparsers`` returns: each command's parser builder adds its parser to it
+Subcommands = argparse._SubParsersAction  # argparse gives the type no public name
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -44,9 +46,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from afp_core.protocols.sessions import TAKE_LABELS
-    from rig_app.songs import MIN_DURATION_S
-
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Recording rig for the paper's real-world evaluation protocol: songs, "
@@ -57,38 +56,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    fmt = _HelpFormatter
+    for add_parser in _PARSERS:
+        add_parser(sub)
+    return parser
 
+
+def _add_app_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "app",
         help="open the app (the default without a command)",
         description="Open the recording rig's window, with SESSION_DIR open if given.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     p.add_argument("session", metavar="SESSION_DIR", type=Path, nargs="?", help="session folder")
 
+
+def _add_devices_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "devices",
         help="list the audio devices",
         description="List the audio devices PortAudio sees, with their index, host API, "
         "input/output channels and default sample rate. Devices are named in `record` by "
         "name, a unique part of the name, or index.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     p.add_argument("--json", action="store_true", help="one JSON object per device per line")
 
+
+def _add_new_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "new",
         help="create an empty session folder",
         description="Create a new session in SESSION_DIR (created if missing; it must not "
         "hold a session yet). See docs/session-format.md.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     p.add_argument("session", metavar="SESSION_DIR", type=Path, help="new session folder")
     p.add_argument("--notes", default="", help="free text stored with the session")
+
+
+def _add_songs_parser(sub: Subcommands) -> None:
+    from rig_app.songs import MIN_DURATION_S
 
     p = sub.add_parser(
         "songs",
@@ -98,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "converted), a folder adds every audio file below it. Songs already there (same "
         "audio, same URL or video id) are reported as duplicates. A failed item is "
         "reported with its reason and the others are still added.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
@@ -112,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_program_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "program",
         help="build the music (and noise) program from the session's songs",
@@ -121,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         "program/noise.wav: the clips shuffled, crossfaded and looped to the program's "
         "length, at the music's loudness plus --noise-level-db, silent around the markers. "
         "Replaces the session's previous program.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
@@ -157,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_record_parser(sub: Subcommands) -> None:
+    from afp_core.protocols.sessions import TAKE_LABELS
+
     p = sub.add_parser(
         "record",
         help="record a take (play the program, record the microphone), then align it",
@@ -165,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         "align it to the program (offset, drift, residual at every marker). The paper's "
         "takes: low (speaker far, least distorted), mid, high (speaker close). Ctrl-C ends "
         "the take early and keeps it.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
@@ -206,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_recover_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "recover",
         help="store takes whose recording was killed",
@@ -215,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the take LABEL (its notes say how much was recovered); then run `align`, which "
         "aligns a take cut short on the markers it holds and gives ground truth for the "
         "songs it holds whole: a partial take, flagged, its missing songs named.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
@@ -223,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--label", help="only this take (default: every take file the session does not hold)"
     )
 
+
+def _add_simulate_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "simulate",
         help="simulate takes through a virtual room (no audio devices), then align them",
@@ -232,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         "clock --drift-ppm fast after --offset seconds, with a little microphone "
         "self-noise. Stored as takes/LABEL.raw.wav like a recorded take (its notes say it "
         "was simulated, with the room) and aligned. See docs/virtual-room.md.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
@@ -256,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-align", action="store_true", help="store the takes without aligning")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_align_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "align",
         help="align the session's takes to the program again",
@@ -263,13 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
         "markers, fit offset and drift, resample the take onto the program clock "
         "(takes/LABEL.aligned.wav) and check the residual at every marker. A program "
         "without markers (an imported layout) is aligned by correlation with the music.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
     p.add_argument("--label", help="only this take (default: every take)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_quality_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "quality",
         help="measure and print each take's quality (music-to-noise ratio, clipping, xruns)",
@@ -279,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         "alignment's residuals and drift, and every flag with its reason. Records are made "
         "when a take is aligned; --recompute measures again (e.g. a session aligned by an "
         "older version). See docs/session-format.md, 'Quality record'.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
@@ -288,13 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threshold",
         action="append",
-        default=[],
         metavar="NAME=VALUE",
         help="a flag's threshold for this measurement (implies --recompute; kept in each "
         "record): " + ", ".join(f"{name}={value:g}" for name, value in _quality_defaults().items()),
     )
     p.add_argument("--json", action="store_true", help="print the records as JSON")
 
+
+def _add_import_authors_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "import-authors",
         help="make a session from the paper authors' published layout",
@@ -302,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         "songs and the low/mid/high recordings, and write a new session in SESSION_DIR: the "
         "program is the songs joined without gaps or markers, and each recording is aligned "
         "to it by correlation. See docs/session-format.md for the assumptions.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     p.add_argument("source", metavar="CSV_OR_FOLDER", type=Path, help="song list or folder")
@@ -312,51 +338,61 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-song-s", type=float, default=60.0, help="refuse songs shorter than this (s)"
     )
 
+
+def _add_exclude_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "exclude",
         help="leave a take, a song or one song of a take out of published query sets",
         description="Record in the session that --take (the whole take), --song (that song "
         "in every take) or both (that song of that take) go into no exported query set, "
         "and why. No audio is deleted; `include` takes it back. See `afp-rig selection`.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     _add_target(p)
     p.add_argument("--reason", required=True, help="why it is left out (shown in the data card)")
 
+
+def _add_include_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "include",
         help="take back exclusions (see `exclude`)",
         description="Remove the exclusions of --take (all of that take's), --song (that "
         "song's, in every take) or both (that song of that take). An exclusion of the whole "
         "take or of the song in every take still leaves it out; the command says so.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     _add_target(p)
 
+
+def _add_note_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "note",
         help="note something about a take, a song or the session (shown in the data card)",
         description="Keep TEXT as the note on --take, --song, both (that song of that "
         "take) or, with neither, the session: what a curator noticed (the Dataset page's Note "
         "column; exported in the data card). An empty TEXT removes the note.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     _add_target(p)
     p.add_argument("text", metavar="TEXT", help="the note ('' removes it)")
 
+
+def _add_selection_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "selection",
         help="show what is left out of published query sets, and why",
         description="List the session's takes and songs (with the numbers `exclude` and "
         "`include` take), what is excluded and why, and the notes.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     p.add_argument("session", metavar="SESSION_DIR", type=Path, help="session folder")
 
+
+def _add_export_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "export",
         help="publish sessions as a query set (clips, indexes, data card, checksums)",
@@ -367,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT_DIR` evaluates it. OUT_DIR must be new, empty, or a query set to add the "
         "sessions it does not hold yet to. --format authors writes the paper authors' "
         "layout instead (long takes and a song list). See docs/query-set-format.md.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     p.add_argument(
@@ -404,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_demo_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "demo",
         help="the real-world protocol end to end on the development music (the README's job)",
@@ -413,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
         "offline, said clearly, when the devices cannot start), align the takes, index the "
         "development music with the model (reused on a rerun) and run the real-world "
         "protocol: prints the table and saves the report in OUT/report.",
-        formatter_class=fmt,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     p.add_argument(
@@ -438,7 +476,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="song choice, noise and room")
     p.add_argument("--device", default="cpu", help="torch device for the model")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
-    return parser
+
+
+_PARSERS: tuple[Callable[[Subcommands], None], ...] = (
+    _add_app_parser,
+    _add_devices_parser,
+    _add_new_parser,
+    _add_songs_parser,
+    _add_program_parser,
+    _add_record_parser,
+    _add_recover_parser,
+    _add_simulate_parser,
+    _add_align_parser,
+    _add_quality_parser,
+    _add_import_authors_parser,
+    _add_exclude_parser,
+    _add_include_parser,
+    _add_note_parser,
+    _add_selection_parser,
+    _add_export_parser,
+    _add_demo_parser,
+)
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:
@@ -752,13 +810,14 @@ def _quality_defaults() -> dict[str, float]:
 def run_quality(args: argparse.Namespace) -> int:
     from rig_app.quality import format_quality, parse_thresholds, update_session_quality
 
-    thresholds = parse_thresholds(args.threshold)
+    settings = args.threshold or []
+    thresholds = parse_thresholds(settings)
     session = _open(args.session)
     labels = [args.label] if args.label else None
     if args.label:
         session.take(args.label)  # says which takes there are
     takes = [t for t in session.takes if labels is None or t.label in labels]
-    again = args.recompute or bool(args.threshold)
+    again = args.recompute or bool(settings)
     stale = [t.label for t in takes if t.aligned_file and (again or t.quality is None)]
     if stale:
         update_session_quality(session, thresholds, labels=stale)
