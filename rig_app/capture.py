@@ -16,6 +16,8 @@ an integer counter. No callback allocates an array, takes a lock, touches a file
 calls PortAudio. A writer thread drains the ring to disk as blocks arrive and watches
 the streams. Where an xrun happened is kept the same way: a callback that reports one
 stores the take's frame count in a preallocated array of its stream (``_XrunLog``).
+The streams' threads and the writer run at a raised priority where the system allows it
+(``_raised_priority``), so that other work on a busy machine waits for them.
 
 Crash safety: the take is written straight to its final path as a 32-bit float WAV
 whose header this module writes itself. Blocks are appended as they arrive; every
@@ -38,7 +40,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -88,6 +90,7 @@ _WAVE_FORMAT_IEEE_FLOAT = 3
 _MAX_DATA_BYTES = 0xFFFFFFFF - (_HEADER_BYTES - 8)
 _FSYNC_EVERY_S = 5.0
 _POLL_S = 0.02
+_RECORDING_NICE = -10  # CFS weight about 9x a nice-0 thread's
 _XRUN_SLOTS = 1024  # places kept per stream; past that an xrun is counted, not placed
 _FLOOR_DB = -120.0
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -109,6 +112,27 @@ def audible_xruns(xruns: dict[str, int]) -> int:
     """Under/overruns, counted per status flag, that changed the audio: output priming
     (PortAudio filling the first output buffers) is not one."""
     return sum(n for key, n in xruns.items() if not key.endswith(_INAUDIBLE_FLAG))
+
+
+@contextlib.contextmanager
+def _raised_priority() -> Iterator[None]:
+    """Threads started inside run at nice ``_RECORDING_NICE`` where the system allows it
+    (root, or an RLIMIT_NICE that does), else as they would; the calling thread gets its
+    own nice value back. On Linux a nice value belongs to a thread and a new thread
+    inherits its creator's, so PortAudio's callback threads, the sound server client's
+    threads and the writer, all made here, keep it: a busy machine's other work then
+    waits for them instead of the audio."""
+    try:
+        before = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, min(before, _RECORDING_NICE))
+    except OSError:  # not allowed here
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, before)
 
 
 def _dbfs(value: float) -> float:
@@ -609,21 +633,22 @@ class TakeRecorder:
                 raise CaptureError(f"{self.out_path}: no such folder {self.out_path.parent}")
             hold = contextlib.ExitStack()
             sd = hold.enter_context(hold_portaudio())
-            try:
-                self._open_streams(sd)
-                self._started_at = utc_now("milliseconds")
-                self._create_file()
-                self._state = "recording"
-                self._thread = threading.Thread(
-                    target=self._run, name=f"take-{self.config.label}", daemon=True
-                )
-                self._start_streams(sd)
-            except BaseException:
-                self._abandon()
-                hold.close()
-                raise
-            self._hold = hold
-            self._thread.start()
+            with _raised_priority():  # the streams' threads and the writer get it
+                try:
+                    self._open_streams(sd)
+                    self._started_at = utc_now("milliseconds")
+                    self._create_file()
+                    self._state = "recording"
+                    self._thread = threading.Thread(
+                        target=self._run, name=f"take-{self.config.label}", daemon=True
+                    )
+                    self._start_streams(sd)
+                except BaseException:
+                    self._abandon()
+                    hold.close()
+                    raise
+                self._hold = hold
+                self._thread.start()
 
     def stop(self, wait: bool = True, timeout: float | None = 30.0) -> TakeResult | None:
         """End the take early and keep it (``ended_by="stopped"``)."""

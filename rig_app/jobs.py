@@ -10,6 +10,7 @@ here: the app's model is ``rig_app.ui.state``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import threading
@@ -488,11 +489,14 @@ def record_session_take(
     session: Session,
     settings: TakeSettings,
     on_recorder: Callable[[TakeRecorder], None] | None = None,
+    before_recording: Callable[[], None] | None = None,
 ) -> TakeResult:
     """Play the session's program and record a take; the take is stored unaligned.
 
     ``on_recorder`` gets the recorder before it starts (a view polls its level, position
-    and xruns). Cancelling the task stops the take early and keeps it, like ``stop``.
+    and xruns). ``before_recording`` is called once the take's audio is ready, just
+    before it records. Cancelling the task stops the take early and keeps it, like
+    ``stop``.
     Whatever was recorded is stored in the session (``replace`` an existing take of the
     same label); align it with ``align_session_take``.
     """
@@ -528,6 +532,8 @@ def record_session_take(
         notes = _join_notes(notes, note)
         if distance is None:
             distance = settings.room.noise_distance(label)
+    if before_recording is not None:
+        before_recording()
     task.check_cancelled()
     config = TakeConfig(
         music_out=settings.music_out,
@@ -797,6 +803,7 @@ def _record_live(
     label: str,
     devices: _Devices,
     replace: bool,
+    before_recording: Callable[[], None] | None = None,
 ) -> RoomTake:
     has_noise = bool(session.program and session.program.get("noise_file"))
     settings = TakeSettings(
@@ -808,7 +815,7 @@ def _record_live(
         room=room,
         replace=replace,
     )
-    result = record_session_take(task, session, settings)
+    result = record_session_take(task, session, settings, before_recording=before_recording)
     if result.frames == 0:
         raise AfpError(f"{result.path}: nothing was recorded ({result.error})")
     found = room_from_notes(session.take(label).notes)
@@ -836,9 +843,30 @@ def _record_side_by_side(
     routes: dict[str, _Devices],
     replace: bool,
 ) -> list[RoomTake]:
-    """One thread per take; the task's progress is the sum of theirs."""
+    """One thread per take; the task's progress is the sum of theirs. Every take's audio
+    is rendered before any records: rendering a room beside a recording take starved its
+    streams on a busy 2-core machine (benchmarks/bench_capture_load.py)."""
     progress = dict.fromkeys(labels, (0.0, 0.0))
     lock = threading.Lock()
+    ready = threading.Barrier(len(labels))
+
+    def start_together() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):  # another take failed
+            ready.wait()
+
+    def record(label: str) -> RoomTake:
+        try:
+            return _record_live(
+                task.fork(report(label)),
+                session,
+                room,
+                label,
+                routes[label],
+                replace,
+                start_together,
+            )
+        finally:
+            ready.abort()  # a take that failed before the barrier holds no other back
 
     def report(label: str) -> Callable[[float, float, str], None]:
         def on_progress(done: float, total: float, message: str) -> None:
@@ -851,12 +879,7 @@ def _record_side_by_side(
         return on_progress
 
     with ThreadPoolExecutor(max_workers=len(labels), thread_name_prefix="take") as pool:
-        futures = [
-            pool.submit(
-                _record_live, task.fork(report(label)), session, room, label, routes[label], replace
-            )
-            for label in labels
-        ]
+        futures = [pool.submit(record, label) for label in labels]
         results, errors = [], []
         for future in futures:
             try:

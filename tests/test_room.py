@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from scipy import signal
 from afp_core.tasks import TaskState
 from rig_app import cli
 from rig_app.align import align_take
+from rig_app.capture import read_take_info
 from rig_app.jobs import record_or_simulate_takes
 from rig_app.program import (
     Program,
@@ -330,6 +332,12 @@ def test_live_takes_side_by_side_each_in_its_own_room(virtual_devices, tmp_path)
     assert made[1].music_to_noise_db < made[0].music_to_noise_db - 3
     # both recorded at once: the progress total counts both takes' frames together
     assert max(total for _, total in seen) > 0
+    # and started together, every room rendered first (none renders beside a recording)
+    started = [
+        datetime.fromisoformat(read_take_info(session.raw_take_path(label))["started_at"])
+        for label in ("low", "high")
+    ]
+    assert abs((started[0] - started[1]).total_seconds()) < 0.5, started
     stored = Session.load(session.folder)
     assert {t.label for t in stored.takes} == {"low", "high"}
     # measured from the live takes over the calibration segments: the rooms' own ratio
