@@ -708,7 +708,8 @@ def _robust_fit(anchors: list[Anchor], outlier_ms: float) -> tuple[float, float,
         dropped.note = f"dropped: {residual[worst]:+.2f} ms off the clock fit"
         notes.append(
             f"marker '{dropped.label}' dropped ({residual[worst]:+.2f} ms off the fit of the "
-            f"others): audio inserted or lost around it? (buffer under/overrun)"
+            "others): audio was inserted or lost around it (an xrun, or a sound server "
+            "adjusting its rate; the take's xrun count tells which)"
         )
     # Residuals of dropped markers against the final fit, for the report.
     for anchor in anchors:
