@@ -68,12 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--nbits", type=int, help=f"bits per sub-quantiser (new database; {index.nbits})"
     )
-    p.add_argument("--nlist", type=int, help=f"IVF coarse centroids (new database; {index.nlist})")
+    p.add_argument(
+        "--nlist",
+        type=int,
+        help="IVF coarse lists (new database; default: about 4 sqrt(N) for N vectors, "
+        "chosen when the index is trained)",
+    )
     p.add_argument(
         "--nprobe",
         type=int,
-        help="IVF lists visited per search, saved in the database (default: "
-        f"{index.nprobe} for a new one)",
+        help="IVF lists visited per search, saved in the database (default for a new one: "
+        "4 sqrt(nlist / 256), the recall of the paper's 4 of 256 lists)",
     )
     p.add_argument(
         "--min-train-vectors",
@@ -268,9 +273,12 @@ def run_index(args: argparse.Namespace) -> int:
         raise AfpError(f"{args.db}: is a neural database; --landmark only makes a new one")
     if kind == "landmark" or args.landmark:
         return _run_landmark_index(args)
-    given = {name: getattr(args, name) for name in _INDEX_OPTIONS}
-    config = IndexConfig(**{name: value for name, value in given.items() if value is not None})
+    given = {
+        name: getattr(args, name) for name in _INDEX_OPTIONS if getattr(args, name) is not None
+    }
     files = _list_audio_files(args.paths)
+    # None when no option is given: an existing database then has nothing to refuse
+    config = IndexConfig(**given) if given else None
     db, checkpoint = open_database_for_indexing(args.db, args.model, config, on_notice=notice)
     if args.nprobe is not None and args.nprobe != db.nprobe:
         db.nprobe = args.nprobe
@@ -636,6 +644,12 @@ def run_info(args: argparse.Namespace) -> int:
         ("vectors", f"{info['vectors']}"),
         ("staged", f"{info['staged_songs']} songs not yet in the index"),
         ("index", ", ".join(f"{k}={v}" for k, v in index.items())),
+        *_describe_lists(info),
+        (
+            "index size",
+            f"{format_bytes(info['bytes_index_ram'])} in memory, "
+            f"{format_bytes(info['bytes_index'])} on disk",
+        ),
         ("on disk", format_bytes(info["bytes_on_disk"])),
         ("per hour of audio", format_bytes(info["bytes_per_hour"])),
         ("model", f"{model.get('name')} (sha256 {str(model.get('checkpoint_sha256'))[:12]})"),
@@ -661,6 +675,42 @@ def _note_stale_thresholds(args: argparse.Namespace, stale: bool) -> None:
             f"index (an interrupted calibration?); run afp index {args.db} again",
             file=sys.stderr,
         )
+
+
+def _describe_lists(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """``afp info``'s rows on an IVF index's lists and training (none for a flat one)."""
+    lists, training = info.get("lists"), info.get("training")
+    if not lists or not training:
+        return []
+    rows = [
+        (
+            "lists",
+            f"{lists['count']:,}; vectors per list min {lists['min']:,}, median "
+            f"{lists['median']:,.0f}, max {lists['max']:,} (imbalance {lists['imbalance']:.2f})",
+        )
+    ]
+    trained = training["vectors"]
+    if trained is None:
+        rows.append(("trained on", "not recorded (trained before this was kept)"))
+    else:
+        added = training["added_since"]
+        rows.append(
+            (
+                "trained on",
+                f"{trained:,} vectors; {added:,} added since ({100 * added / trained:.0f} %), "
+                f"imbalance {training['imbalance']:.2f} after training",
+            )
+        )
+    reasons = training["retrain"]
+    rows.append(
+        (
+            "retrain",
+            "would help: " + "; ".join(reasons) + " (rebuild the database from its songs)"
+            if reasons
+            else "not needed",
+        )
+    )
+    return rows
 
 
 def _describe_thresholds(entry: dict[str, Any], stale: bool) -> str:

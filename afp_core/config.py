@@ -260,7 +260,13 @@ class BEATsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class IndexConfig:
-    """faiss IVF-PQ parameters; defaults from paper Table 1 (m=32 x 8 bits, nprobe 4).
+    """faiss IVF-PQ parameters; codes from paper Table 1 (m=32 x 8 bits).
+
+    ``nlist`` None (the default) chooses the number of coarse lists from the vectors when
+    the IVF-PQ index is trained, about 4 sqrt(N) (``afp_core.database.auto_nlist``), and
+    ``nprobe`` None probes as many as keep the recall of the paper's 4 of 256
+    (``auto_nprobe``); a database made with numbers (the paper's 256 and 4, or any made
+    before this rule) keeps them (docs/design.md §3.4).
 
     ``density``: stored windows per query hop. A query starts anywhere in a song, so its
     windows fall up to half a hop from the nearest stored ones; ``density`` 2 stores a
@@ -269,8 +275,8 @@ class IndexConfig:
 
     m: int = 32
     nbits: int = 8
-    nlist: int = 256
-    nprobe: int = 4
+    nlist: int | None = None
+    nprobe: int | None = None
     # Below this many vectors IVF-PQ cannot be trained well: an exact flat index is used.
     min_train_vectors: int = 10_000
     max_train_vectors: int = 200_000

@@ -15,10 +15,15 @@ Index type. Below ``IndexConfig.min_train_vectors`` vectors (or fewer than 8 tra
 points per PQ or coarse centroid) the index is an exact ``IndexFlatIP``; above, an
 ``IndexIVFPQ`` with inner-product metric. A flat index is upgraded to IVF-PQ by the
 commit that crosses the threshold (a flat index holds the exact vectors, so nothing is
-lost). The coarse quantiser is ``IndexFlatIP``: faiss trains inner-product IVF
-centroids with spherical k-means (unit-norm centroids), and for unit queries and unit
-centroids the largest inner product is the smallest L2 distance, so IP and L2 assign the
-same lists; IP keeps one metric throughout.
+lost). Unless the configuration fixes them, the number of coarse lists is chosen then
+from the vectors (``auto_nlist``) and the lists probed from the lists (``auto_nprobe``).
+Later commits add to the trained index without training it again; the meta table keeps
+how many vectors it was trained on and how evenly they filled the lists, and ``info``
+says when a retrain would help (``FingerprintDB.retrain_reasons``). The coarse quantiser
+is ``IndexFlatIP``: faiss trains inner-product IVF centroids with spherical k-means
+(unit-norm centroids), and for unit queries and unit centroids the largest inner product
+is the smallest L2 distance, so IP and L2 assign the same lists; IP keeps one metric
+throughout.
 
 Crash safety. ``stage_song`` writes ``staging/<checksum>.npy`` (temp file + rename)
 before inserting its row, so a row always has its file. ``commit`` writes the new index
@@ -39,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -46,7 +52,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import faiss
 import numpy as np
@@ -75,9 +81,24 @@ MODEL_FILE = "model.pt"
 LOCK_FILE = ".lock"
 INDEX_FLAT = "flat"
 INDEX_IVFPQ = "ivfpq"
+T = TypeVar("T", int, float)
 
 # Fewer training points per centroid than this gives useless k-means (faiss warns below 39).
 _MIN_POINTS_PER_CENTROID = 8
+# The training sample holds at least this many vectors per coarse list (faiss's own
+# minimum for a k-means without warnings), where the library has them.
+_TRAIN_POINTS_PER_LIST = 39
+# Automatic lists: about 4 sqrt(N), no fewer than the paper's 256 and no more than 65,536
+# (past that a flat coarse quantiser costs more per query than the lists save).
+AUTO_NLIST_MIN = 256
+AUTO_NLIST_MAX = 65_536
+# The paper's operating point, which automatic nprobe keeps the recall of.
+_PAPER_NLIST, _PAPER_NPROBE = 256, 4
+# A retrain would help once the index holds this many times the vectors it was trained
+# on (automatic lists: the rule would then choose twice as many, each list is 4x as long
+# as planned) or its lists are this much more uneven than right after training.
+RETRAIN_GROWTH = 4.0
+RETRAIN_IMBALANCE = 1.5
 # Vectors added to faiss (and read from staging) per call: bounds commit memory.
 _ADD_CHUNK = 65_536
 _TRAIN_SEED = 0
@@ -134,6 +155,38 @@ class DuplicateSong(DatabaseError):  # noqa: N818 - names the situation, like Ca
 def model_identity(model_info: dict[str, Any]) -> tuple[Any, Any]:
     """What makes two models the same: architecture name and checkpoint checksum."""
     return model_info.get("name"), model_info.get("checkpoint_sha256")
+
+
+def auto_nlist(vectors: int) -> int:
+    """Coarse lists for an index of ``vectors`` vectors: about 4 sqrt(N), the rule of
+    thumb for faiss IVF on CPU, within [``AUTO_NLIST_MIN``, ``AUTO_NLIST_MAX``] and at most
+    one list per 8 vectors (k-means needs points to place its centroids)."""
+    lists = int(np.clip(round(4 * math.sqrt(max(vectors, 0))), AUTO_NLIST_MIN, AUTO_NLIST_MAX))
+    return max(1, min(lists, vectors // _MIN_POINTS_PER_CENTROID))
+
+
+def auto_nprobe(nlist: int) -> int:
+    """Lists to probe among ``nlist`` for at least the recall of the paper's 4 of 256:
+    4 sqrt(nlist / 256), rounded up. More, shorter lists put a query's neighbours in
+    relatively fewer of them; measured on synthetic fingerprints (README, "Index alone"),
+    16 probes of 4,096 lists found the exact neighbour more often than 4 of 256 (62 % vs
+    54 %) in under half the time."""
+    return max(1, math.ceil(_PAPER_NPROBE * math.sqrt(nlist / _PAPER_NLIST)))
+
+
+def list_sizes(index: faiss.Index) -> np.ndarray:
+    """Vectors in each inverted list of an IVF index."""
+    invlists = faiss.extract_index_ivf(index).invlists
+    if invlists is None:
+        raise DatabaseError("the IVF index has no inverted lists")
+    return np.array([invlists.list_size(i) for i in range(invlists.nlist)], np.int64)
+
+
+def imbalance(sizes: np.ndarray) -> float:
+    """faiss's imbalance factor: nlist sum(size^2) / N^2; 1 when every list is as long,
+    and the search cost relative to that (a query lands in long lists more often)."""
+    total = float(sizes.sum())
+    return float(len(sizes) * np.square(sizes, dtype=np.float64).sum() / total**2) if total else 1.0
 
 
 class SongCatalogue:
@@ -372,12 +425,15 @@ class FingerprintDB(SongCatalogue):
         self._manifest = manifest
         self.dim: int = manifest["dim"]
         self.index_config: IndexConfig = from_dict(IndexConfig, manifest["index"], "index")
-        self._nprobe: int = int(manifest["search"].get("nprobe", self.index_config.nprobe))
+        # None: automatic, from the trained index's lists (auto_nprobe)
+        self._nprobe: int | None = manifest["search"].get("nprobe", self.index_config.nprobe)
         self._index: faiss.Index | None = None
         self._index_name = ""
         self._generation = 0
         self._index_type = ""
         self._index_reason = ""
+        self._trained_vectors: int | None = None
+        self._trained_imbalance: float | None = None
         # Indexed songs sorted by first_vector_id (for locate) ...
         self._first = np.zeros(0, np.int64)
         self._count = np.zeros(0, np.int64)
@@ -583,7 +639,7 @@ class FingerprintDB(SongCatalogue):
         """IVF lists visited per query (in memory; ``save_search_settings`` persists it)."""
         if self._index is not None and self._index_type == INDEX_IVFPQ:
             return int(faiss.extract_index_ivf(self._index).nprobe)
-        return self._nprobe
+        return self._nprobe if self._nprobe is not None else _PAPER_NPROBE
 
     @nprobe.setter
     def nprobe(self, value: int) -> None:
@@ -594,9 +650,14 @@ class FingerprintDB(SongCatalogue):
 
     def _apply_nprobe(self) -> None:
         if self._index is not None and self._index_type == INDEX_IVFPQ:
-            # The attribute is `nprobe`: the authors' `nprobes` was silently ignored
-            # (docs/design.md §2.1).
-            faiss.extract_index_ivf(self._index).nprobe = self._nprobe
+            self._set_nprobe(self._index)
+
+    def _set_nprobe(self, index: faiss.Index) -> None:
+        """The set nprobe, or the automatic one for this index's lists."""
+        ivf = faiss.extract_index_ivf(index)
+        # The attribute is `nprobe`: the authors' `nprobes` was silently ignored
+        # (docs/design.md §2.1).
+        ivf.nprobe = self._nprobe if self._nprobe is not None else auto_nprobe(ivf.nlist)
 
     # ------------------------------------------------------------------ catalogue
 
@@ -696,9 +757,11 @@ class FingerprintDB(SongCatalogue):
                     progress(done, total)
                     check_cancel()
             index_type = INDEX_IVFPQ
+            nlist = faiss.extract_index_ivf(index).nlist
+            chosen = " (about 4 sqrt(N))" if self.index_config.nlist is None else ""
             reason = (
-                f"IVF-PQ: {total} vectors >= {required} needed to train "
-                f"{self.index_config.nlist} lists and {2**self.index_config.nbits} PQ centroids"
+                f"IVF-PQ: {total} vectors >= {required} needed to train {nlist} "
+                f"lists{chosen} and {2**self.index_config.nbits} PQ centroids"
             )
         elif self._index is None:
             index = faiss.IndexFlatIP(self.dim)
@@ -725,13 +788,19 @@ class FingerprintDB(SongCatalogue):
         if index.ntotal != total:
             raise DatabaseError(f"{self.path}: index holds {index.ntotal} vectors, not {total}")
 
+        # what the training was made for, to tell later how far the index drifted from it
+        trained = (
+            {"trained_vectors": str(total), "trained_imbalance": repr(imbalance(list_sizes(index)))}
+            if upgrade
+            else {}
+        )
         generation = self._generation + 1
         name = f"index-{generation:06d}.faiss"
         with atomic_path(self.path / name) as tmp:
             _write_index(index, tmp)
         fault_point("index.commit")
         check_cancel()
-        self._record_commit(first_ids, name, generation, index_type, reason)
+        self._record_commit(first_ids, name, generation, index_type, reason, trained)
 
         old_name = self._index_name
         self._index, self._index_name = index, name
@@ -748,8 +817,10 @@ class FingerprintDB(SongCatalogue):
         generation: int,
         index_type: str,
         reason: str,
+        trained: dict[str, str],
     ) -> None:
-        """The commit point: one transaction switches rows and the current index file."""
+        """The commit point: one transaction switches rows and the current index file
+        (and, after training, what it was trained on)."""
         self._mark_indexed(
             first_ids,
             {
@@ -757,12 +828,13 @@ class FingerprintDB(SongCatalogue):
                 "generation": str(generation),
                 "index_type": index_type,
                 "index_reason": reason,
+                **trained,
             },
         )
 
     def _ivf_required_vectors(self) -> int:
         cfg = self.index_config
-        centroids = max(cfg.nlist, 2**cfg.nbits)
+        centroids = max(cfg.nlist or AUTO_NLIST_MIN, 2**cfg.nbits)
         return max(cfg.min_train_vectors, _MIN_POINTS_PER_CENTROID * centroids)
 
     def _train_ivfpq(
@@ -773,7 +845,8 @@ class FingerprintDB(SongCatalogue):
         existing = old.ntotal if old is not None else 0
         total = existing + sum(song.vector_count for song in staged)
         rng = np.random.default_rng(_TRAIN_SEED)
-        size = min(total, cfg.max_train_vectors)
+        nlist = cfg.nlist or auto_nlist(total)
+        size = min(total, max(cfg.max_train_vectors, _TRAIN_POINTS_PER_LIST * nlist))
         picks = np.sort(rng.choice(total, size=size, replace=False))
         parts = []
         old_picks = picks[picks < existing]
@@ -789,7 +862,7 @@ class FingerprintDB(SongCatalogue):
         sample = np.concatenate(parts)
         quantizer = faiss.IndexFlatIP(self.dim)
         index = faiss.IndexIVFPQ(
-            quantizer, self.dim, cfg.nlist, cfg.m, cfg.nbits, faiss.METRIC_INNER_PRODUCT
+            quantizer, self.dim, nlist, cfg.m, cfg.nbits, faiss.METRIC_INNER_PRODUCT
         )
         index.own_fields = True
         # the index now owns and frees its quantiser (``this``: SWIG's handle, not in the stubs)
@@ -802,7 +875,7 @@ class FingerprintDB(SongCatalogue):
         # Array direct map: vectors are added with sequential ids, and reconstruct(id)
         # (offset-consistent re-scoring) needs id -> list position.
         index.make_direct_map()
-        faiss.extract_index_ivf(index).nprobe = self._nprobe
+        self._set_nprobe(index)
         return index
 
     def _load_staged(self, song: Song, file: Path, mmap: bool = False) -> np.ndarray:
@@ -922,12 +995,31 @@ class FingerprintDB(SongCatalogue):
         catalogue_bytes = sum(file_size(p) for p in self.path.glob(f"{CATALOGUE}*"))
         staging_bytes = sum(file_size(p) for p in (self.path / STAGING).glob("*.npy"))
         index: dict[str, Any] = {"type": self._index_type or "none"}
+        lists: dict[str, Any] | None = None
+        training: dict[str, Any] | None = None
+        ram = self.ntotal * self.dim * 4  # a flat index: the vectors
         if self._index_type == INDEX_IVFPQ:
-            ivfpq = faiss.downcast_index(self._require_index())
-            if not isinstance(ivfpq, faiss.IndexIVFPQ):
-                raise DatabaseError(f"{self.path}: the IVF-PQ index is a {type(ivfpq).__name__}")
+            ivfpq = self._ivfpq()
             ivf, pq = faiss.extract_index_ivf(ivfpq), ivfpq.pq
             index |= {"m": pq.M, "nbits": pq.nbits, "nlist": ivf.nlist, "nprobe": ivf.nprobe}
+            sizes = list_sizes(ivfpq)
+            lists = {
+                "count": ivf.nlist,
+                "min": int(sizes.min()),
+                "median": float(np.median(sizes)),
+                "max": int(sizes.max()),
+                "imbalance": imbalance(sizes),
+            }
+            trained = self._trained_vectors
+            training = {
+                "vectors": trained,
+                "added_since": None if trained is None else self.ntotal - trained,
+                "imbalance": self._trained_imbalance,
+                "retrain": self.retrain_reasons(sizes),
+            }
+            # codes and ids in the lists, the id -> list map rebuilt on load, the coarse
+            # centroids and the PQ codebooks
+            ram = self.ntotal * (pq.code_size + 16) + (ivf.nlist + 2**pq.nbits) * self.dim * 4
         elif self._index_type == INDEX_FLAT:
             index |= {"metric": "inner_product"}
         return {
@@ -941,7 +1033,10 @@ class FingerprintDB(SongCatalogue):
             "index": index,
             "index_reason": self._index_reason,
             "index_config": to_dict(self.index_config),
+            "lists": lists,
+            "training": training,
             "bytes_index": index_bytes,
+            "bytes_index_ram": ram if self._index is not None else 0,
             "bytes_catalogue": catalogue_bytes,
             "bytes_staging": staging_bytes,
             "bytes_on_disk": index_bytes + catalogue_bytes + staging_bytes,
@@ -955,7 +1050,42 @@ class FingerprintDB(SongCatalogue):
             "faiss_version": self._manifest.get("faiss_version"),
         }
 
+    def retrain_reasons(self, sizes: np.ndarray | None = None) -> list[str]:
+        """Why training the IVF-PQ index again (rebuilding the database) would help; none
+        for a flat index, or one trained before its training was recorded.
+
+        Songs added after training go into the lists the training sample shaped. An index
+        grown far past its training set (``RETRAIN_GROWTH``) has lists longer than planned
+        (with automatic lists, fewer than the rule now asks for); lists grown uneven since
+        training (``RETRAIN_IMBALANCE``: new music unlike the old crowds a few lists)
+        make every query that lands there scan more. Both cost search time.
+        """
+        if self._index_type != INDEX_IVFPQ:
+            return []
+        sizes = list_sizes(self._ivfpq()) if sizes is None else sizes
+        reasons = []
+        trained, nlist = self._trained_vectors, len(sizes)
+        if trained and self.ntotal >= RETRAIN_GROWTH * trained:
+            text = (
+                f"it holds {self.ntotal / trained:.1f}x the {trained:,} vectors it was trained on"
+            )
+            if self.index_config.nlist is None and auto_nlist(self.ntotal) > nlist:
+                text += f" (the rule now asks for {auto_nlist(self.ntotal):,} lists, not {nlist:,})"
+            reasons.append(text)
+        before, now = self._trained_imbalance, imbalance(sizes)
+        if before and now >= RETRAIN_IMBALANCE * before:
+            reasons.append(
+                f"its lists are uneven: imbalance {now:.2f}, {before:.2f} after training"
+            )
+        return reasons
+
     # ------------------------------------------------------------------ internals
+
+    def _ivfpq(self) -> faiss.IndexIVFPQ:
+        ivfpq = faiss.downcast_index(self._require_index())
+        if not isinstance(ivfpq, faiss.IndexIVFPQ):
+            raise DatabaseError(f"{self.path}: the IVF-PQ index is a {type(ivfpq).__name__}")
+        return ivfpq
 
     def _require_index(self) -> faiss.Index:
         if self._index is None:
@@ -998,6 +1128,9 @@ class FingerprintDB(SongCatalogue):
         self._generation = int(meta.get("generation", "0"))
         self._index_type = meta.get("index_type", "") if name else ""
         self._index_reason = meta.get("index_reason", "")
+        # recorded since automatic lists; None for an index trained before
+        self._trained_vectors = _meta_number(meta, "trained_vectors", int)
+        self._trained_imbalance = _meta_number(meta, "trained_imbalance", float)
         spans = np.array(rows, dtype=np.int64).reshape(-1, 3)
         self._first, self._count, self._song_ids = spans[:, 0], spans[:, 1], spans[:, 2]
         self._by_id = np.argsort(self._song_ids, kind="stable")
@@ -1049,6 +1182,15 @@ def _write_index(index: faiss.Index, path: Path) -> None:
         index.make_direct_map(True)
 
 
+def _meta_number(meta: dict[str, str], key: str, kind: type[T]) -> T | None:
+    """A number the meta table keeps; None where it is missing or unreadable (it only
+    informs ``info``)."""
+    try:
+        return kind(meta[key]) if key in meta else None
+    except ValueError:
+        return None
+
+
 def _validate_config(path: Path, dim: int, cfg: IndexConfig) -> None:
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise DatabaseError(f"{path}: dim must be a positive integer, not {dim!r}")
@@ -1056,11 +1198,12 @@ def _validate_config(path: Path, dim: int, cfg: IndexConfig) -> None:
         raise DatabaseError(f"{path}: index m={cfg.m} must divide the vector dim {dim}")
     if not 1 <= cfg.nbits <= 16:
         raise DatabaseError(f"{path}: index nbits={cfg.nbits} must be in 1..16")
-    if cfg.nlist < 1 or cfg.nprobe < 1:
+    if (cfg.nlist is not None and cfg.nlist < 1) or (cfg.nprobe is not None and cfg.nprobe < 1):
         raise DatabaseError(f"{path}: index nlist and nprobe must be positive")
     if cfg.density < 1:
         raise DatabaseError(f"{path}: index density={cfg.density} must be 1 or more")
-    needed = max(cfg.min_train_vectors, _MIN_POINTS_PER_CENTROID * max(cfg.nlist, 2**cfg.nbits))
+    lists = cfg.nlist or AUTO_NLIST_MIN
+    needed = max(cfg.min_train_vectors, _MIN_POINTS_PER_CENTROID * max(lists, 2**cfg.nbits))
     if cfg.max_train_vectors < needed:
         raise DatabaseError(
             f"{path}: index max_train_vectors={cfg.max_train_vectors} is below the "

@@ -9,6 +9,10 @@ chunks, so 10 M vectors never sit in memory as floats.
 
     python benchmarks/bench_faiss.py                 # 1 M and 10 M
     python benchmarks/bench_faiss.py --sizes 1000000 --nprobe 1 4 16
+    python benchmarks/bench_faiss.py --sizes 200000 1000000 --nlist 256 0 --nprobe 4 0
+
+``--nlist 0`` and ``--nprobe 0`` are what a database chooses when they are not fixed
+(``afp_core.database.auto_nlist``: about 4 sqrt(N); ``auto_nprobe``: 4 sqrt(nlist / 256)).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import time
 
 import faiss
 import numpy as np
+
+from afp_core.database import auto_nlist, auto_nprobe
 
 DIM = 128
 
@@ -81,7 +87,7 @@ def run(size: int, nlist: int, m: int, nprobes: list[int], queries: int, seed: i
     index_mb = index.ntotal * (m + 8) / 1e6 if size > 2_000_000 else None
     index_mb = index_mb or faiss.serialize_index(index).nbytes / 1e6
     rows = []
-    for nprobe in nprobes:
+    for nprobe in [n or auto_nprobe(nlist) for n in nprobes]:
         ivf.nprobe = nprobe
         t0 = time.perf_counter()
         _, ids = index.search(q, 10)
@@ -105,8 +111,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--m", type=int, default=32)
-    parser.add_argument("--nlist", type=int, nargs="+", default=[256, 0], help="0: 4*sqrt(N)")
-    parser.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--nlist", type=int, nargs="+", default=[256, 0], help="0: automatic")
+    parser.add_argument(
+        "--nprobe", type=int, nargs="+", default=[1, 4, 16, 64], help="0: automatic"
+    )
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -121,8 +129,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         for nlist in args.nlist:
-            nl = nlist or int(2 ** round(np.log2(4 * np.sqrt(size))))
-            for row in run(size, nl, args.m, args.nprobe, args.queries, args.seed):
+            for row in run(
+                size, nlist or auto_nlist(size), args.m, args.nprobe, args.queries, args.seed
+            ):
                 print(row, flush=True)
 
 
