@@ -20,6 +20,7 @@ from afp_core.errors import AfpError
 from afp_core.protocols.realworld import take_sort_key
 from afp_core.tasks import TaskState
 from rig_app.capture import play_audio
+from rig_app.quality import update_session_quality
 from rig_app.room import find_take_room
 from rig_app.selection import Selection
 from rig_app.session import Session, TakeEntry
@@ -28,6 +29,7 @@ __all__ = [
     "DatasetRow",
     "collect_rows",
     "describe_condition",
+    "measure_missing_quality",
     "play_excerpt",
     "read_excerpt",
     "summarise_rows",
@@ -180,3 +182,18 @@ def play_excerpt(task: TaskState, row: DatasetRow, source: Source, device: str |
     audio, rate = read_excerpt(row, source)
     task.set_message(f"playing {source}: {row.title} ({row.take})")
     play_audio(device, audio, rate, stop=lambda: task.cancelled)
+
+
+def measure_missing_quality(task: TaskState, sessions: Sequence[Session]) -> None:
+    """Make the quality record of every aligned take that has none (aligned by an older
+    version), each session's program read once."""
+    todo = [
+        (session, [t.label for t in session.takes if t.aligned_file and not t.quality])
+        for session in sessions
+    ]
+    todo = [(session, labels) for session, labels in todo if labels]
+    task.set_total(sum(len(labels) for _, labels in todo), "measuring quality")
+    for session, labels in todo:
+        task.check_cancelled()
+        update_session_quality(session, labels=labels)
+        task.advance(len(labels), f"{session.folder.name}: {', '.join(labels)} measured")

@@ -13,7 +13,13 @@ import pytest
 import soundfile as sf
 
 from afp_core.tasks import TaskState
-from rig_app.dataset import collect_rows, play_excerpt, read_excerpt, summarise_rows
+from rig_app.dataset import (
+    collect_rows,
+    measure_missing_quality,
+    play_excerpt,
+    read_excerpt,
+    summarise_rows,
+)
 from rig_app.quality import update_take_quality
 from rig_app.selection import Selection
 from rig_app.session import Session
@@ -139,3 +145,16 @@ def test_dataset_page_shows_both_sessions_and_stores_the_choice(two_sessions, qt
     page.include([r for r in page.model.rows if not r.included])
     assert all(r.included for r in page.model.rows)
     assert Selection.from_session(Session.load(two_sessions[0])).exclusions == []
+
+
+def test_takes_aligned_without_a_quality_record_are_measured(tmp_path):
+    session = make_room_session(tmp_path / "old", ("low", "high"), songs=2)
+    kept = session.take("high").quality
+    session.take("low").quality = None  # as a take aligned by an older version
+    session.save()
+    seen: list[str] = []
+    measure_missing_quality(TaskState(lambda d, t, m: seen.append(m)), [session])
+    again = Session.load(session.folder)
+    assert again.take("low").quality is not None
+    assert again.take("high").quality == kept  # one with a record is left as it is
+    assert seen[-1] == "old: low measured"

@@ -148,6 +148,11 @@ def read_csv_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
         raise QuerySetError(f"{path}: cannot read ({one_line(exc)})") from None
 
 
+def _take_label(session_id: str, take: str, several: bool) -> str:
+    """A take's label in the evaluation: ``<session>/<take>`` when the set holds several."""
+    return f"{session_id}/{take}" if several else take
+
+
 def read_queryset(folder: Path | str) -> QuerySetSession:
     """Read a query set folder for evaluation; one-line ``QuerySetError`` naming the file."""
     folder = Path(folder)
@@ -195,13 +200,13 @@ def read_queryset(folder: Path | str) -> QuerySetSession:
         clips: dict[str, dict[int, list[QueryClip]]] = {}
         for session in sessions:
             for take in session.get("takes") or ():
-                label = f"{session['id']}/{take['label']}" if several else str(take["label"])
+                label = _take_label(str(session["id"]), str(take["label"]), several)
                 takes[label] = _take(folder, session, take, label)
                 clips[label] = {}
         for number, row in enumerate(queries, 2):
             if row["session"] not in rates:
                 continue
-            label = f"{row['session']}/{row['take']}" if several else row["take"]
+            label = _take_label(row["session"], row["take"], several)
             key = (row["session"], int(row["song_index"]))
             if label not in takes or key not in index_of:
                 raise QuerySetError(

@@ -48,10 +48,15 @@ from PySide6.QtWidgets import (
 
 from afp_core.errors import AfpError
 from afp_core.fileutil import one_line
-from rig_app.dataset import DatasetRow, collect_rows, play_excerpt, summarise_rows
+from rig_app.dataset import (
+    DatasetRow,
+    collect_rows,
+    measure_missing_quality,
+    play_excerpt,
+    summarise_rows,
+)
 from rig_app.devices import Device, list_devices
 from rig_app.evaluate import parse_lengths
-from rig_app.quality import update_session_quality
 from rig_app.selection import Selection
 from rig_app.session import Session
 from rig_app.ui.pages import Page, placeholder
@@ -538,19 +543,7 @@ class DatasetPage(Page):
             self.set_note(rows, text)
 
     def _on_measure(self) -> None:
-        sessions = self.sessions
-
-        def measure(task: Any) -> None:
-            todo = [
-                (s, t.label) for s in sessions for t in s.takes if t.aligned_file and not t.quality
-            ]
-            task.set_total(len(todo), "measuring quality")
-            for session, label in todo:
-                task.check_cancelled()
-                update_session_quality(session, labels=[label])
-                task.advance(1, f"{session.folder.name}: {label} measured")
-
-        worker = Worker(measure)
+        worker = Worker(measure_missing_quality, self.sessions)
         worker.finished.connect(lambda _: self.refresh())
         self.start_job(worker, self.panel, "measuring the takes' quality")
 
