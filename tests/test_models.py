@@ -21,6 +21,7 @@ from afp_core.models import (
     list_models,
 )
 from afp_core.models.nafp import same_padding
+from afp_core.models.widen import find_widening_factor, widen_nafp
 
 PAPER_PARAMETERS = 16_922_624
 _MODELS: dict[float, Fingerprinter] = {}
@@ -274,3 +275,36 @@ def test_registry_lists_nafp() -> None:
     entry = MODELS["nafp"]
     assert entry.arch_config is NAFPConfig and entry.frontend_config is LogMelConfig
     assert entry.description
+
+
+# --- widening a trained narrow model ---------------------------------------------------
+
+
+def test_widening_keeps_the_fingerprints_and_breaks_the_copies_symmetry() -> None:
+    narrow, wide = nafp(0.25), build_model(ModelSpec("nafp", arch=NAFPConfig(width=0.5)), seed=1)
+    assert find_widening_factor(narrow, wide) == 2
+    assert widen_nafp(narrow, wide, seed=0) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(wide.eval()(waves(8)), narrow(waves(8)), atol=1e-5, rtol=0)
+    # a channel's copies read the same input with different shares, so training can part them
+    first = wide.backbone.blocks[1].conv_time.weight
+    assert not torch.equal(first[:, 0::2], first[:, 1::2])
+    torch.testing.assert_close(
+        first[:, 0::2] + first[:, 1::2],
+        narrow.backbone.blocks[1].conv_time.weight.repeat_interleave(2, dim=0),
+    )
+
+
+@pytest.mark.parametrize(
+    ("arch", "why"),
+    [
+        (NAFPConfig(width=0.25), "same width"),
+        (NAFPConfig(width=0.375), "not a whole factor"),
+        (NAFPConfig(width=0.5, activation="elu"), "another activation"),
+    ],
+)
+def test_widening_refuses_what_it_cannot_map(arch: NAFPConfig, why: str) -> None:
+    target = build_model(ModelSpec("nafp", arch=arch), seed=0)
+    assert find_widening_factor(nafp(0.25), target) is None, why
+    with pytest.raises(ConfigError, match=r"cannot widen nafp width 0\.25"):
+        widen_nafp(nafp(0.25), target)

@@ -296,11 +296,37 @@ def test_a_fresh_run_can_start_from_a_trained_checkpoint(setup, straight, tmp_pa
     for key, value in weights(straight).items():
         assert torch.equal(trainer.model.state_dict()[key], value), key
     assert any("weights from" in note for note in notes)
-    wider = dataclasses.replace(
+    other = dataclasses.replace(
         tuned,
         model=dataclasses.replace(
-            tuned.model, arch=dataclasses.replace(tuned.model.arch, width=0.5)
+            tuned.model, arch=dataclasses.replace(tuned.model.arch, activation="elu")
         ),
     )
     with pytest.raises(ConfigError, match=r"training\.init_from: .* another model spec"):
-        Trainer(wider, out=tmp_path / "wider", quiet=True, data=data).run()
+        Trainer(other, out=tmp_path / "other", quiet=True, data=data).run()
+
+
+def test_a_wider_run_starts_from_the_narrow_checkpoints_fingerprints(
+    setup, straight, tmp_path: Path
+) -> None:
+    _, config, data = setup
+    wider = dataclasses.replace(
+        config,
+        model=dataclasses.replace(
+            config.model, arch=dataclasses.replace(config.model.arch, width=0.5)
+        ),
+        training=dataclasses.replace(
+            config.training, init_from=str(straight / MODEL_FILE), epochs=1
+        ),
+    )
+    notes: list[str] = []
+    trainer = Trainer(wider, out=tmp_path / "wider", quiet=True, on_note=notes.append, data=data)
+    trainer._setup()
+    narrow = load_checkpoint(straight / MODEL_FILE).model.eval()
+    waves = torch.randn(4, narrow.window, generator=torch.Generator().manual_seed(0)) * 0.1
+    with torch.no_grad():
+        expected = narrow(waves)
+        got = trainer.model.eval()(waves)
+    assert trainer.model.spec.arch.width == 0.5
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert any("widened 2x" in note for note in notes)

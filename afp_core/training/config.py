@@ -109,8 +109,9 @@ class TrainingConfig:
     - Validation each epoch: ``val_batches`` fixed batches for the loss, and
       ``val_windows`` clean windows of validation songs for the retrieval check.
     - ``init_from``: a trained afp checkpoint of the same model spec whose weights start
-      a fresh run (fine-tuning on more data, or longer); a resumed run takes its weights
-      from its own state.
+      a fresh run (fine-tuning on more data, or longer), or of a NAFP narrower by a whole
+      factor, widened into this run's model with the same fingerprints at step 0
+      (``afp_core.models.widen``); a resumed run takes its weights from its own state.
     """
 
     batch_size: int = 256

@@ -58,6 +58,7 @@ from afp_core.models import (
     embed_windows,
     initialise_model,
 )
+from afp_core.models.widen import find_widening_factor, widen_nafp
 from afp_core.tasks import TaskState
 from afp_core.training.config import TrainConfig, resolve_data_path
 from afp_core.training.data import (
@@ -297,15 +298,26 @@ class Trainer:
         self._in_step = False
 
     def _init_from_checkpoint(self, path: Path) -> None:
-        """Start from a trained checkpoint's weights; its model spec must be this run's."""
+        """Start from a trained checkpoint's weights.
+
+        Its model spec must be this run's, or a NAFP narrower by a whole factor and
+        otherwise the same, which is widened into this run's model (``widen_nafp``).
+        """
         checkpoint = load_checkpoint(path)
-        if checkpoint.spec.to_dict() != self.config.model.to_dict():
+        if checkpoint.spec.to_dict() == self.config.model.to_dict():
+            self.model.load_state_dict(checkpoint.model.state_dict())
+            self._note(f"weights from {path} (sha256 {checkpoint.sha256[:12]})")
+        elif find_widening_factor(checkpoint.model, self.model):
+            factor = widen_nafp(checkpoint.model, self.model, seed=self.config.training.seed)
+            self._note(
+                f"weights from {path} (sha256 {checkpoint.sha256[:12]}), every channel "
+                f"widened {factor}x: the same fingerprints at step 0"
+            )
+        else:
             raise ConfigError(
                 f"training.init_from: {path} holds another model spec than this run's "
                 f"model section ({checkpoint.spec.to_dict()})"
             )
-        self.model.load_state_dict(checkpoint.model.state_dict())
-        self._note(f"weights from {path} (sha256 {checkpoint.sha256[:12]})")
 
     def _setup_validation(self) -> None:
         cfg = self.config.training
