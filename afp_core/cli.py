@@ -33,6 +33,10 @@ EPILOG = "Exit status: 0 success, 1 error (one line on stderr), 2 bad usage, 130
 # `afp index` options that set an IndexConfig field of the same name
 _INDEX_OPTIONS = ("m", "nbits", "nlist", "nprobe", "min_train_vectors", "density")
 
+# what ``add_subparsers`` returns: each command's parser builder adds its parser to it
+Subcommands = argparse._SubParsersAction  # argparse gives the type no public name
+_FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -42,8 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"afp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    for add_parser in _PARSERS:
+        add_parser(sub)
+    return parser
 
+
+def _add_index_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "index",
         help="add audio files to a fingerprint database (created if missing)",
@@ -51,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "add it to the database DB_DIR. Files already in the database (same content) are "
         "skipped; unreadable or too-short files are skipped with a reason. An interrupted run "
         "resumes: songs extracted before the interrupt are not extracted again.",
-        formatter_class=fmt,
+        formatter_class=_FORMATTER,
         epilog=EPILOG,
     )
     p.add_argument("db", metavar="DB_DIR", type=Path, help="database folder")
@@ -101,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_runtime_options(p)
 
+
+def _add_identify_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "identify",
         help="identify audio excerpts against a database",
@@ -110,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "vote. In a landmark database (afp index --landmark) the query's spectral-peak pair "
         "hashes vote for (song, offset) alignments instead, and the score counts aligned "
         "hashes. A score below the threshold is reported as no match.",
-        formatter_class=fmt,
+        formatter_class=_FORMATTER,
         epilog=EPILOG,
     )
     p.add_argument("db", metavar="DB_DIR", type=Path, help="database folder")
@@ -153,37 +163,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="checkpoint; must be the database's own model")
     _add_runtime_options(p)
 
+
+def _add_info_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "info",
         help="describe a database",
         description="Songs, vectors, index type and parameters, bytes on disk and bytes per "
         "hour of audio, and the model that made the vectors (for a landmark database: its "
         "hashes, settings and no-match thresholds).",
-        formatter_class=fmt,
+        formatter_class=_FORMATTER,
         epilog=EPILOG,
     )
     p.add_argument("db", metavar="DB_DIR", type=Path, help="database folder")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--songs", action="store_true", help="also list the songs")
 
+
+def _add_models_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "models",
         help="list the model architectures a training config can name",
         description="Every registered architecture with its parameter count (at its default "
         "settings), the front-end it needs and a description. A training config picks one "
         "with model.name.",
-        formatter_class=fmt,
+        formatter_class=_FORMATTER,
         epilog=EPILOG,
     )
     p.add_argument("--json", action="store_true", help="print a JSON list of objects")
 
+
+def _add_demo_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "demo",
         help="end-to-end demo on the development music (no configuration, no network)",
         description="Builds a database from the development music (docs/design.md §6), "
         "identifies distorted excerpts of indexed songs and clean excerpts of songs left out "
         "of the database, prints a results table and writes a report.",
-        formatter_class=fmt,
+        formatter_class=_FORMATTER,
         epilog=EPILOG,
     )
     p.add_argument("--library", type=Path, nargs="+", help="music to use instead of the dev set")
@@ -196,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="checkpoint (default: the shipped model)")
     _add_runtime_options(p)
 
+
+def _add_train_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "train",
         help="train a fingerprint model (contrastive learning, paper §2.1)",
@@ -217,10 +235,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def _add_evaluate_parser(sub: Subcommands) -> None:
     from afp_core.protocols.commands import add_evaluate_parser
 
     add_evaluate_parser(sub, EPILOG)
-    return parser
+
+
+_PARSERS: tuple[Callable[[Subcommands], None], ...] = (
+    _add_index_parser,
+    _add_identify_parser,
+    _add_info_parser,
+    _add_models_parser,
+    _add_demo_parser,
+    _add_train_parser,
+    _add_evaluate_parser,
+)
 
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:

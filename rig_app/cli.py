@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from afp_core import __version__
-from afp_core.cli import EPILOG, run_guarded
+from afp_core.cli import EPILOG, Subcommands, run_guarded
 from afp_core.errors import AfpError, Cancelled
 
 if TYPE_CHECKING:
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from rig_app.session import Session
 
 PROG = "afp-rig"
-# what ``add_subparsers`` returns: each command's parser builder adds its parser to it
-Subcommands = argparse._SubParsersAction  # argparse gives the type no public name
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

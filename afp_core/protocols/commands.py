@@ -18,13 +18,14 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from afp_core.config import SearchConfig
 from afp_core.errors import ConfigError
 from afp_core.tasks import progress_task
 
 if TYPE_CHECKING:
+    from afp_core.cli import Subcommands
     from afp_core.fusion import FusedRecogniser
     from afp_core.protocols.baseline import BaselineSettings
     from afp_core.recogniser import Recogniser
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 DEFAULT_OUT = Path("evaluations")
 
 
-def add_evaluate_parser(sub: Any, epilog: str) -> None:
+def add_evaluate_parser(sub: Subcommands, epilog: str) -> None:
     """Add ``evaluate`` and its three protocols to the ``afp`` subcommands."""
     parser = sub.add_parser(
         "evaluate",
