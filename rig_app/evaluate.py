@@ -44,7 +44,8 @@ from afp_core.checkpoint import load_checkpoint
 from afp_core.database import MANIFEST, FingerprintDB
 from afp_core.errors import AudioError, ConfigError
 from afp_core.fileutil import file_sha256
-from afp_core.indexing import index_library, open_database_for_indexing, read_tags
+from afp_core.indexing import index_library, open_database_for_indexing
+from afp_core.ingest import read_tags
 from afp_core.protocols.querysets import read_session_or_queryset
 from afp_core.protocols.realworld import (
     RealWorldPlan,
@@ -271,8 +272,8 @@ def _check_library_covers(
     if missing:
         names = ", ".join(repr(title) for title in missing)
         raise ConfigError(
-            f"{library}: {len(missing)} of the session's {len(session.songs)} songs are not in "
-            f"the library: {names}; add their files to the library folder (or choose a "
+            f"{library}: {len(missing)} of the {session.kind}'s {len(session.songs)} songs are "
+            f"not in the library: {names}; add their files to the library folder (or choose a "
             "database that holds them)"
         )
 

@@ -13,17 +13,23 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from afp_core.cli import main as afp_main
+from afp_core.database import Song
 from afp_core.errors import AfpError, Cancelled
 from afp_core.protocols.querysets import QuerySetError, read_queryset
-from afp_core.protocols.realworld import RealWorldSettings, run_realworld_comparison
+from afp_core.protocols.realworld import (
+    RealWorldSettings,
+    plan_realworld,
+    run_realworld_comparison,
+)
 from afp_core.protocols.report import read_report
-from afp_core.recogniser import open_recogniser
+from afp_core.recogniser import Recogniser, open_recogniser
 from afp_core.tasks import TaskState
 from rig_app import cli
 from rig_app.export import spread, write_float_wav, write_query_set
@@ -49,6 +55,19 @@ def _check_sums(folder: Path) -> None:
         ["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=folder, capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+class _FirstSongLeftOut:
+    """A real recogniser whose catalogue lacks its first song (one database is reused)."""
+
+    def __init__(self, recogniser: Recogniser) -> None:
+        self._recogniser = recogniser
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._recogniser, name)
+
+    def songs(self) -> list[Song]:
+        return self._recogniser.songs()[1:]
 
 
 def _one_line(err: str, prog: str = "afp-rig") -> str:
@@ -135,6 +154,11 @@ def test_evaluate_command_takes_a_query_set(world, tmp_path, capsys):
     assert "the query set holds no 4 s queries" in capsys.readouterr().err
     assert afp_main(["evaluate", "realworld", str(neural), str(tmp_path)]) == 1
     assert "not a session or query set folder" in _one_line(capsys.readouterr().err, "afp")
+    # a song the database lacks is named as the query set's, not the session's
+    lacking = _FirstSongLeftOut(open_recogniser(neural))
+    n_songs = len(read_queryset(queryset).songs)
+    with pytest.raises(AfpError, match=rf"1 of the query set's {n_songs} songs are not in"):
+        plan_realworld([lacking], queryset, RealWorldSettings(lengths_s=(2.0,)))
 
 
 def test_set_layout_checksums_and_data_card(world):

@@ -35,7 +35,8 @@ from afp_core.config import IndexConfig, SearchConfig
 from afp_core.database import INDEX_FLAT, INDEX_IVFPQ, FingerprintDB, Song
 from afp_core.errors import AudioError, ConfigError, DatabaseError
 from afp_core.fileutil import file_sha256
-from afp_core.indexing import describe_model, extract_file_vectors, read_tags
+from afp_core.indexing import describe_model, extract_file_vectors
+from afp_core.ingest import read_tags
 from afp_core.protocols.baseline import (
     BaselineResult,
     BaselineSettings,
@@ -227,6 +228,7 @@ def plan_quantisation_sweep(
             pseudo,
             "the library",
             fix="add their files to the library folder",
+            kind=eval_session.kind,
         )
     elif noise is not None:  # exactly one of session and noise (checked above)
         check_baseline_settings(baseline, model_like)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import soundfile as sf
@@ -97,6 +97,8 @@ class QuerySetSession(EvalSession):
     (``<session id>/<label>`` when the set holds several sessions). ``clips``: take label
     -> song index -> that song's clips in the take.
     """
+
+    kind: ClassVar[str] = "query set"
 
     clips: dict[str, dict[int, tuple[QueryClip, ...]]] = dataclasses.field(default_factory=dict)
     lengths_s: tuple[float, ...] = ()

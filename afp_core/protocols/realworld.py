@@ -294,12 +294,14 @@ def map_session_songs(
     where: str,
     checksums: dict[Path, str] | None = None,
     fix: str | None = None,
+    kind: str = "session",
 ) -> list[SongMapping]:
     """Catalogue song of every session song: by file checksum, else by title.
 
     ``DatabaseError`` (one line, before any work) listing the session songs the
     catalogue lacks and what to do (``fix``; default: the ``afp index`` command).
-    ``checksums`` caches file checksums across calls.
+    ``checksums`` caches file checksums across calls; ``kind`` names what the songs are
+    of in that message ("session", "query set").
     """
     checksums = {} if checksums is None else checksums
     by_checksum = {song.checksum: song for song in catalogue}
@@ -342,7 +344,7 @@ def map_session_songs(
         hint = " ".join(files) if files and len(files) == len(missing) else "FILE..."
         fix = fix or f"index them with: afp index {where} {hint}"
         raise DatabaseError(
-            f"{where}: {len(missing)} of the session's {len(songs)} songs are not in the "
+            f"{where}: {len(missing)} of the {kind}'s {len(songs)} songs are not in the "
             f"database: {names}; {fix}"
         )
     return mapped
@@ -379,7 +381,9 @@ def plan_realworld(
         methods = _methods(recogniser, settings, label)
         check_query_lengths(recogniser, settings, label)
         where = str(recogniser.describe().get("database", label))
-        mapping = map_session_songs(session.songs, recogniser.songs(), where, checksums)
+        mapping = map_session_songs(
+            session.songs, recogniser.songs(), where, checksums, kind=session.kind
+        )
         for entry in mapping:
             if entry.matched_by == "title" and entry.file is not None:
                 notes.append(

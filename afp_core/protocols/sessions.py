@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from afp_core.errors import AfpError
 from afp_core.fileutil import check_document, one_line, read_json_object
@@ -213,6 +213,9 @@ class SessionTake:
 @dataclasses.dataclass(frozen=True)
 class EvalSession:
     """What the evaluation needs from a session folder."""
+
+    # what messages call it: a query set read as a session says "query set"
+    kind: ClassVar[str] = "session"
 
     folder: Path
     origin: str
