@@ -901,6 +901,16 @@ def _drift_grid(max_drift_ppm: float, needle_s: float, rate: float) -> list[floa
     return [0.0, *[sign * i * step for i in range(1, count + 1) for sign in (1, -1)]]
 
 
+@dataclass(frozen=True)
+class _CoarseMatch:
+    """A take segment matched in the reference at the coarse rate."""
+
+    take_s: float  # where the segment starts in the take
+    program_s: float  # where it starts in the reference
+    drift_ppm: float  # the trial drift that matched best
+    quality_db: float
+
+
 def _coarse_search(
     take: np.ndarray,
     haystack: _Haystack,
@@ -908,8 +918,8 @@ def _coarse_search(
     needle_s: float,
     lo_s: float,
     drifts: list[float],
-) -> tuple[float, float, float]:
-    """Program time of take time ``start_s``, the drift (ppm) that matched best, quality.
+) -> _CoarseMatch:
+    """Where the take segment starting at ``start_s`` lies in the haystack, best drift first.
 
     The take's needle is compressed by each trial drift before it is matched, so that a
     drifting take matches as sharply as a steady one. ``lo_s`` is the haystack's start.
@@ -926,7 +936,77 @@ def _coarse_search(
             continue
         if match.quality_db > best.quality_db:
             best, best_drift = match, drift
-    return lo_s + best.lag / rate, best_drift, best.quality_db
+    return _CoarseMatch(start_s, lo_s + best.lag / rate, best_drift, best.quality_db)
+
+
+@dataclass(frozen=True)
+class _Tracks:
+    """A take and its reference, mono, at their own, the analysis and the coarse rates."""
+
+    take: np.ndarray
+    ref: np.ndarray
+    take_a: np.ndarray
+    ref_a: np.ndarray
+    take_c: np.ndarray
+    ref_c: np.ndarray
+    analysis_rate: int
+    coarse_rate: int
+
+    @classmethod
+    def prepare(
+        cls,
+        recording: np.ndarray,
+        recording_rate: int,
+        reference: np.ndarray,
+        reference_rate: int,
+        analysis_rate: int,
+        coarse_rate: int,
+    ) -> _Tracks:
+        take = _mono(recording)
+        ref = _mono(reference)
+        take_a = resample(take, recording_rate, analysis_rate).astype(np.float64)
+        ref_a = resample(ref, reference_rate, analysis_rate).astype(np.float64)
+        return cls(
+            take=take,
+            ref=ref,
+            take_a=take_a,
+            ref_a=ref_a,
+            take_c=resample(take_a, analysis_rate, coarse_rate).astype(np.float64),
+            ref_c=resample(ref_a, analysis_rate, coarse_rate).astype(np.float64),
+            analysis_rate=analysis_rate,
+            coarse_rate=coarse_rate,
+        )
+
+    @property
+    def take_len(self) -> float:
+        return len(self.take_a) / self.analysis_rate
+
+    @property
+    def ref_len(self) -> float:
+        return len(self.ref_a) / self.analysis_rate
+
+
+@dataclass(frozen=True)
+class _CoarseFit:
+    """The coarse stage: the clock (take time = offset + program time * ratio) from a
+    segment matched near each end of the take."""
+
+    offset: float
+    ratio: float
+    start: _CoarseMatch
+    end: _CoarseMatch
+    needle_s: float  # the coarse segments' length
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class _FineFit:
+    """The fine stage: the clock from the start and end segments at the analysis rate."""
+
+    offset: float
+    ratio: float
+    centres: tuple[float, float]  # take time of the start and end segments' centres
+    pattern: _Pattern  # the start segment's correlation cluster, which locates every other
 
 
 def align_without_markers(
@@ -958,151 +1038,44 @@ def align_without_markers(
     matched with a quality of ``min_quality_db`` (correlation peak over its median):
     ``AlignmentError``.
     """
-    take = _mono(recording)
-    ref = _mono(reference_music)
-    take_a = resample(take, recording_rate, analysis_rate).astype(np.float64)
-    ref_a = resample(ref, reference_rate, analysis_rate).astype(np.float64)
-    take_c = resample(take_a, analysis_rate, coarse_rate).astype(np.float64)
-    ref_c = resample(ref_a, analysis_rate, coarse_rate).astype(np.float64)
-    take_len = len(take_a) / analysis_rate
-    ref_len = len(ref_a) / analysis_rate
-    segment = min(segment_s, (take_len - 2 * edge_margin_s) / 2, ref_len / 2)
+    tracks = _Tracks.prepare(
+        recording, recording_rate, reference_music, reference_rate, analysis_rate, coarse_rate
+    )
+    segment = min(segment_s, (tracks.take_len - 2 * edge_margin_s) / 2, tracks.ref_len / 2)
     if segment < 2.0:
         raise AlignmentError(
-            f"{name}: too short to align without markers ({take_len:.1f} s take, "
-            f"{ref_len:.1f} s reference)"
+            f"{name}: too short to align without markers ({tracks.take_len:.1f} s take, "
+            f"{tracks.ref_len:.1f} s reference)"
         )
-    coarse_s = min(coarse_segment_s, segment)
-    drifts = _drift_grid(max_drift_ppm, coarse_s, coarse_rate)
-    notes: list[str] = []
-
-    # 1. coarse start: the first take segment that matches somewhere in the reference.
-    start_take, start_prog, start_drift, start_quality = _find_start(
-        take_c,
-        ref_c,
-        coarse_rate,
-        coarse_s,
-        edge_margin_s,
-        take_len,
-        max_offset_s,
-        min_quality_db,
-        drifts,
+    coarse = _coarse_stage(
+        tracks,
+        name=name,
+        needle_s=min(coarse_segment_s, segment),
+        edge_margin_s=edge_margin_s,
+        max_offset_s=max_offset_s,
+        max_drift_ppm=max_drift_ppm,
+        min_quality_db=min_quality_db,
     )
-    if start_take is None:
-        raise AlignmentError(
-            f"{name}: the start of the take does not match the reference anywhere (best "
-            f"correlation quality {start_quality:.1f} dB, need {min_quality_db:g} dB)"
-        )
-    offset = start_take - start_prog
-    notes.append(
-        f"start: take {start_take:.1f} s matched with quality {start_quality:.1f} dB "
-        f"({coarse_rate} Hz, {start_drift:+.0f} ppm trial)"
-    )
-
-    # 2. coarse end, in the window the drift allows; stepping back over a bad tail (the
-    # music stopped early, noise covered it) while at least half the span is left.
-    last_take = min(take_len - edge_margin_s, offset + ref_len - 0.5) - coarse_s
-    if last_take - start_take < 2 * coarse_s:
-        raise AlignmentError(f"{name}: take and reference overlap too little to measure drift")
-    end_take, end_prog, end_drift, end_quality = _find_end(
-        take_c,
-        ref_c,
-        coarse_rate,
-        coarse_s,
-        start_take,
-        last_take,
-        offset,
-        start_drift,
-        max_drift_ppm,
-        min_quality_db,
-        drifts,
-    )
-    notes.append(
-        f"end: take {end_take:.1f} s matched with quality {end_quality:.1f} dB "
-        f"({end_drift:+.0f} ppm trial)"
-    )
-    if end_quality < min_quality_db:
-        raise AlignmentError(
-            f"{name}: the end of the take (from {last_take:.1f} s back to {end_take:.1f} s) "
-            f"does not match the reference within +-{max_drift_ppm:g} ppm (best quality "
-            f"{end_quality:.1f} dB < {min_quality_db:g} dB)"
-        )
-    ratio = (end_take - start_take) / (end_prog - start_prog)
-    offset = start_take - start_prog * ratio
-
-    # 3. fine passes on the waveforms, the reference stretched to the take clock.
-    first = max(start_take + segment / 2, offset + segment / 2 + 0.2)
-    last = min(
-        take_len - edge_margin_s - segment / 2,
-        offset + ref_len * ratio - segment / 2 - 0.2,
-        end_take + coarse_s - segment / 2,
-    )
-    centres = [first, max(first + segment, last)]
-    pattern: _Pattern | None = None
-    for _ in range(6):  # until the stretch used for matching agrees with the drift found
-        try:
-            head, tail = (
-                _fine_correlation(take_a, ref_a, analysis_rate, c, segment, offset, ratio)
-                for c in centres
-            )
-        except ValueError:
-            raise AlignmentError(
-                f"{name}: the fine match runs off the reference (offset {offset:.2f} s, "
-                f"drift {(ratio - 1) * 1e6:.0f} ppm): the coarse match was wrong"
-            ) from None
-        pattern = _Pattern.around(head.corr, analysis_rate)
-        p0, p1 = head.program_s(pattern.find(head.corr)), tail.program_s(pattern.find(tail.corr))
-        new_ratio = (tail.take_s - head.take_s) / (p1 - p0)
-        new_offset = head.take_s - p0 * new_ratio
-        converged = abs(new_ratio - ratio) < 1e-8 and abs(new_offset - offset) < 1e-6
-        offset, ratio = new_offset, new_ratio
-        if converged:
-            break
-    if pattern is None:  # cannot happen: the loop above runs at least once
-        raise AlignmentError(f"{name}: no fine match was made")
-    inner = [
-        centres[0] + (centres[1] - centres[0]) * (i + 1) / (checkpoints + 1)
-        for i in range(max(0, checkpoints))
-    ]
-    anchors: list[Anchor] = []
-    labels = ["start", *[f"check {i + 1}" for i in range(len(inner))], "end"]
-    for label, centre in zip(labels, [centres[0], *inner, centres[1]], strict=True):
-        fine = _fine_correlation(take_a, ref_a, analysis_rate, centre, segment, offset, ratio)
-        program_s = fine.program_s(pattern.find(fine.corr))
-        anchor = Anchor(label, program_s, fine.take_s, fine.quality_db, used=True)
-        anchor.fit_residual_ms = (fine.take_s - (offset + program_s * ratio)) * 1e3
-        if fine.quality_db < _WEAK_FINE_DB:
-            anchor.note = f"weak match ({fine.quality_db:.1f} dB)"
-        anchors.append(anchor)
-
+    fine = _fine_stage(tracks, coarse, name, segment, edge_margin_s)
+    anchors = _checkpoint_anchors(tracks, fine, segment, checkpoints)
     alignment = Alignment(
         method="markerless",
         recording_rate=recording_rate,
         program_rate=reference_rate,
-        program_samples=len(ref),
-        take_samples=len(take),
-        offset_s=float(offset),
-        drift_ppm=float((ratio - 1.0) * 1e6),
+        program_samples=len(tracks.ref),
+        take_samples=len(tracks.take),
+        offset_s=float(fine.offset),
+        drift_ppm=float((fine.ratio - 1.0) * 1e6),
         anchors=anchors,
-        songs=_song_timings(songs, offset, ratio),
+        songs=_song_timings(songs, fine.offset, fine.ratio),
         rms_residual_ms=math.nan,
         max_residual_ms=math.nan,
         min_snr_db=min(a.snr_db for a in anchors if a.snr_db is not None),
         ok=False,
-        notes=notes,
+        notes=list(coarse.notes),
     )
     if resample_take:
-        aligned = resample_to_program(
-            take, recording_rate, reference_rate, offset, alignment.drift_ppm, len(ref)
-        )
-        alignment.aligned = aligned
-        aligned_a = resample(aligned, reference_rate, analysis_rate).astype(np.float64)
-        for anchor in anchors:
-            anchor.residual_ms = _check_segment(
-                aligned_a, ref_a, analysis_rate, anchor, segment, pattern
-            )
-        if measure_channel:
-            alignment.channel = _transfer_function(aligned, ref, reference_rate)
+        _check_stage(alignment, tracks, fine.pattern, segment, measure_channel)
     # The ends were fitted exactly; the checkpoints between them are the honest test.
     _summarise(alignment, max_residual_ms, dropped=False)
     weak = [a.label for a in anchors if a.note]
@@ -1112,33 +1085,176 @@ def align_without_markers(
     return alignment
 
 
-def _find_end(
-    take_c: np.ndarray,
-    ref_c: np.ndarray,
-    rate: int,
+def _coarse_stage(
+    tracks: _Tracks,
+    *,
+    name: str,
     needle_s: float,
-    start_take: float,
+    edge_margin_s: float,
+    max_offset_s: float | None,
+    max_drift_ppm: float,
+    min_quality_db: float,
+) -> _CoarseFit:
+    """Offset and drift from a segment matched near the start and one near the end."""
+    rate = tracks.coarse_rate
+    drifts = _drift_grid(max_drift_ppm, needle_s, rate)
+    # the first take segment that matches somewhere in the reference
+    start = _find_start(tracks, needle_s, edge_margin_s, max_offset_s, min_quality_db, drifts)
+    if start.quality_db < min_quality_db:
+        raise AlignmentError(
+            f"{name}: the start of the take does not match the reference anywhere (best "
+            f"correlation quality {start.quality_db:.1f} dB, need {min_quality_db:g} dB)"
+        )
+    offset = start.take_s - start.program_s
+    notes = [
+        f"start: take {start.take_s:.1f} s matched with quality {start.quality_db:.1f} dB "
+        f"({rate} Hz, {start.drift_ppm:+.0f} ppm trial)"
+    ]
+
+    # the end, in the window the drift allows; stepping back over a bad tail (the music
+    # stopped early, noise covered it) while at least half the span is left
+    last_take = min(tracks.take_len - edge_margin_s, offset + tracks.ref_len - 0.5) - needle_s
+    if last_take - start.take_s < 2 * needle_s:
+        raise AlignmentError(f"{name}: take and reference overlap too little to measure drift")
+    end = _find_end(
+        tracks, needle_s, start, last_take, offset, max_drift_ppm, min_quality_db, drifts
+    )
+    notes.append(
+        f"end: take {end.take_s:.1f} s matched with quality {end.quality_db:.1f} dB "
+        f"({end.drift_ppm:+.0f} ppm trial)"
+    )
+    if end.quality_db < min_quality_db:
+        raise AlignmentError(
+            f"{name}: the end of the take (from {last_take:.1f} s back to {end.take_s:.1f} s) "
+            f"does not match the reference within +-{max_drift_ppm:g} ppm (best quality "
+            f"{end.quality_db:.1f} dB < {min_quality_db:g} dB)"
+        )
+    ratio = (end.take_s - start.take_s) / (end.program_s - start.program_s)
+    return _CoarseFit(
+        offset=start.take_s - start.program_s * ratio,
+        ratio=ratio,
+        start=start,
+        end=end,
+        needle_s=needle_s,
+        notes=notes,
+    )
+
+
+def _fine_stage(
+    tracks: _Tracks, coarse: _CoarseFit, name: str, segment: float, edge_margin_s: float
+) -> _FineFit:
+    """The clock from the waveforms' start and end segments, the reference stretched to the
+    take's clock, refined until the stretch used for matching agrees with the drift found."""
+    rate = tracks.analysis_rate
+    offset, ratio = coarse.offset, coarse.ratio
+    first = max(coarse.start.take_s + segment / 2, offset + segment / 2 + 0.2)
+    last = min(
+        tracks.take_len - edge_margin_s - segment / 2,
+        offset + tracks.ref_len * ratio - segment / 2 - 0.2,
+        coarse.end.take_s + coarse.needle_s - segment / 2,
+    )
+    centres = (first, max(first + segment, last))
+    pattern: _Pattern | None = None
+    for _ in range(6):
+        try:
+            head, tail = (
+                _fine_correlation(tracks.take_a, tracks.ref_a, rate, c, segment, offset, ratio)
+                for c in centres
+            )
+        except ValueError:
+            raise AlignmentError(
+                f"{name}: the fine match runs off the reference (offset {offset:.2f} s, "
+                f"drift {(ratio - 1) * 1e6:.0f} ppm): the coarse match was wrong"
+            ) from None
+        pattern = _Pattern.around(head.corr, rate)
+        p0, p1 = head.program_s(pattern.find(head.corr)), tail.program_s(pattern.find(tail.corr))
+        new_ratio = (tail.take_s - head.take_s) / (p1 - p0)
+        new_offset = head.take_s - p0 * new_ratio
+        converged = abs(new_ratio - ratio) < 1e-8 and abs(new_offset - offset) < 1e-6
+        offset, ratio = new_offset, new_ratio
+        if converged:
+            break
+    if pattern is None:  # cannot happen: the loop above runs at least once
+        raise AlignmentError(f"{name}: no fine match was made")
+    return _FineFit(offset=offset, ratio=ratio, centres=centres, pattern=pattern)
+
+
+def _checkpoint_anchors(
+    tracks: _Tracks, fine: _FineFit, segment: float, checkpoints: int
+) -> list[Anchor]:
+    """The start and end segments and ``checkpoints`` between them, each located with the
+    start segment's pattern; their residuals from the clock model test it."""
+    rate = tracks.analysis_rate
+    head, tail = fine.centres
+    inner = [head + (tail - head) * (i + 1) / (checkpoints + 1) for i in range(max(0, checkpoints))]
+    labels = ["start", *[f"check {i + 1}" for i in range(len(inner))], "end"]
+    anchors: list[Anchor] = []
+    for label, centre in zip(labels, [head, *inner, tail], strict=True):
+        found = _fine_correlation(
+            tracks.take_a, tracks.ref_a, rate, centre, segment, fine.offset, fine.ratio
+        )
+        program_s = found.program_s(fine.pattern.find(found.corr))
+        anchor = Anchor(label, program_s, found.take_s, found.quality_db, used=True)
+        anchor.fit_residual_ms = (found.take_s - (fine.offset + program_s * fine.ratio)) * 1e3
+        if found.quality_db < _WEAK_FINE_DB:
+            anchor.note = f"weak match ({found.quality_db:.1f} dB)"
+        anchors.append(anchor)
+    return anchors
+
+
+def _check_stage(
+    alignment: Alignment,
+    tracks: _Tracks,
+    pattern: _Pattern,
+    segment: float,
+    measure_channel: bool,
+) -> None:
+    """Resample the take to the reference's clock, find every anchor's segment again in
+    it (its residual) and, if asked, measure the channel from the music."""
+    rate = tracks.analysis_rate
+    aligned = resample_to_program(
+        tracks.take,
+        alignment.recording_rate,
+        alignment.program_rate,
+        alignment.offset_s,
+        alignment.drift_ppm,
+        len(tracks.ref),
+    )
+    alignment.aligned = aligned
+    aligned_a = resample(aligned, alignment.program_rate, rate).astype(np.float64)
+    for anchor in alignment.anchors:
+        anchor.residual_ms = _check_segment(aligned_a, tracks.ref_a, rate, anchor, segment, pattern)
+    if measure_channel:
+        alignment.channel = _transfer_function(aligned, tracks.ref, alignment.program_rate)
+
+
+def _find_end(
+    tracks: _Tracks,
+    needle_s: float,
+    start: _CoarseMatch,
     last_take: float,
     offset: float,
-    start_drift: float,
     max_drift_ppm: float,
     min_quality_db: float,
     drifts: list[float],
-) -> tuple[float, float, float, float]:
-    """(take time, program time, drift, quality) of the last take segment that matches.
+) -> _CoarseMatch:
+    """The last take segment that matches, or the best tried when none reaches
+    ``min_quality_db``.
 
     From ``last_take`` backwards, one segment at a time, while at least half of the span
     from the start is left; each is searched where the drift limit allows it to be.
     """
-    best = (last_take, 0.0, 0.0, -math.inf)
+    take_c, ref_c, rate = tracks.take_c, tracks.ref_c, tracks.coarse_rate
+    start_take = start.take_s
+    best = _CoarseMatch(last_take, 0.0, 0.0, -math.inf)
     end_take = last_take
     ref_len = len(ref_c) / rate
     while end_take - start_take >= max(2 * needle_s, (last_take - start_take) / 2):
         slack = max_drift_ppm * 1e-6 * (end_take - start_take) + 1.0
-        predicted = (end_take - offset) / (1 + start_drift * 1e-6)
+        predicted = (end_take - offset) / (1 + start.drift_ppm * 1e-6)
         lo = round(max(0.0, predicted - slack) * rate)
         hi = round(min(ref_len, predicted + needle_s + slack) * rate)
-        program_s, drift, quality = _coarse_search(
+        match = _coarse_search(
             take_c,
             _Haystack(ref_c[lo:hi], rate, _room_for(needle_s, rate)),
             end_take,
@@ -1146,31 +1262,31 @@ def _find_end(
             lo / rate,
             drifts,
         )
-        if quality >= min_quality_db:
-            return end_take, program_s, drift, quality
-        if quality > best[3]:
-            best = (end_take, program_s, drift, quality)
+        if match.quality_db >= min_quality_db:
+            return match
+        if match.quality_db > best.quality_db:
+            best = match
         end_take -= needle_s
     return best
 
 
 def _find_start(
-    take_c: np.ndarray,
-    ref_c: np.ndarray,
-    rate: int,
+    tracks: _Tracks,
     needle_s: float,
     margin: float,
-    take_len: float,
     max_offset_s: float | None,
     min_quality_db: float,
     drifts: list[float],
-) -> tuple[float | None, float, float, float]:
-    """(take time, program time, drift, quality) of the first take segment that matches.
+) -> _CoarseMatch:
+    """The first take segment that matches, or the best tried when none reaches
+    ``min_quality_db``.
 
     Segments are tried one after the other from ``margin`` on, over the first half of the
     take: a long lead-in of silence or noise before the music is skipped.
     """
-    best = -math.inf
+    take_c, ref_c, rate = tracks.take_c, tracks.ref_c, tracks.coarse_rate
+    take_len = tracks.take_len
+    best = _CoarseMatch(margin, 0.0, 0.0, -math.inf)
     start = margin
     whole: _Haystack | None = None  # the whole reference, built once when first needed
     while start + needle_s <= take_len / 2 or start == margin:
@@ -1182,14 +1298,13 @@ def _find_start(
             lo = max(0, round((start - max_offset_s) * rate))
             hi = min(len(ref_c), round((start + needle_s + max_offset_s) * rate))
             haystack = _Haystack(ref_c[lo:hi], rate, _room_for(needle_s, rate))
-        program_s, drift, quality = _coarse_search(
-            take_c, haystack, start, needle_s, lo / rate, drifts
-        )
-        best = max(best, quality)
-        if quality >= min_quality_db:
-            return start, program_s, drift, quality
+        match = _coarse_search(take_c, haystack, start, needle_s, lo / rate, drifts)
+        if match.quality_db >= min_quality_db:
+            return match
+        if match.quality_db > best.quality_db:
+            best = match
         start += needle_s
-    return None, 0.0, 0.0, best
+    return best
 
 
 @dataclass
