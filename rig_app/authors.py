@@ -66,6 +66,8 @@ class SongRow:
 _FILE_HEADERS = ("file", "filename", "file_name", "path", "filepath", "audio", "wav", "song_file")
 _TITLE_HEADERS = ("title", "name", "song", "track", "song_name")
 _ARTIST_HEADERS = ("artist", "band", "performer", "singer")
+# a row of the song list: its line number in the file and its cells
+_Row = tuple[int, list[str]]
 
 
 def _files_below(folder: Path) -> list[Path]:
@@ -117,6 +119,17 @@ def read_song_list(csv_path: Path | str) -> list[SongRow]:
     naming the line.
     """
     csv_path = Path(csv_path)
+    folder = csv_path.parent
+    header, body = _split_header(_read_rows(csv_path), folder)
+    if not body:
+        raise SessionError(f"{csv_path}: no songs listed (only a header)")
+    columns = _Columns.pick(csv_path, header, body)
+    below = _Below(folder)
+    return [_song_row(csv_path, number, row, columns, below) for number, row in body]
+
+
+def _read_rows(csv_path: Path) -> list[_Row]:
+    """The list's rows, blank lines and comments left out, in the dialect it is written in."""
     if not csv_path.is_file():
         raise SessionError(f"{csv_path}: no such file")
     try:
@@ -136,7 +149,7 @@ def read_song_list(csv_path: Path | str) -> list[SongRow]:
         )
     except csv.Error:
         dialect = csv.excel
-    rows = [
+    return [
         (number, [cell.strip() for cell in row])
         for (number, _), row in zip(
             lines,
@@ -144,41 +157,75 @@ def read_song_list(csv_path: Path | str) -> list[SongRow]:
             strict=True,
         )
     ]
-    folder = csv_path.parent
+
+
+def _split_header(rows: list[_Row], folder: Path) -> tuple[list[str], list[_Row]]:
+    """The header's cells in lower case ([] when the first row is a song) and the songs.
+
+    The first row is a header when none of its cells names audio, and either it is the
+    only row, a later row names audio, or a cell is a known column name.
+    """
     first = [cell.lower() for cell in rows[0][1]]
     has_header = not any(_looks_like_audio(cell, folder) for cell in rows[0][1]) and (
         len(rows) == 1
         or any(_looks_like_audio(cell, folder) for _, row in rows[1:] for cell in row)
         or any(name in first for name in _FILE_HEADERS + _TITLE_HEADERS)
     )
-    body = rows[1:] if has_header else rows
-    if not body:
-        raise SessionError(f"{csv_path}: no songs listed (only a header)")
+    return (first, rows[1:]) if has_header else ([], rows)
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """Which column of the song list holds the file, the title and the artist."""
+
+    file: int
+    title: int | None
+    artist: int | None
+
+    @classmethod
+    def pick(cls, csv_path: Path, header: list[str], body: list[_Row]) -> _Columns:
+        file_col = _pick_column(header, _FILE_HEADERS)
+        if file_col is None:
+            file_col = _audio_column(csv_path, body)
+        return cls(
+            file=file_col,
+            title=_pick_column(header, _TITLE_HEADERS, exclude=file_col),
+            artist=_pick_column(header, _ARTIST_HEADERS, exclude=file_col),
+        )
+
+
+def _audio_column(csv_path: Path, body: list[_Row]) -> int:
+    """The column whose cells most often name audio files (the first of equals)."""
+    folder = csv_path.parent
     width = max(len(row) for _, row in body)
-    file_col = _pick_column(first if has_header else [], _FILE_HEADERS)
-    if file_col is None:
-        counts = [
-            sum(_looks_like_audio(row[c], folder) for _, row in body if c < len(row))
-            for c in range(width)
-        ]
-        if max(counts) == 0:
-            raise SessionError(f"{csv_path}: no column names audio files")
-        file_col = counts.index(max(counts))
-    title_col = _pick_column(first if has_header else [], _TITLE_HEADERS, exclude=file_col)
-    artist_col = _pick_column(first if has_header else [], _ARTIST_HEADERS, exclude=file_col)
-    below = _Below(folder)
-    songs = []
-    for number, row in body:
-        if file_col >= len(row) or not row[file_col]:
-            raise SessionError(f"{csv_path}: line {number}: no file name in column {file_col + 1}")
-        name = row[file_col]
-        path = _find_file(name, folder, below)
-        if path is None:
-            raise SessionError(f"{csv_path}: line {number}: song file {name!r} not found")
-        title = row[title_col] if title_col is not None and title_col < len(row) else ""
-        artist = row[artist_col] if artist_col is not None and artist_col < len(row) else ""
-        songs.append(SongRow(file=path, title=title or path.stem, artist=artist))
-    return songs
+    counts = [
+        sum(_looks_like_audio(row[c], folder) for _, row in body if c < len(row))
+        for c in range(width)
+    ]
+    if max(counts) == 0:
+        raise SessionError(f"{csv_path}: no column names audio files")
+    return counts.index(max(counts))
+
+
+def _song_row(
+    csv_path: Path, number: int, row: list[str], columns: _Columns, below: _Below
+) -> SongRow:
+    """The song on line ``number``, its file found (``_find_file``) or ``SessionError``."""
+    if columns.file >= len(row) or not row[columns.file]:
+        raise SessionError(f"{csv_path}: line {number}: no file name in column {columns.file + 1}")
+    name = row[columns.file]
+    path = _find_file(name, below)
+    if path is None:
+        raise SessionError(f"{csv_path}: line {number}: song file {name!r} not found")
+    return SongRow(
+        file=path,
+        title=_cell(row, columns.title) or path.stem,
+        artist=_cell(row, columns.artist),
+    )
+
+
+def _cell(row: list[str], column: int | None) -> str:
+    return row[column] if column is not None and column < len(row) else ""
 
 
 def _pick_column(header: list[str], names: Sequence[str], exclude: int | None = None) -> int | None:
@@ -195,12 +242,13 @@ def _looks_like_audio(cell: str, folder: Path) -> bool:
     )
 
 
-def _find_file(name: str, folder: Path, below: _Below) -> Path | None:
+def _find_file(name: str, below: _Below) -> Path | None:
+    """``name`` as given, next to the song list, or by name anywhere below its folder."""
     path = Path(name)
     if path.is_absolute():
         return path if path.is_file() else None
-    if (folder / path).is_file():
-        return folder / path
+    if (below.folder / path).is_file():
+        return below.folder / path
     matches = below.named(path.name)
     return matches[0] if matches else None
 
