@@ -190,10 +190,45 @@ class EvaluatePage(Page):
         self._written: dict[Path, list[Path]] = {}  # reports written elsewhere, by source
         self._labels: list[QLabel] = []
 
+        inputs = self._build_inputs()
+        result = self._build_result()
+        layout = QVBoxLayout(self)
+        layout.addWidget(inputs)
+        layout.addWidget(result, 1)
+        layout.addStretch(0)  # takes the room only while the result is hidden
+
+        state.takes_changed.connect(self._on_takes_changed)
+        state.program_changed.connect(self._on_takes_changed)
+        self._on_source_changed()
+        self._on_session_changed(state.session)
+
+    def _build_inputs(self) -> QGroupBox:
+        """What to evaluate (the open session or a query set), with what, and where to."""
         self.empty = placeholder("")
         self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        source = self._build_source()
+        grid = self._build_form()
+        self.panel = TaskPanel()
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # the labels of both grids line up, whichever rows are shown
+        width = max(label.sizeHint().width() for label in self._labels)
+        source.setColumnMinimumWidth(0, width)
+        grid.setColumnMinimumWidth(0, width)
+        self.form = QWidget()
+        self.form.setLayout(grid)
+        inputs = QGroupBox("Evaluate a model on recorded takes (paper §3)")
+        inputs_layout = QVBoxLayout(inputs)
+        inputs_layout.addLayout(source)
+        inputs_layout.addWidget(self.empty)
+        inputs_layout.addWidget(self.form)
+        inputs_layout.addWidget(self.panel)
+        inputs_layout.addWidget(self.message)
+        return inputs
 
-        # --- inputs ---------------------------------------------------------------------
+    def _build_source(self) -> QGridLayout:
+        """The choice between the open session and a query set folder."""
         self.use_session = QRadioButton("the open session")
         self.use_queryset = QRadioButton("a query set folder")
         self.use_session.setChecked(True)
@@ -216,6 +251,36 @@ class EvaluatePage(Page):
         self.queryset_info.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.queryset_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.use_queryset.toggled.connect(self._on_mode_changed)
+        source = QGridLayout()
+        source.setColumnStretch(1, 1)
+        source.addWidget(self._label("Evaluate:"), 0, 0)
+        choice = QHBoxLayout()
+        choice.setContentsMargins(0, 0, 0, 0)
+        choice.addWidget(self.use_session)
+        choice.addSpacing(12)
+        choice.addWidget(self.use_queryset)
+        choice.addLayout(_browse_row(self.queryset, self.queryset_browse), 1)
+        source.addLayout(choice, 0, 1)
+        source.addWidget(self.queryset_info, 1, 1)
+        return source
+
+    def _build_form(self) -> QGridLayout:
+        """Model, fingerprints, query lengths and rules, takes, report folder."""
+        grid = QGridLayout()
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setColumnStretch(2, 1)
+        self._build_model_rows(grid)
+        grid.addWidget(self._label("Queries:"), 3, 0)
+        grid.addLayout(self._build_queries(), 3, 1, 1, 2)
+        grid.addWidget(self._label("Takes:"), 4, 0)
+        grid.addLayout(self._build_takes(), 4, 1, 1, 2)
+        grid.addWidget(self.takes_note, 5, 1, 1, 2)
+        grid.addWidget(self._label("Report folder:"), 6, 0)
+        grid.addLayout(self._build_report_folder(), 6, 1, 1, 2)
+        return grid
+
+    def _build_model_rows(self, grid: QGridLayout) -> None:
+        """The model, and the database or library it is searched in (``grid``'s rows 0-2)."""
         self.checkpoint = QLineEdit()
         self.checkpoint.setPlaceholderText(
             f"{_shipped_text()}; a database is searched with its own model"
@@ -240,12 +305,35 @@ class EvaluatePage(Page):
         self.database_browse.clicked.connect(lambda: self._browse_folder(self.database))
         self.library_browse.clicked.connect(lambda: self._browse_folder(self.library))
         self.use_database.toggled.connect(self._on_source_changed)
+        grid.addWidget(self._label("Model:"), 0, 0)
+        grid.addLayout(_browse_row(self.checkpoint, self.checkpoint_browse), 0, 1, 1, 2)
+        grid.addWidget(self._label("Fingerprints:"), 1, 0)
+        grid.addWidget(self.use_database, 1, 1)
+        grid.addLayout(_browse_row(self.database, self.database_browse), 1, 2)
+        grid.addWidget(self.use_library, 2, 1)
+        grid.addLayout(_browse_row(self.library, self.library_browse), 2, 2)
+
+    def _build_queries(self) -> QHBoxLayout:
+        """Query lengths and the decision rules."""
         self.lengths = QLineEdit(DEFAULT_LENGTHS)
         self.lengths.setToolTip("Query lengths in seconds, back to back inside every song")
         self.lengths.setMaximumWidth(150)
         self.rules = {name: QCheckBox(text) for name, text in RULES}
         for box in self.rules.values():
             box.setChecked(True)
+        queries = QHBoxLayout()
+        queries.addWidget(self.lengths)
+        queries.addWidget(QLabel("s"))
+        queries.addSpacing(16)
+        queries.addWidget(QLabel("Rules:"))
+        for box in self.rules.values():
+            queries.addWidget(box)
+        queries.addStretch(1)
+        return queries
+
+    def _build_takes(self) -> QHBoxLayout:
+        """A box per take (filled in by the session), and whether untrusted takes count;
+        ``self.takes_note`` says why a take is not ticked."""
         self.takes_row = QHBoxLayout()
         self.takes_row.setContentsMargins(0, 0, 0, 0)
         self.take_boxes: dict[str, QCheckBox] = {}
@@ -259,6 +347,15 @@ class EvaluatePage(Page):
         self.takes_note = QLabel("")
         self.takes_note.setWordWrap(True)
         self.takes_note.setStyleSheet(_RED)
+        takes = QHBoxLayout()
+        takes.addLayout(self.takes_row)
+        takes.addSpacing(16)
+        takes.addWidget(self.allow_unchecked)
+        takes.addStretch(1)
+        return takes
+
+    def _build_report_folder(self) -> QHBoxLayout:
+        """Where the report goes, and the Evaluate button."""
         self.out = QLineEdit()
         self.out_browse = QPushButton("Browse…")
         self.out_browse.clicked.connect(lambda: self._browse_folder(self.out))
@@ -266,71 +363,13 @@ class EvaluatePage(Page):
         self.evaluate_button.setDefault(True)
         self.evaluate_button.setMinimumWidth(110)
         self.evaluate_button.clicked.connect(lambda: self.evaluate())
-
-        source = QGridLayout()
-        source.setColumnStretch(1, 1)
-        source.addWidget(self._label("Evaluate:"), 0, 0)
-        choice = QHBoxLayout()
-        choice.setContentsMargins(0, 0, 0, 0)
-        choice.addWidget(self.use_session)
-        choice.addSpacing(12)
-        choice.addWidget(self.use_queryset)
-        choice.addLayout(_browse_row(self.queryset, self.queryset_browse), 1)
-        source.addLayout(choice, 0, 1)
-        source.addWidget(self.queryset_info, 1, 1)
-
-        grid = QGridLayout()
-        grid.setContentsMargins(0, 0, 0, 0)
-        grid.setColumnStretch(2, 1)
-        grid.addWidget(self._label("Model:"), 0, 0)
-        grid.addLayout(_browse_row(self.checkpoint, self.checkpoint_browse), 0, 1, 1, 2)
-        grid.addWidget(self._label("Fingerprints:"), 1, 0)
-        grid.addWidget(self.use_database, 1, 1)
-        grid.addLayout(_browse_row(self.database, self.database_browse), 1, 2)
-        grid.addWidget(self.use_library, 2, 1)
-        grid.addLayout(_browse_row(self.library, self.library_browse), 2, 2)
-        queries = QHBoxLayout()
-        queries.addWidget(self.lengths)
-        queries.addWidget(QLabel("s"))
-        queries.addSpacing(16)
-        queries.addWidget(QLabel("Rules:"))
-        for box in self.rules.values():
-            queries.addWidget(box)
-        queries.addStretch(1)
-        grid.addWidget(self._label("Queries:"), 3, 0)
-        grid.addLayout(queries, 3, 1, 1, 2)
-        takes = QHBoxLayout()
-        takes.addLayout(self.takes_row)
-        takes.addSpacing(16)
-        takes.addWidget(self.allow_unchecked)
-        takes.addStretch(1)
-        grid.addWidget(self._label("Takes:"), 4, 0)
-        grid.addLayout(takes, 4, 1, 1, 2)
-        grid.addWidget(self.takes_note, 5, 1, 1, 2)
         out_row = _browse_row(self.out, self.out_browse)
         out_row.addSpacing(12)
         out_row.addWidget(self.evaluate_button)
-        grid.addWidget(self._label("Report folder:"), 6, 0)
-        grid.addLayout(out_row, 6, 1, 1, 2)
-        self.panel = TaskPanel()
-        self.message = QLabel("")
-        self.message.setWordWrap(True)
-        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        # the labels of both grids line up, whichever rows are shown
-        width = max(label.sizeHint().width() for label in self._labels)
-        source.setColumnMinimumWidth(0, width)
-        grid.setColumnMinimumWidth(0, width)
-        self.form = QWidget()
-        self.form.setLayout(grid)
-        inputs = QGroupBox("Evaluate a model on recorded takes (paper §3)")
-        inputs_layout = QVBoxLayout(inputs)
-        inputs_layout.addLayout(source)
-        inputs_layout.addWidget(self.empty)
-        inputs_layout.addWidget(self.form)
-        inputs_layout.addWidget(self.panel)
-        inputs_layout.addWidget(self.message)
+        return out_row
 
-        # --- result ---------------------------------------------------------------------
+    def _build_result(self) -> QGroupBox:
+        """The report shown: its folder, earlier reports, the measure, table and plot."""
         self.report_label = QLabel("")
         self.report_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.open_button = QPushButton("Open folder")
@@ -366,6 +405,27 @@ class EvaluatePage(Page):
         measure_row.addWidget(self.full_axis)
         measure_row.addStretch(1)
 
+        self._build_figure()
+        self.result_empty = placeholder(
+            "No result shown yet: press Evaluate, or show a previous report."
+        )
+        self.result_stack = QStackedWidget()
+        self.result_stack.addWidget(self.result_empty)
+        self.result_stack.addWidget(self.figure)
+        self.notes = QLabel("")
+        self.notes.setWordWrap(True)
+        self.notes.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.notes.setStyleSheet(_GREY)
+        result = self.result_box = QGroupBox("Result")
+        result_layout = QVBoxLayout(result)
+        result_layout.addLayout(top)
+        result_layout.addLayout(measure_row)
+        result_layout.addWidget(self.result_stack, 1)
+        result_layout.addWidget(self.notes)
+        return result
+
+    def _build_figure(self) -> None:
+        """The result table and plot side by side (``self.figure``)."""
         self.table = QTableWidget(0, 0)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
@@ -396,32 +456,6 @@ class EvaluatePage(Page):
         self.figure.setChildrenCollapsible(False)
         self.figure.setStretchFactor(0, 1)
         self.figure.setStretchFactor(1, 1)
-        self.result_empty = placeholder(
-            "No result shown yet: press Evaluate, or show a previous report."
-        )
-        self.result_stack = QStackedWidget()
-        self.result_stack.addWidget(self.result_empty)
-        self.result_stack.addWidget(self.figure)
-        self.notes = QLabel("")
-        self.notes.setWordWrap(True)
-        self.notes.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.notes.setStyleSheet(_GREY)
-        result = self.result_box = QGroupBox("Result")
-        result_layout = QVBoxLayout(result)
-        result_layout.addLayout(top)
-        result_layout.addLayout(measure_row)
-        result_layout.addWidget(self.result_stack, 1)
-        result_layout.addWidget(self.notes)
-
-        layout = QVBoxLayout(self)
-        layout.addWidget(inputs)
-        layout.addWidget(result, 1)
-        layout.addStretch(0)  # takes the room only while the result is hidden
-
-        state.takes_changed.connect(self._on_takes_changed)
-        state.program_changed.connect(self._on_takes_changed)
-        self._on_source_changed()
-        self._on_session_changed(state.session)
 
     def _label(self, text: str) -> QLabel:
         label = QLabel(text)

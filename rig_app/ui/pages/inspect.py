@@ -236,6 +236,33 @@ class InspectPage(Page):
         self.empty = placeholder("")
         self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
 
+        top = self._build_top()
+        spectra_box = self._build_spectra()
+        excerpt_box = self._build_excerpt()
+        self.figure = QSplitter(Qt.Orientation.Vertical)
+        self.figure.addWidget(spectra_box)
+        self.figure.addWidget(excerpt_box)
+        self.figure.setChildrenCollapsible(False)
+        self.figure.setStretchFactor(0, 1)
+        self.figure.setStretchFactor(1, 1)
+        content = QWidget()
+        content_layout = QVBoxLayout(content)
+        content_layout.setContentsMargins(0, 0, 0, 0)
+        content_layout.addLayout(top)
+        content_layout.addWidget(self.figure, 1)
+
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.empty)
+        self.stack.addWidget(content)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.stack)
+
+        state.takes_changed.connect(self._on_inputs_changed)
+        state.program_changed.connect(self._on_inputs_changed)
+        self._on_session_changed(state.session)
+
+    def _build_top(self) -> QHBoxLayout:
+        """The analysis rate, Analyse again and Export PNG."""
         self.rate = QComboBox()
         for rate in ANALYSIS_RATES:
             self.rate.addItem(_RATE_TEXT.get(rate, f"{rate} Hz"), rate)
@@ -253,8 +280,10 @@ class InspectPage(Page):
         top.addWidget(self.analyse_button)
         top.addStretch(1)
         top.addWidget(self.export_button)
+        return top
 
-        # average spectra
+    def _build_spectra(self) -> QGroupBox:
+        """Average spectra of the clean program and the takes, beside the takes' table."""
         self.scope = QComboBox()
         self.scope.setMinimumContentsLength(18)
         self.scope.currentIndexChanged.connect(self._draw_spectra)
@@ -274,6 +303,31 @@ class InspectPage(Page):
         self.spectra_panel = TaskPanel()
         self.spectra_note = QLabel("")
         self.spectra_note.setWordWrap(True)
+        self._build_table()
+        scope_row = QHBoxLayout()
+        scope_row.addWidget(QLabel("Songs:"))
+        scope_row.addWidget(self.scope, 1)
+        scope_row.addWidget(self.difference)
+        side = QVBoxLayout()
+        side.addLayout(scope_row)
+        side.addWidget(self.table)
+        side.addWidget(self.table_note)
+        side.addStretch(1)
+        plot_column = QVBoxLayout()
+        plot_column.addWidget(self.spectra_widget, 1)
+        plot_column.addWidget(self.spectra_legend)
+        spectra_row = QHBoxLayout()
+        spectra_row.addLayout(plot_column, 1)
+        spectra_row.addLayout(side)
+        spectra_box = QGroupBox("Average spectrum: clean program vs takes (Welch)")
+        spectra_layout = QVBoxLayout(spectra_box)
+        spectra_layout.addLayout(spectra_row, 1)
+        spectra_layout.addWidget(self.spectra_note)
+        spectra_layout.addWidget(self.spectra_panel)
+        return spectra_box
+
+    def _build_table(self) -> None:
+        """Per take: level, coloration and the share of the clean program's peaks kept."""
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
         self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -298,28 +352,32 @@ class InspectPage(Page):
         self.table_note = QLabel("")
         self.table_note.setWordWrap(True)
         self.table_note.setMaximumWidth(400)
-        scope_row = QHBoxLayout()
-        scope_row.addWidget(QLabel("Songs:"))
-        scope_row.addWidget(self.scope, 1)
-        scope_row.addWidget(self.difference)
-        side = QVBoxLayout()
-        side.addLayout(scope_row)
-        side.addWidget(self.table)
-        side.addWidget(self.table_note)
-        side.addStretch(1)
-        plot_column = QVBoxLayout()
-        plot_column.addWidget(self.spectra_widget, 1)
-        plot_column.addWidget(self.spectra_legend)
-        spectra_row = QHBoxLayout()
-        spectra_row.addLayout(plot_column, 1)
-        spectra_row.addLayout(side)
-        spectra_box = QGroupBox("Average spectrum: clean program vs takes (Welch)")
-        spectra_layout = QVBoxLayout(spectra_box)
-        spectra_layout.addLayout(spectra_row, 1)
-        spectra_layout.addWidget(self.spectra_note)
-        spectra_layout.addWidget(self.spectra_panel)
 
-        # excerpt spectrograms
+    def _build_excerpt(self) -> QGroupBox:
+        """Spectrograms of one excerpt, clean and recorded, with their spectral peaks."""
+        controls = self._build_excerpt_controls()
+        self.clean_view = _Spectrogram("kept in the take", "lost in the take")
+        self.take_view = _Spectrogram("also in clean", "not in clean")
+        self.take_view.plot.setXLink(self.clean_view.plot)
+        self.take_view.plot.setYLink(self.clean_view.plot)
+        self.clean_view.cursor.sigPositionChanged.connect(self._on_cursor_moved)
+        self.take_view.cursor.sigPositionChanged.connect(self._on_cursor_moved)
+        self.excerpt_panel = TaskPanel()
+        self.excerpt_note = QLabel("")
+        self.excerpt_note.setWordWrap(True)
+        images = QHBoxLayout()
+        images.addWidget(self.clean_view.widget, 1)
+        images.addWidget(self.take_view.widget, 1)
+        excerpt_box = QGroupBox("Spectrograms of an excerpt, with spectral peaks")
+        excerpt_layout = QVBoxLayout(excerpt_box)
+        excerpt_layout.addLayout(controls)
+        excerpt_layout.addLayout(images, 1)
+        excerpt_layout.addWidget(self.excerpt_note)
+        excerpt_layout.addWidget(self.excerpt_panel)
+        return excerpt_box
+
+    def _build_excerpt_controls(self) -> QHBoxLayout:
+        """Which take, song, start and length; the colour range; the cursor's reading."""
         self.take = QComboBox()
         self.song = QComboBox()
         self.song.setMinimumContentsLength(16)
@@ -364,47 +422,7 @@ class InspectPage(Page):
         controls.addWidget(self.same_levels)
         controls.addStretch(1)
         controls.addWidget(self.cursor_label)
-
-        self.clean_view = _Spectrogram("kept in the take", "lost in the take")
-        self.take_view = _Spectrogram("also in clean", "not in clean")
-        self.take_view.plot.setXLink(self.clean_view.plot)
-        self.take_view.plot.setYLink(self.clean_view.plot)
-        self.clean_view.cursor.sigPositionChanged.connect(self._on_cursor_moved)
-        self.take_view.cursor.sigPositionChanged.connect(self._on_cursor_moved)
-        self.excerpt_panel = TaskPanel()
-        self.excerpt_note = QLabel("")
-        self.excerpt_note.setWordWrap(True)
-        images = QHBoxLayout()
-        images.addWidget(self.clean_view.widget, 1)
-        images.addWidget(self.take_view.widget, 1)
-        excerpt_box = QGroupBox("Spectrograms of an excerpt, with spectral peaks")
-        excerpt_layout = QVBoxLayout(excerpt_box)
-        excerpt_layout.addLayout(controls)
-        excerpt_layout.addLayout(images, 1)
-        excerpt_layout.addWidget(self.excerpt_note)
-        excerpt_layout.addWidget(self.excerpt_panel)
-
-        self.figure = QSplitter(Qt.Orientation.Vertical)
-        self.figure.addWidget(spectra_box)
-        self.figure.addWidget(excerpt_box)
-        self.figure.setChildrenCollapsible(False)
-        self.figure.setStretchFactor(0, 1)
-        self.figure.setStretchFactor(1, 1)
-        content = QWidget()
-        content_layout = QVBoxLayout(content)
-        content_layout.setContentsMargins(0, 0, 0, 0)
-        content_layout.addLayout(top)
-        content_layout.addWidget(self.figure, 1)
-
-        self.stack = QStackedWidget()
-        self.stack.addWidget(self.empty)
-        self.stack.addWidget(content)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.stack)
-
-        state.takes_changed.connect(self._on_inputs_changed)
-        state.program_changed.connect(self._on_inputs_changed)
-        self._on_session_changed(state.session)
+        return controls
 
     # --- what there is to inspect ------------------------------------------------------------
 

@@ -119,6 +119,38 @@ class RecordPage(Page):
         self.last_alignment: Alignment | None = None
         self._aligning = ""
 
+        self.take_message = QLabel("")
+        self.take_message.setWordWrap(True)
+        self.hint = QLabel("")
+        self.hint.setStyleSheet("color: palette(placeholder-text);")
+        devices = self._build_devices()
+        takes = self._build_takes()
+        self.advanced = self._build_advanced()
+        controls = self._build_controls()
+        result = self._build_result()
+        self.panel = TaskPanel()
+        for row in self.rows.values():
+            row.radio.toggled.connect(self._on_take_chosen)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.hint)
+        layout.addWidget(devices)
+        layout.addWidget(takes)
+        layout.addWidget(self.advanced)
+        layout.addLayout(controls)
+        layout.addWidget(self.take_message)
+        layout.addWidget(self.panel)
+        layout.addWidget(result, 1)
+
+        self.timer = QTimer(self)
+        self.timer.setInterval(POLL_MS)
+        self.timer.timeout.connect(self._poll)
+        state.takes_changed.connect(self.refresh)
+        state.program_changed.connect(self.refresh)
+        self.refresh()
+
+    def _build_devices(self) -> QGroupBox:
+        """Music and noise outputs, microphone, sample rate, input level."""
         self.music_out = QComboBox()
         self.noise_out = QComboBox()
         self.mic_in = QComboBox()
@@ -163,7 +195,10 @@ class RecordPage(Page):
         grid.addWidget(self.meter, 4, 1, 1, 2)
         grid.addWidget(self.device_message, 5, 0, 1, 3)
         grid.setColumnStretch(1, 1)
+        return devices
 
+    def _build_takes(self) -> QGroupBox:
+        """A row per take: the chosen one, speaker distance, notes, status."""
         self.rows = {label: _TakeRow(label) for label in TAKE_LABELS}
         self.take_group = QButtonGroup(self)
         takes = QGroupBox("Takes")
@@ -180,7 +215,10 @@ class RecordPage(Page):
         takes_grid.setColumnStretch(2, 1)
         takes_grid.setColumnStretch(3, 2)
         self.rows[TAKE_LABELS[0]].radio.setChecked(True)
+        return takes
 
+    def _build_advanced(self) -> Collapsible:
+        """Silence before the program, recording after it, the virtual room."""
         self.lead_in = QDoubleSpinBox()
         self.lead_in.setRange(0.0, 30.0)
         self.lead_in.setSuffix(" s")
@@ -201,8 +239,10 @@ class RecordPage(Page):
             "the take's distance; the take's notes say so (rig_app.room)"
         )
         advanced.addRow("Virtual room:", self.virtual_room)
-        self.advanced = Collapsible("Advanced", advanced_box)
+        return Collapsible("Advanced", advanced_box)
 
+    def _build_controls(self) -> QHBoxLayout:
+        """Record, Stop, Abort, Align again, the take's progress and xruns."""
         self.record_button = QPushButton("● Record")
         self.record_button.clicked.connect(self._on_record_clicked)
         self.stop_button = QPushButton("■ Stop")
@@ -219,10 +259,6 @@ class RecordPage(Page):
         self.progress.setFormat("not recording")
         self.progress.setTextVisible(True)
         self.xruns = QLabel(describe_xruns(0))
-        self.take_message = QLabel("")
-        self.take_message.setWordWrap(True)
-        self.hint = QLabel("")
-        self.hint.setStyleSheet("color: palette(placeholder-text);")
         controls = QHBoxLayout()
         controls.addWidget(self.record_button)
         controls.addWidget(self.stop_button)
@@ -230,7 +266,10 @@ class RecordPage(Page):
         controls.addWidget(self.align_button)
         controls.addWidget(self.progress, 1)
         controls.addWidget(self.xruns)
+        return controls
 
+    def _build_result(self) -> QGroupBox:
+        """The chosen take's alignment: offset, drift, residuals, quality, anchors."""
         self.result_fields: dict[str, QLabel] = {}
         result = QGroupBox("Alignment")
         result_grid = QGridLayout(result)
@@ -256,26 +295,7 @@ class RecordPage(Page):
         result_grid.addWidget(self.anchors, 3, 0, 1, 6)
         for column in (1, 3, 5):
             result_grid.setColumnStretch(column, 1)
-        self.panel = TaskPanel()
-        for row in self.rows.values():
-            row.radio.toggled.connect(self._on_take_chosen)
-
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.hint)
-        layout.addWidget(devices)
-        layout.addWidget(takes)
-        layout.addWidget(self.advanced)
-        layout.addLayout(controls)
-        layout.addWidget(self.take_message)
-        layout.addWidget(self.panel)
-        layout.addWidget(result, 1)
-
-        self.timer = QTimer(self)
-        self.timer.setInterval(POLL_MS)
-        self.timer.timeout.connect(self._poll)
-        state.takes_changed.connect(self.refresh)
-        state.program_changed.connect(self.refresh)
-        self.refresh()
+        return result
 
     # --- devices ---------------------------------------------------------------------------
 
