@@ -271,6 +271,11 @@ class IndexConfig:
     ``density``: stored windows per query hop. A query starts anywhere in a song, so its
     windows fall up to half a hop from the nearest stored ones; ``density`` 2 stores a
     window every hop / 2 and halves that gap, at twice the vectors (docs/design.md §3.5).
+
+    Size (``afp_core.ivf``, docs/design.md §3.4): from ``hnsw_min_lists`` lists on, the
+    coarse quantiser is an HNSW graph over the centroids (trained by two-level k-means)
+    instead of a flat one; an index whose lists would take more than ``ram_budget_mb``
+    MB of memory keeps them on disk, memory-mapped.
     """
 
     m: int = 32
@@ -281,6 +286,8 @@ class IndexConfig:
     min_train_vectors: int = 10_000
     max_train_vectors: int = 200_000
     density: int = 1
+    hnsw_min_lists: int = 4096
+    ram_budget_mb: float = 2000.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,18 +52,19 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import faiss
 import numpy as np
 
-from afp_core import __version__
+from afp_core import __version__, ivf
 from afp_core.config import AudioConfig, IndexConfig, from_dict, to_dict
 from afp_core.errors import AfpError, Cancelled, DatabaseError
 from afp_core.faults import fault_point
 from afp_core.fileutil import (
     atomic_folder,
     atomic_path,
+    atomic_write_text,
     check_document,
     file_sha256,
     file_size,
@@ -99,11 +100,12 @@ _PAPER_NLIST, _PAPER_NPROBE = 256, 4
 # as planned) or its lists are this much more uneven than right after training.
 RETRAIN_GROWTH = 4.0
 RETRAIN_IMBALANCE = 1.5
-# Vectors added to faiss (and read from staging) per call: bounds commit memory.
+# Vectors added to faiss per call (songs read from staging are gathered to this many):
+# bounds commit memory, and gives faiss's threads whole batches.
 _ADD_CHUNK = 65_536
 _TRAIN_SEED = 0
 _CHECKSUM_RE = re.compile(r"[0-9A-Za-z_-]{1,128}")
-_INDEX_RE = re.compile(r"index-(\d+)\.faiss")
+_INDEX_RE = re.compile(r"index-(\d+)\.(faiss|ivfdata)")
 _NORM_TOLERANCE = 1e-2
 
 _SCHEMA = """
@@ -201,6 +203,109 @@ class SongCatalogue:
 
     path: Path
 
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        """Use ``create``, ``open`` or ``open_or_create``."""
+        self.path = path
+        self._manifest = manifest
+        self._generation = 0
+        self._song_ids = np.zeros(0, np.int64)  # the indexed songs
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Self:
+        """Open an existing database; one-line ``DatabaseError`` if it is missing or broken.
+
+        Deletes leftovers of interrupted writes (orphan generations, staging files
+        without a row, temp files) when no other process is writing.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise DatabaseError(f"{path}: no such database folder")
+        if not path.is_dir():
+            raise DatabaseError(f"{path}: not a folder")
+        manifest = cls._read_manifest(path)
+        if not (path / CATALOGUE).is_file():
+            raise DatabaseError(f"{path}: {CATALOGUE} is missing")
+        db = cls(path, manifest)
+        db._clean_orphans()
+        return db
+
+    @classmethod
+    def _build(
+        cls,
+        path: Path,
+        manifest: str,
+        catalogue_meta: dict[str, str],
+        checkpoint: Path | None = None,
+    ) -> Self:
+        """Create the database at ``path`` (checked by ``check_new_database_folder``) and
+        open it: the ``manifest`` text, an empty catalogue with ``catalogue_meta``, the
+        ``staging`` folder and a copy of ``checkpoint``. The folder is built under a
+        temporary name and renamed into place (``atomic_folder``), so an interrupted
+        create leaves nothing behind."""
+        try:
+            with atomic_folder(path) as building:
+                (building / STAGING).mkdir()
+                with closing(sqlite3.connect(building / CATALOGUE)) as conn:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    with conn:
+                        conn.executescript(_SCHEMA)
+                        conn.executemany(
+                            "INSERT INTO meta (key, value) VALUES (?, ?)",
+                            [("schema_version", "1"), *catalogue_meta.items()],
+                        )
+                if checkpoint is not None:
+                    shutil.copyfile(checkpoint, building / MODEL_FILE)
+                (building / MANIFEST).write_text(manifest, encoding="utf-8")  # last
+        except OSError as exc:
+            raise DatabaseError(f"{path}: cannot create database ({one_line(exc)})") from None
+        return cls.open(path)
+
+    @staticmethod
+    def _read_manifest(path: Path) -> dict[str, Any]:
+        """The kind's ``manifest.json``, checked; one-line ``DatabaseError`` if broken."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def search_settings(self) -> dict[str, Any]:
+        """A copy of the manifest's search settings (calibrated thresholds, nprobe...)."""
+        return json.loads(json.dumps(self._manifest["search"]))
+
+    def save_search_settings(self, **settings: Any) -> None:
+        """Merge ``settings`` into the manifest's search settings, written atomically; a
+        value of None removes a key."""
+        with self._locked():
+            manifest = self._read_manifest(self.path)
+            search = manifest["search"]
+            for key, value in settings.items():
+                if value is None:
+                    search.pop(key, None)
+                else:
+                    search[key] = value
+            atomic_write_text(self.path / MANIFEST, manifest_text(manifest))
+        self._manifest = manifest
+
+    @property
+    def generation(self) -> int:
+        """The generation of the index (or postings) the catalogue points to (0 before
+        the first commit)."""
+        return self._generation
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether the "no match" thresholds are missing or from an earlier generation.
+
+        Both kinds of database save their thresholds after the commit that makes a
+        generation, stamped ``calibrated_generation``: a calibration interrupted in
+        between leaves the stamp behind, and ``afp index`` run again repairs it even with
+        nothing to add. A database of fewer than two songs has none to calibrate.
+        """
+        stamp = self._manifest["search"].get("calibrated_generation")
+        return stamp != self._generation and len(self._song_ids) >= 2
+
     # ------------------------------------------------------------------ catalogue
 
     def has_song(self, checksum: str) -> bool:
@@ -246,29 +351,44 @@ class SongCatalogue:
         if not np.isfinite(duration_s) or duration_s < 0:
             raise DatabaseError(f"{self.path}: invalid duration {duration_s!r} for {source}")
 
-    def _refuse_duplicate(self, checksum: str, source: str) -> None:
-        """``DuplicateSong`` if ``checksum`` is catalogued (checked under the lock)."""
-        existing = self.song_by_checksum(checksum)
-        if existing is not None:
-            raise DuplicateSong(
-                f"{self.path}: {source} is already in the database as song {existing.id} "
-                f"({existing.title!r}, {existing.status})",
-                existing,
-            )
+    def _stage(
+        self,
+        title: str,
+        artist: str,
+        source: str,
+        duration_s: float,
+        checksum: str,
+        data: np.ndarray,
+        count: int,
+    ) -> Song:
+        """Write ``data`` to the song's staging file, then insert its 'staged' row of
+        ``count`` ids, so a row always has its file; ``DuplicateSong`` if ``checksum`` is
+        catalogued (checked under the lock)."""
+        with self._locked():
+            existing = self.song_by_checksum(checksum)
+            if existing is not None:
+                raise DuplicateSong(
+                    f"{self.path}: {source} is already in the database as song {existing.id} "
+                    f"({existing.title!r}, {existing.status})",
+                    existing,
+                )
+            staging = self._staging_file(checksum)
+            staging.parent.mkdir(exist_ok=True)
+            with atomic_path(staging) as tmp, tmp.open("wb") as handle:
+                np.save(handle, data)
+            row = (str(title), str(artist), str(source), float(duration_s), checksum, count)
+            with self._connect() as conn, conn:
+                cursor = conn.execute(
+                    "INSERT INTO songs (title, artist, source, duration_s, checksum, "
+                    "first_vector_id, vector_count, status, added_at) "
+                    "VALUES (?, ?, ?, ?, ?, NULL, ?, 'staged', ?)",
+                    (*row, utc_now()),
+                )
+                song_id = int(cursor.lastrowid)  # type: ignore[arg-type]
+        return self.song(song_id)
 
-    def _insert_staged_song(
-        self, title: str, artist: str, source: str, duration_s: float, checksum: str, count: int
-    ) -> int:
-        """Insert a 'staged' row (its staging file is written first); returns its id."""
-        row = (str(title), str(artist), str(source), float(duration_s), checksum, count, utc_now())
-        with self._connect() as conn, conn:
-            cursor = conn.execute(
-                "INSERT INTO songs (title, artist, source, duration_s, checksum, "
-                "first_vector_id, vector_count, status, added_at) "
-                "VALUES (?, ?, ?, ?, ?, NULL, ?, 'staged', ?)",
-                row,
-            )
-            return int(cursor.lastrowid)  # type: ignore[arg-type]
+    def _staging_file(self, checksum: str) -> Path:
+        return self.path / STAGING / f"{checksum}.npy"
 
     def _mark_indexed(self, first_ids: list[tuple[int, int]], meta: dict[str, str]) -> None:
         """The commit point: rows (first id, song id) -> 'indexed' and ``meta``, one transaction."""
@@ -381,39 +501,9 @@ def check_new_database_folder(path: Path) -> None:
         raise DatabaseError(f"{path}: folder is not empty and is not an afp database")
 
 
-def build_database_folder(path: Path, fill: Callable[[Path], None]) -> None:
-    """Create ``path`` with its ``staging`` folder, filled by ``fill(folder)``, atomically
-    (``atomic_folder``: an interrupted create leaves nothing behind). ``fill`` writes the
-    manifest last."""
-    try:
-        with atomic_folder(path) as building:
-            (building / STAGING).mkdir()
-            fill(building)
-    except OSError as exc:
-        raise DatabaseError(f"{path}: cannot create database ({one_line(exc)})") from None
-
-
-def create_catalogue(file: Path, meta: dict[str, str]) -> None:
-    """A new ``catalogue.sqlite``: the songs and meta tables, with ``meta`` filled in."""
-    with closing(sqlite3.connect(file)) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        with conn:
-            conn.executescript(_SCHEMA)
-            conn.executemany(
-                "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [("schema_version", "1"), *meta.items()],
-            )
-
-
-def thresholds_are_stale(search: dict[str, Any], generation: int, songs: int) -> bool:
-    """Whether a database's "no match" thresholds are missing or from an earlier generation.
-
-    Both kinds of database save their thresholds after the commit that makes a
-    generation, stamped ``calibrated_generation``: a calibration interrupted in between
-    leaves the stamp behind, and ``afp index`` run again repairs it even with nothing to
-    add. A database of fewer than two songs has none to calibrate.
-    """
-    return search.get("calibrated_generation") != generation and songs >= 2
+def manifest_text(manifest: dict[str, Any]) -> str:
+    """A manifest as written to ``manifest.json``."""
+    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
 
 
 class FingerprintDB(SongCatalogue):
@@ -421,15 +511,13 @@ class FingerprintDB(SongCatalogue):
 
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
         """Use ``create``, ``open`` or ``open_or_create``."""
-        self.path = path
-        self._manifest = manifest
+        super().__init__(path, manifest)
         self.dim: int = manifest["dim"]
         self.index_config: IndexConfig = from_dict(IndexConfig, manifest["index"], "index")
         # None: automatic, from the trained index's lists (auto_nprobe)
         self._nprobe: int | None = manifest["search"].get("nprobe", self.index_config.nprobe)
         self._index: faiss.Index | None = None
         self._index_name = ""
-        self._generation = 0
         self._index_type = ""
         self._index_reason = ""
         self._trained_vectors: int | None = None
@@ -437,7 +525,6 @@ class FingerprintDB(SongCatalogue):
         # Indexed songs sorted by first_vector_id (for locate) ...
         self._first = np.zeros(0, np.int64)
         self._count = np.zeros(0, np.int64)
-        self._song_ids = np.zeros(0, np.int64)
         # ... and the same spans sorted by song id (for song_spans).
         self._by_id = np.zeros(0, np.int64)
         self._load_state()
@@ -456,8 +543,7 @@ class FingerprintDB(SongCatalogue):
         """Create an empty database at ``path`` (a new or empty folder).
 
         Refuses a folder that already holds a database (use ``open_or_create``) or any
-        other files. The folder is built under a temporary name and renamed into place,
-        so an interrupted create leaves nothing behind.
+        other files; an interrupted create leaves nothing behind.
         """
         path = Path(path)
         check_new_database_folder(path)
@@ -476,7 +562,7 @@ class FingerprintDB(SongCatalogue):
             "search": {},
         }
         try:
-            manifest_text = json.dumps(manifest, indent=2, sort_keys=True)
+            text = manifest_text(manifest)
         except (TypeError, ValueError) as exc:
             raise DatabaseError(f"{path}: model_info is not JSON-serialisable ({exc})") from None
         source = Path(checkpoint) if checkpoint is not None else None
@@ -489,33 +575,11 @@ class FingerprintDB(SongCatalogue):
                     f"{source}: checkpoint sha256 differs from model_info['checkpoint_sha256']"
                 )
 
-        def fill(building: Path) -> None:
-            create_catalogue(building / CATALOGUE, {"index_file": "", "generation": "0"})
-            if source is not None:
-                shutil.copyfile(source, building / MODEL_FILE)
-            (building / MANIFEST).write_text(manifest_text + "\n", encoding="utf-8")
+        return cls._build(path, text, {"index_file": "", "generation": "0"}, source)
 
-        build_database_folder(path, fill)
-        return cls.open(path)
-
-    @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> FingerprintDB:
-        """Open an existing database; one-line ``DatabaseError`` if it is missing or broken.
-
-        Deletes leftovers of interrupted writes (orphan index generations, staging files
-        without a row, temp files) when no other process is writing.
-        """
-        path = Path(path)
-        if not path.exists():
-            raise DatabaseError(f"{path}: no such database folder")
-        if not path.is_dir():
-            raise DatabaseError(f"{path}: not a folder")
-        manifest = _read_manifest(path)
-        if not (path / CATALOGUE).is_file():
-            raise DatabaseError(f"{path}: {CATALOGUE} is missing")
-        db = cls(path, manifest)
-        db._clean_orphans()
-        return db
+    @staticmethod
+    def _read_manifest(path: Path) -> dict[str, Any]:
+        return _read_manifest(path)
 
     @classmethod
     def open_or_create(
@@ -564,11 +628,6 @@ class FingerprintDB(SongCatalogue):
 
     # ------------------------------------------------------------------ settings
 
-    @property
-    def search_settings(self) -> dict[str, Any]:
-        """A copy of the manifest's search settings (nprobe, calibrated thresholds...)."""
-        return json.loads(json.dumps(self._manifest["search"]))
-
     def save_search_settings(self, **settings: Any) -> None:
         """Merge ``settings`` into the manifest's search settings, written atomically.
 
@@ -577,32 +636,7 @@ class FingerprintDB(SongCatalogue):
         """
         if "nprobe" in settings and settings["nprobe"] is not None:
             self.nprobe = settings["nprobe"]
-        with self._locked():
-            manifest = _read_manifest(self.path)
-            search = manifest["search"]
-            for key, value in settings.items():
-                if value is None:
-                    search.pop(key, None)
-                else:
-                    search[key] = value
-            _write_manifest(self.path, manifest)
-        self._manifest = manifest
-
-    @property
-    def generation(self) -> int:
-        """The index generation the catalogue points to (0 before the first commit)."""
-        return self._generation
-
-    @property
-    def needs_calibration(self) -> bool:
-        """Whether the "no match" thresholds are missing or from an earlier generation.
-
-        They are saved after the commit that makes a generation: an interrupted
-        calibration leaves those of an earlier one (or none), and ``afp index`` run again
-        calibrates even with nothing to add. A database of fewer than two songs has none
-        to calibrate.
-        """
-        return thresholds_are_stale(self._manifest["search"], self._generation, len(self._song_ids))
+        super().save_search_settings(**settings)
 
     @property
     def search_threshold(self) -> str | None:
@@ -654,10 +688,10 @@ class FingerprintDB(SongCatalogue):
 
     def _set_nprobe(self, index: faiss.Index) -> None:
         """The set nprobe, or the automatic one for this index's lists."""
-        ivf = faiss.extract_index_ivf(index)
+        nlist = faiss.extract_index_ivf(index).nlist
         # The attribute is `nprobe`: the authors' `nprobes` was silently ignored
         # (docs/design.md §2.1).
-        ivf.nprobe = self._nprobe if self._nprobe is not None else auto_nprobe(ivf.nlist)
+        ivf.set_nprobe(index, self._nprobe if self._nprobe is not None else auto_nprobe(nlist))
 
     # ------------------------------------------------------------------ catalogue
 
@@ -682,16 +716,7 @@ class FingerprintDB(SongCatalogue):
         norms = np.linalg.norm(vectors, axis=1)
         if np.any(np.abs(norms - 1.0) > _NORM_TOLERANCE):
             raise DatabaseError(f"{self.path}: vectors of {source} are not unit length")
-        with self._locked():
-            self._refuse_duplicate(checksum, source)
-            staging = self._staging_file(checksum)
-            staging.parent.mkdir(exist_ok=True)
-            with atomic_path(staging) as tmp, tmp.open("wb") as handle:
-                np.save(handle, vectors)
-            song_id = self._insert_staged_song(
-                title, artist, source, duration_s, checksum, len(vectors)
-            )
-        return self.song(song_id)
+        return self._stage(title, artist, source, duration_s, checksum, vectors, len(vectors))
 
     # ------------------------------------------------------------------ commit
 
@@ -737,7 +762,8 @@ class FingerprintDB(SongCatalogue):
                 raise DatabaseError(
                     f"{self.path}: staging file of song {song.id} ({song.source}) is missing"
                 )
-        existing = self._index.ntotal if self._index is not None else 0
+        old = self._index
+        existing = old.ntotal if old is not None else 0
         new = sum(song.vector_count for song in staged)
         total = existing + new
         required = self._ivf_required_vectors()
@@ -747,15 +773,8 @@ class FingerprintDB(SongCatalogue):
         check_cancel()
 
         if upgrade:
-            old = self._index
             index = self._train_ivfpq(old, staged, files)
             check_cancel()
-            if old is not None:  # the flat index's vectors move into the new one
-                for start in range(0, existing, _ADD_CHUNK):
-                    index.add(old.reconstruct_n(start, min(_ADD_CHUNK, existing - start)))
-                    done = min(existing, start + _ADD_CHUNK)
-                    progress(done, total)
-                    check_cancel()
             index_type = INDEX_IVFPQ
             nlist = faiss.extract_index_ivf(index).nlist
             chosen = " (about 4 sqrt(N))" if self.index_config.nlist is None else ""
@@ -763,28 +782,46 @@ class FingerprintDB(SongCatalogue):
                 f"IVF-PQ: {total} vectors >= {required} needed to train {nlist} "
                 f"lists{chosen} and {2**self.index_config.nbits} PQ centroids"
             )
-        elif self._index is None:
+        elif old is None:
             index = faiss.IndexFlatIP(self.dim)
             index_type = INDEX_FLAT
             reason = f"exact flat: {total} vectors < {required} needed to train IVF-PQ"
         else:
-            index = self._index
+            index = old
             index_type, reason = self._index_type, self._index_reason
             if index_type == INDEX_FLAT:
                 reason = f"exact flat: {total} vectors < {required} needed to train IVF-PQ"
         grand_total = total if upgrade else new
 
         first_ids: list[tuple[int, int]] = []
-        next_id = index.ntotal
-        for song, file in zip(staged, files, strict=True):
-            vectors = self._load_staged(song, file)
+        next_id = existing  # an upgrade moves the flat index's vectors first
+        for song in staged:
             first_ids.append((next_id, song.id))
-            for start in range(0, len(vectors), _ADD_CHUNK):
-                index.add(vectors[start : start + _ADD_CHUNK])
-            next_id += len(vectors)
-            done += len(vectors)
+            next_id += song.vector_count
+
+        def vectors() -> Iterator[np.ndarray]:
+            if upgrade and old is not None:  # the flat index's vectors move into the new one
+                for start in range(0, existing, _ADD_CHUNK):
+                    yield old.reconstruct_n(start, min(_ADD_CHUNK, existing - start))
+            for song, file in zip(staged, files, strict=True):
+                yield self._load_staged(song, file)
+
+        def after(count: int) -> None:
+            nonlocal done
+            done += count
             progress(done, grand_total)
             check_cancel()
+
+        generation = self._generation + 1
+        name = f"index-{generation:06d}.faiss"
+        chunks = _gathered(vectors(), _ADD_CHUNK)
+        if index_type == INDEX_IVFPQ and (
+            ivf.on_disk(index) or ivf.over_budget(total, index, self.index_config)
+        ):
+            lists = ivf.lists_file(self.path / name)
+            ivf.fill_on_disk(index, chunks, lists, self.index_config, after)
+        else:
+            ivf.fill_in_memory(index, chunks, after)
         if index.ntotal != total:
             raise DatabaseError(f"{self.path}: index holds {index.ntotal} vectors, not {total}")
 
@@ -794,8 +831,6 @@ class FingerprintDB(SongCatalogue):
             if upgrade
             else {}
         )
-        generation = self._generation + 1
-        name = f"index-{generation:06d}.faiss"
         with atomic_path(self.path / name) as tmp:
             _write_index(index, tmp)
         fault_point("index.commit")
@@ -806,7 +841,7 @@ class FingerprintDB(SongCatalogue):
         self._index, self._index_name = index, name
         self._load_state()
         if old_name and old_name != name:
-            (self.path / old_name).unlink(missing_ok=True)
+            self._delete_generation(old_name)
         for file in files:
             file.unlink(missing_ok=True)
 
@@ -852,35 +887,27 @@ class FingerprintDB(SongCatalogue):
         old_picks = picks[picks < existing]
         if old is not None and len(old_picks):
             parts.append(old.reconstruct_batch(old_picks.astype(np.int64)))
-        offset = existing
-        for song, file in zip(staged, files, strict=True):
-            local = picks[(picks >= offset) & (picks < offset + song.vector_count)] - offset
+        # each song's picks: a binary search per song (a library may hold 100,000 songs)
+        starts = existing + np.cumsum([0] + [song.vector_count for song in staged])
+        cuts = np.searchsorted(picks, starts)
+        for i, (song, file) in enumerate(zip(staged, files, strict=True)):
+            local = picks[cuts[i] : cuts[i + 1]] - starts[i]
             if len(local):
-                vectors = self._load_staged(song, file, mmap=True)
+                vectors = self._load_staged(song, file)
                 parts.append(np.ascontiguousarray(vectors[local], dtype=np.float32))
-            offset += song.vector_count
         sample = np.concatenate(parts)
-        quantizer = faiss.IndexFlatIP(self.dim)
-        index = faiss.IndexIVFPQ(
-            quantizer, self.dim, nlist, cfg.m, cfg.nbits, faiss.METRIC_INNER_PRODUCT
-        )
-        index.own_fields = True
-        # the index now owns and frees its quantiser (``this``: SWIG's handle, not in the stubs)
-        quantizer.this.disown()  # type: ignore[attr-defined]
-        # faiss prints "WARNING clustering ..." below 39 points per centroid; the sample
-        # has at least _MIN_POINTS_PER_CENTROID, which is enough, so that is no news.
-        for clustering in (index.cp, index.pq.cp):
-            clustering.min_points_per_centroid = _MIN_POINTS_PER_CENTROID
-        index.train(sample)
+        index = ivf.new_ivfpq(self.dim, nlist, cfg)
+        ivf.train_ivfpq(index, sample, _MIN_POINTS_PER_CENTROID, _TRAIN_SEED)
         # Array direct map: vectors are added with sequential ids, and reconstruct(id)
         # (offset-consistent re-scoring) needs id -> list position.
         index.make_direct_map()
         self._set_nprobe(index)
         return index
 
-    def _load_staged(self, song: Song, file: Path, mmap: bool = False) -> np.ndarray:
+    def _load_staged(self, song: Song, file: Path) -> np.ndarray:
+        """A staged song's vectors, memory-mapped (commit copies them chunk by chunk)."""
         try:
-            vectors = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+            vectors = np.load(file, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise DatabaseError(f"{file}: unreadable staging file ({one_line(exc)})") from None
         if vectors.shape != (song.vector_count, self.dim) or vectors.dtype != np.float32:
@@ -888,7 +915,7 @@ class FingerprintDB(SongCatalogue):
                 f"{file}: staging file holds {vectors.dtype} {vectors.shape}, expected "
                 f"float32 ({song.vector_count}, {self.dim})"
             )
-        return vectors if mmap else np.ascontiguousarray(vectors)
+        return vectors
 
     # ------------------------------------------------------------------ search
 
@@ -991,7 +1018,10 @@ class FingerprintDB(SongCatalogue):
         indexed = self.songs("indexed")
         staged = self.songs("staged")
         hours = sum(song.duration_s for song in indexed) / 3600.0
-        index_bytes = file_size(self.path / self._index_name) if self._index_name else 0
+        index_bytes = 0
+        if self._index_name:
+            index_file = self.path / self._index_name
+            index_bytes = file_size(index_file) + file_size(ivf.lists_file(index_file))
         catalogue_bytes = sum(file_size(p) for p in self.path.glob(f"{CATALOGUE}*"))
         staging_bytes = sum(file_size(p) for p in (self.path / STAGING).glob("*.npy"))
         index: dict[str, Any] = {"type": self._index_type or "none"}
@@ -1000,15 +1030,17 @@ class FingerprintDB(SongCatalogue):
         ram = self.ntotal * self.dim * 4  # a flat index: the vectors
         if self._index_type == INDEX_IVFPQ:
             ivfpq = self._ivfpq()
-            ivf, pq = faiss.extract_index_ivf(ivfpq), ivfpq.pq
-            index |= {"m": pq.M, "nbits": pq.nbits, "nlist": ivf.nlist, "nprobe": ivf.nprobe}
+            coarse, pq = faiss.extract_index_ivf(ivfpq), ivfpq.pq
+            index |= {"m": pq.M, "nbits": pq.nbits, "nlist": coarse.nlist, "nprobe": coarse.nprobe}
             sizes = list_sizes(ivfpq)
             lists = {
-                "count": ivf.nlist,
+                "count": coarse.nlist,
                 "min": int(sizes.min()),
                 "median": float(np.median(sizes)),
                 "max": int(sizes.max()),
                 "imbalance": imbalance(sizes),
+                "quantizer": "flat" if ivf.hnsw_quantizer(ivfpq) is None else "hnsw",
+                "on_disk": ivf.on_disk(ivfpq),
             }
             trained = self._trained_vectors
             training = {
@@ -1017,9 +1049,7 @@ class FingerprintDB(SongCatalogue):
                 "imbalance": self._trained_imbalance,
                 "retrain": self.retrain_reasons(sizes),
             }
-            # codes and ids in the lists, the id -> list map rebuilt on load, the coarse
-            # centroids and the PQ codebooks
-            ram = self.ntotal * (pq.code_size + 16) + (ivf.nlist + 2**pq.nbits) * self.dim * 4
+            ram = ivf.ram_bytes(self.ntotal, ivfpq, ivf.on_disk(ivfpq))
         elif self._index_type == INDEX_FLAT:
             index |= {"metric": "inner_product"}
         return {
@@ -1110,9 +1140,6 @@ class FingerprintDB(SongCatalogue):
             raise DatabaseError(f"{self.path}: {what} contain NaN or infinite values")
         return array
 
-    def _staging_file(self, checksum: str) -> Path:
-        return self.path / STAGING / f"{checksum}.npy"
-
     def _load_state(self, reload_index: bool = False) -> None:
         """(Re)load the current index (if it changed) and the indexed songs' spans."""
         for attempt in range(2):
@@ -1149,24 +1176,48 @@ class FingerprintDB(SongCatalogue):
         if not file.is_file():
             raise DatabaseError(f"{self.path}: index file {name} is missing")
         try:
-            index = faiss.read_index(str(file))
+            if ivf.lists_file(file).is_file():
+                index = ivf.read_on_disk(file)
+            else:
+                index = faiss.read_index(str(file))
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
             raise DatabaseError(f"{file}: corrupt index file ({first})") from None
         if index.d != self.dim:
             raise DatabaseError(f"{file}: index has dim {index.d}, manifest says {self.dim}")
         if isinstance(index, faiss.IndexIVF):
-            ivf = faiss.extract_index_ivf(index)
+            coarse = faiss.extract_index_ivf(index)
             # faiss.DirectMap (the map's type constants) is missing from faiss's stubs
-            if ivf.direct_map.type == faiss.DirectMap.NoMap:  # type: ignore[attr-defined]
-                ivf.make_direct_map()
+            if coarse.direct_map.type == faiss.DirectMap.NoMap:  # type: ignore[attr-defined]
+                coarse.make_direct_map()
         return index
 
     def _delete_unused_generations(self) -> None:
         """Delete index generations other than the current one (caller holds the lock)."""
-        for file in self.path.glob("index-*.faiss"):
-            if _INDEX_RE.fullmatch(file.name) and file.name != self._index_name:
+        current = Path(self._index_name).stem
+        for file in self.path.glob("index-*"):
+            if _INDEX_RE.fullmatch(file.name) and file.stem != current:
                 file.unlink(missing_ok=True)
+
+    def _delete_generation(self, name: str) -> None:
+        """Delete index file ``name`` and its lists file (if its lists are on disk)."""
+        (self.path / name).unlink(missing_ok=True)
+        ivf.lists_file(self.path / name).unlink(missing_ok=True)
+
+
+def _gathered(arrays: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """``arrays`` joined into contiguous float32 chunks of at least ``size`` rows (the
+    last may be shorter)."""
+    pending: list[np.ndarray] = []
+    count = 0
+    for array in arrays:
+        pending.append(array)
+        count += len(array)
+        if count >= size:
+            yield np.ascontiguousarray(np.concatenate(pending), dtype=np.float32)
+            pending, count = [], 0
+    if pending:
+        yield np.ascontiguousarray(np.concatenate(pending), dtype=np.float32)
 
 
 def _write_index(index: faiss.Index, path: Path) -> None:
@@ -1202,6 +1253,8 @@ def _validate_config(path: Path, dim: int, cfg: IndexConfig) -> None:
         raise DatabaseError(f"{path}: index nlist and nprobe must be positive")
     if cfg.density < 1:
         raise DatabaseError(f"{path}: index density={cfg.density} must be 1 or more")
+    if cfg.hnsw_min_lists < 1 or not cfg.ram_budget_mb > 0:
+        raise DatabaseError(f"{path}: index hnsw_min_lists and ram_budget_mb must be positive")
     lists = cfg.nlist or AUTO_NLIST_MIN
     needed = max(cfg.min_train_vectors, _MIN_POINTS_PER_CENTROID * max(lists, 2**cfg.nbits))
     if cfg.max_train_vectors < needed:
@@ -1231,12 +1284,6 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     except AfpError as exc:
         raise DatabaseError(f"{file}: corrupt manifest ({exc})") from None
     return manifest
-
-
-def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    with atomic_path(path / MANIFEST) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def short_sha(sha: Any) -> str:
