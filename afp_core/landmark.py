@@ -54,12 +54,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import json
 import math
 import os
 import re
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -75,22 +72,20 @@ from afp_core.database import (
     STAGING,
     Song,
     SongCatalogue,
-    build_database_folder,
     check_new_database_folder,
-    create_catalogue,
-    thresholds_are_stale,
+    manifest_text,
 )
 from afp_core.errors import AfpError, AudioError, Cancelled, ConfigError, DatabaseError
 from afp_core.faults import fault_point
 from afp_core.fileutil import (
     atomic_path,
-    atomic_write_text,
     check_document,
     file_size,
     one_line,
     read_json_object,
     utc_now,
 )
+from afp_core.ingest import Fingerprinting, IndexResult, Skipped, index_files
 from afp_core.search import N_CANDIDATES, Candidate, Match
 from afp_core.spectral import compute_spectrogram, find_spectral_peaks
 from afp_core.tasks import TaskState
@@ -337,18 +332,15 @@ class LandmarkDB(SongCatalogue):
 
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
         """Use ``create``, ``open`` or ``open_or_create``."""
-        self.path = path
-        self._manifest = manifest
+        super().__init__(path, manifest)
         self.settings: LandmarkSettings = from_dict(
             LandmarkSettings, manifest["settings"], "settings"
         )
         self._postings = np.zeros((2, 0), np.uint32)
         self._postings_name = ""
-        self._generation = 0
         # indexed songs sorted by first frame id (ids ascend with song ids)
         self._first = np.zeros(0, np.int64)
         self._count = np.zeros(0, np.int64)
-        self._song_ids = np.zeros(0, np.int64)
         self._songs: dict[int, Song] = {}
         self._load_state()
 
@@ -371,27 +363,12 @@ class LandmarkDB(SongCatalogue):
             "settings": to_dict(settings),
             "search": {},
         }
+        meta = {"postings_file": "", "generation": "0"}
+        return cls._build(path, manifest_text(manifest), meta)
 
-        def fill(building: Path) -> None:
-            create_catalogue(building / CATALOGUE, {"postings_file": "", "generation": "0"})
-            text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-            (building / MANIFEST).write_text(text, encoding="utf-8")
-
-        build_database_folder(path, fill)
-        return cls.open(path)
-
-    @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> LandmarkDB:
-        """Open an existing database; one-line ``DatabaseError`` if missing or broken."""
-        path = Path(path)
-        if not path.is_dir():
-            raise DatabaseError(f"{path}: no such database folder")
-        manifest = _read_manifest(path)
-        if not (path / CATALOGUE).is_file():
-            raise DatabaseError(f"{path}: {CATALOGUE} is missing")
-        db = cls(path, manifest)
-        db._clean_orphans()
-        return db
+    @staticmethod
+    def _read_manifest(path: Path) -> dict[str, Any]:
+        return _read_manifest(path)
 
     @classmethod
     def open_or_create(
@@ -425,16 +402,7 @@ class LandmarkDB(SongCatalogue):
         if int(landmarks.anchors.max()) >= landmarks.n_frames or landmarks.anchors.min() < 0:
             raise DatabaseError(f"{self.path}: anchor frames of {source} exceed its frames")
         pairs = np.stack([landmarks.hashes.astype(np.uint32), landmarks.anchors.astype(np.uint32)])
-        with self._locked():
-            self._refuse_duplicate(checksum, source)
-            staging = self.path / STAGING / f"{checksum}.npy"
-            staging.parent.mkdir(exist_ok=True)
-            with atomic_path(staging) as tmp, tmp.open("wb") as handle:
-                np.save(handle, pairs)
-            song_id = self._insert_staged_song(
-                title, artist, source, duration_s, checksum, landmarks.n_frames
-            )
-        return self.song(song_id)
+        return self._stage(title, artist, source, duration_s, checksum, pairs, landmarks.n_frames)
 
     def commit(self, cancel: Callable[[], bool] | None = None, calibrate: bool = True) -> int:
         """Merge every staged song into a new postings generation; returns how many.
@@ -503,10 +471,10 @@ class LandmarkDB(SongCatalogue):
             if old_name and old_name != name:
                 (self.path / old_name).unlink(missing_ok=True)
             for song in staged:
-                (self.path / STAGING / f"{song.checksum}.npy").unlink(missing_ok=True)
+                self._staging_file(song.checksum).unlink(missing_ok=True)
 
     def _load_staged(self, song: Song) -> np.ndarray:
-        file = self.path / STAGING / f"{song.checksum}.npy"
+        file = self._staging_file(song.checksum)
         try:
             pairs = np.load(file, allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -518,25 +486,6 @@ class LandmarkDB(SongCatalogue):
         return pairs
 
     # ------------------------------------------------------------------ settings
-
-    @property
-    def search_settings(self) -> dict[str, Any]:
-        """A copy of the manifest's search settings (the "no match" threshold...)."""
-        return json.loads(json.dumps(self._manifest["search"]))
-
-    def save_search_settings(self, **settings: Any) -> None:
-        """Merge ``settings`` into the manifest's search settings (None removes a key)."""
-        with self._locked():
-            manifest = _read_manifest(self.path)
-            for key, value in settings.items():
-                if value is None:
-                    manifest["search"].pop(key, None)
-                else:
-                    manifest["search"][key] = value
-            atomic_write_text(
-                self.path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-            )
-        self._manifest = manifest
 
     def calibrate_thresholds(
         self, trials: int = 200, quantile: float = 0.99, seed: int = 0
@@ -609,16 +558,6 @@ class LandmarkDB(SongCatalogue):
             thresholds={METHOD: entry}, calibrated_generation=self._generation
         )
         return table
-
-    @property
-    def generation(self) -> int:
-        """The postings generation the catalogue points to (0 before the first commit)."""
-        return self._generation
-
-    @property
-    def needs_calibration(self) -> bool:
-        """Whether the thresholds are missing or predate the last commit."""
-        return thresholds_are_stale(self._manifest["search"], self._generation, len(self._songs))
 
     def stored_impostor_mean(self, length_s: float) -> float:
         """The mean impostor score behind ``stored_threshold(length_s)`` (0 if unknown)."""
@@ -835,88 +774,41 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------- indexing
 
 
+@dataclasses.dataclass(frozen=True)
+class LandmarkExtractor:
+    """A file's landmark hashes: the landmark ``Extractor`` (``afp_core.ingest``)."""
+
+    settings: LandmarkSettings
+
+    def __call__(self, path: Path, task: TaskState, on_warning: Callable[[str], None]) -> Landmarks:
+        blocks = _tracked(path, self.settings.sample_rate, task, on_warning)
+        landmarks = fingerprint_blocks(blocks, self.settings)
+        if len(landmarks.hashes) == 0:
+            raise AudioError(f"{path}: no spectral peaks (silent?)")
+        return landmarks
+
+
 def index_landmark_library(
     db: LandmarkDB,
     paths: Iterable[Path],
     task: TaskState | None = None,
-    on_skip: Callable[[Any], None] = lambda _: None,
-    on_warning: Callable[[Any], None] = lambda _: None,
-) -> Any:
-    """Add every audio file under ``paths`` to ``db`` and commit; an ``IndexResult``.
+    on_skip: Callable[[Skipped], None] = lambda _: None,
+    on_warning: Callable[[Skipped], None] = lambda _: None,
+) -> IndexResult:
+    """Add every audio file under ``paths`` to ``db``, commit and calibrate
+    (``afp_core.ingest.index_files``: skipped files, warnings, resuming).
 
-    Files already in the database (same content checksum) are skipped, and so are
-    unreadable, shorter than ``MIN_SONG_S`` and silent files, each with a one-line reason;
-    ``on_warning`` gets each file added despite a problem (truncated: what it holds).
-    Cancelling (``task.cancel()``) or an interrupt keeps the songs staged so far; the next
-    run extracts only what is left.
+    Files shorter than ``MIN_SONG_S`` and silent files are skipped too.
     """
-    from afp_core.indexing import (
-        IndexResult,
-        checksum_or_skip,
-        plan_library_files,
-        read_tags,
-        recorder,
+    fingerprinting = Fingerprinting(
+        extract=LandmarkExtractor(db.settings),
+        min_duration_s=MIN_SONG_S,
+        shortest=f"{MIN_SONG_S:g} s",
+        committing="merging the postings",
+        commit=lambda cancel: db.commit(cancel=cancel, calibrate=False),
+        calibrate=db.calibrate_thresholds,
     )
-
-    task = task or TaskState()
-    result = IndexResult()
-    started = time.monotonic()
-    sample_rate = db.settings.sample_rate
-    skip = recorder(result.skipped, on_skip)
-    warn = recorder(result.warnings, on_warning)
-
-    plan = plan_library_files(paths, MIN_SONG_S, f"{MIN_SONG_S:g} s", skip, task)
-
-    task.set_total(sum(info.duration_s for info in plan))
-    for info in plan:
-        task.check_cancelled()
-        before = task.done
-        checksum = checksum_or_skip(info, skip, task)
-        if checksum is None:
-            continue
-        if db.has_song(checksum):
-            result.duplicates.append(info.path)
-            task.advance(info.duration_s, f"{info.path.name} already indexed")
-            continue
-        task.set_message(info.path.name)
-        try:
-            blocks = _tracked(info.path, sample_rate, task, functools.partial(warn, info.path))
-            landmarks = fingerprint_blocks(blocks, db.settings)
-        except AudioError as exc:
-            skip(info.path, str(exc))
-            task.advance(before + info.duration_s - task.done)
-            continue
-        if len(landmarks.hashes) == 0:
-            skip(info.path, f"{info.path}: no spectral peaks (silent?)")
-            task.advance(before + info.duration_s - task.done)
-            continue
-        title, artist = read_tags(info.path)
-        try:
-            song = db.stage_song(
-                title=title,
-                artist=artist,
-                source=str(info.path.resolve()),
-                duration_s=info.duration_s,
-                checksum=checksum,
-                landmarks=landmarks,
-            )
-        except DatabaseError as exc:  # e.g. another process staged the same song meanwhile
-            skip(info.path, f"{info.path}: {exc}")
-            task.advance(before + info.duration_s - task.done)
-            continue
-        result.added.append(song)
-        fault_point("index.staged")
-        result.audio_s += info.duration_s
-        task.advance(before + info.duration_s - task.done)
-
-    result.elapsed_s = time.monotonic() - started
-    task.set_message("merging the postings")
-    db.commit(cancel=lambda: task.cancelled, calibrate=False)
-    if not task.cancelled and db.needs_calibration:
-        # also after a commit whose calibration was interrupted: nothing else repairs it
-        task.set_message("calibrating the no-match threshold")
-        db.calibrate_thresholds()
-    return result
+    return index_files(db, paths, fingerprinting, task=task, on_skip=on_skip, on_warning=on_warning)
 
 
 def _tracked(

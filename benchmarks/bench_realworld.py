@@ -45,7 +45,8 @@ from afp_core.checkpoint import load_checkpoint
 from afp_core.config import IndexConfig
 from afp_core.devdata import find_dev_music, find_training_music
 from afp_core.fusion import FusedRecogniser
-from afp_core.indexing import index_library, open_database_for_indexing, read_tags
+from afp_core.indexing import index_library, open_database_for_indexing
+from afp_core.ingest import read_tags
 from afp_core.landmark import LandmarkDB, index_landmark_library
 from afp_core.protocols.realworld import RealWorldSettings, plan_realworld, run_realworld_plan
 from afp_core.protocols.report import format_realworld_table, write_realworld_report

@@ -33,7 +33,8 @@ from afp_core.augment import make_babble
 from afp_core.checkpoint import load_checkpoint
 from afp_core.devdata import INSTALL_HINT, find_dev_music, find_dev_speech
 from afp_core.errors import AfpError, AudioError
-from afp_core.indexing import index_library, open_database_for_indexing, read_tags
+from afp_core.indexing import index_library, open_database_for_indexing
+from afp_core.ingest import read_tags
 from afp_core.protocols.realworld import RealWorldSettings
 from afp_core.protocols.sessions import SESSION_FILE
 from afp_core.query import load_query

@@ -200,7 +200,7 @@ def test_decoder_chatter_stays_off_the_terminal(tmp_path, untrained_checkpoint, 
 def test_links_pipes_and_vanishing_files_are_skipped_not_fatal(
     tmp_path, song_library, untrained_checkpoint, capsys, monkeypatch
 ):
-    import afp_core.indexing as indexing
+    import afp_core.ingest as ingest
 
     library = tmp_path / "lib"
     library.mkdir()
@@ -209,7 +209,7 @@ def test_links_pipes_and_vanishing_files_are_skipped_not_fatal(
     (library / "broken.wav").symlink_to(library / "nowhere.wav")
     (library / "loop.wav").symlink_to(library / "loop.wav")
     os.mkfifo(library / "pipe.wav")  # would block the decoder for ever
-    real_plan = indexing.plan_library_files
+    real_plan = ingest.plan_library_files
 
     def plan_then_remove(*args, **kwargs):
         plan = real_plan(*args, **kwargs)
@@ -217,7 +217,7 @@ def test_links_pipes_and_vanishing_files_are_skipped_not_fatal(
         return plan
 
     # Patched: only the moment of the removal, which a test cannot otherwise time.
-    monkeypatch.setattr(indexing, "plan_library_files", plan_then_remove)
+    monkeypatch.setattr(ingest, "plan_library_files", plan_then_remove)
     db = tmp_path / "db"
     code = main(["index", str(db), str(library), "--model", str(untrained_checkpoint), "--quiet"])
     captured = capsys.readouterr()

@@ -1,0 +1,267 @@
+"""Audio files into a database of either kind: the one indexing loop (no torch here).
+
+``index_files`` reads the files' headers (unreadable, not regular and too-short files are
+skipped with one line each), then takes the files in order: content checksum (a file
+already in the database is a duplicate), fingerprints (the kind's ``Extractor``), staged
+in the database; at the end the staged songs are committed and the "no match"
+thresholds calibrated where they are missing or stale. What differs between the neural
+and the landmark database (what a file's fingerprints are, how they are committed and
+calibrated) comes in a ``Fingerprinting``.
+
+Crash safety is the databases' own (``afp_core.database``): a song is staged whole or not
+at all, so an interrupt, a cancel or a crash keeps the songs staged so far and the next
+run extracts only the rest; the commit switches to a new generation in one transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import soundfile as sf
+
+from afp_core.audio import AudioInfo, iter_audio_files, probe_audio, quiet_stderr
+from afp_core.database import Song
+from afp_core.errors import AudioError, DatabaseError
+from afp_core.faults import fault_point
+from afp_core.fileutil import file_sha256
+from afp_core.tasks import TaskState
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A file left out of the database (or, in ``IndexResult.warnings``, indexed despite a
+    problem), and why (one line)."""
+
+    path: Path
+    reason: str
+
+
+def recorder(
+    entries: list[Skipped], report: Callable[[Skipped], None]
+) -> Callable[[Path, str], None]:
+    """A callback that keeps (path, reason) in ``entries`` and passes it on to ``report``."""
+
+    def record(path: Path, reason: str) -> None:
+        entry = Skipped(path, reason)
+        entries.append(entry)
+        report(entry)
+
+    return record
+
+
+@dataclasses.dataclass
+class IndexResult:
+    """What one indexing run did."""
+
+    added: list[Song] = dataclasses.field(default_factory=list)
+    duplicates: list[Path] = dataclasses.field(default_factory=list)
+    skipped: list[Skipped] = dataclasses.field(default_factory=list)
+    warnings: list[Skipped] = dataclasses.field(default_factory=list)  # added all the same
+    audio_s: float = 0.0
+    elapsed_s: float = 0.0  # reading and extraction; index building not included
+
+    def summary(self) -> str:
+        """One line for the end of a run."""
+        rate = self.audio_s / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        warned = f" ({len(self.warnings)} with a warning)" if self.warnings else ""
+        return (
+            f"added {len(self.added)} songs{warned} ({self.audio_s / 60:.1f} min of audio, "
+            f"{rate:.0f} s of audio per s), {len(self.duplicates)} already in the database, "
+            f"{len(self.skipped)} skipped"
+        )
+
+
+class Extractor(Protocol):
+    """One file -> what its database stages for it (vectors, landmark hashes).
+
+    Reports the seconds of audio it got through with ``task.advance``, stops with
+    ``Cancelled`` between blocks once ``task`` is cancelled, passes a problem it indexes
+    through anyway (a truncated file) to ``on_warning`` as one line, and raises
+    ``AudioError`` (one line) for a file to skip.
+    """
+
+    def __call__(self, path: Path, task: TaskState, on_warning: Callable[[str], None]) -> Any: ...
+
+
+class StagingDB(Protocol):
+    """What the loop needs of a database: both ``FingerprintDB`` and ``LandmarkDB``."""
+
+    def has_song(self, checksum: str) -> bool: ...
+
+    def stage_song(
+        self, title: str, artist: str, source: str, duration_s: float, checksum: str, data: Any, /
+    ) -> Song: ...
+
+    @property
+    def needs_calibration(self) -> bool: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Fingerprinting:
+    """What one kind of database brings to ``index_files``."""
+
+    extract: Extractor
+    min_duration_s: float  # shorter files are skipped ...
+    shortest: str  # ... as "shorter than <shortest>"
+    committing: str  # the progress message while the staged songs are committed
+    commit: Callable[[Callable[[], bool]], object]  # commit(cancelled): staged -> indexed
+    calibrate: Callable[[], object]  # store the "no match" thresholds
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    info: AudioInfo
+    checksum: str
+
+
+def index_files(
+    db: StagingDB,
+    paths: Iterable[Path],
+    fingerprinting: Fingerprinting,
+    *,
+    task: TaskState | None = None,
+    on_skip: Callable[[Skipped], None] = lambda _: None,
+    on_warning: Callable[[Skipped], None] = lambda _: None,
+) -> IndexResult:
+    """Add every audio file under ``paths`` to ``db`` and commit (module docstring).
+
+    ``on_skip`` gets each file left out, ``on_warning`` each file added despite a problem
+    (a truncated file: what it holds is added). Cancelling (``task.cancel()``) or an
+    interrupt keeps the songs staged so far; the next run extracts only what is left.
+    """
+    task = task or TaskState()
+    result = IndexResult()
+    started = time.monotonic()
+    skip = recorder(result.skipped, on_skip)
+    warn = recorder(result.warnings, on_warning)
+    plan = plan_library_files(
+        paths, fingerprinting.min_duration_s, fingerprinting.shortest, skip, task
+    )
+    task.set_total(sum(info.duration_s for info in plan))
+
+    def new_files() -> Iterator[_Job]:
+        for info in plan:
+            task.check_cancelled()
+            checksum = checksum_or_skip(info, skip, task)
+            if checksum is None:
+                continue
+            if db.has_song(checksum):
+                result.duplicates.append(info.path)
+                task.advance(info.duration_s, f"{info.path.name} already indexed")
+                continue
+            yield _Job(info, checksum)
+
+    extracted = _extract_here(fingerprinting.extract, new_files(), task, warn)
+    for job, fingerprints, reported in extracted:
+        info = job.info
+        if isinstance(fingerprints, AudioError):
+            skip(info.path, str(fingerprints))
+        else:
+            title, artist = read_tags(info.path)
+            source = str(info.path.resolve())
+            try:
+                song = db.stage_song(
+                    title, artist, source, info.duration_s, job.checksum, fingerprints
+                )
+            except DatabaseError as exc:  # e.g. another process staged the same song meanwhile
+                skip(info.path, f"{info.path}: {exc}")
+            else:
+                result.added.append(song)
+                fault_point("index.staged")
+                result.audio_s += info.duration_s
+        task.advance(info.duration_s - reported)  # the file counts its whole duration done
+
+    result.elapsed_s = time.monotonic() - started
+    task.set_message(fingerprinting.committing)
+    fingerprinting.commit(lambda: task.cancelled)
+    if not task.cancelled and db.needs_calibration:
+        # also after a commit whose calibration was interrupted: nothing else repairs it
+        task.set_message("calibrating the no-match threshold")
+        fingerprinting.calibrate()
+    return result
+
+
+def _extract_here(
+    extract: Extractor,
+    jobs: Iterator[_Job],
+    task: TaskState,
+    warn: Callable[[Path, str], None],
+) -> Iterator[tuple[_Job, Any, float]]:
+    """(job, fingerprints or the ``AudioError`` that skips it, seconds reported), in order,
+    extracted in this process."""
+    for job in jobs:
+        task.set_message(job.info.path.name)
+        before = task.done
+        try:
+            fingerprints = extract(job.info.path, task, functools.partial(warn, job.info.path))
+        except AudioError as exc:
+            fingerprints = exc
+        yield job, fingerprints, task.done - before
+
+
+def read_tags(path: Path) -> tuple[str, str]:
+    """(title, artist) from the file's tags; the file name when it has none."""
+    title, artist = "", ""
+    try:
+        with quiet_stderr(), sf.SoundFile(path) as f:
+            tags = f.copy_metadata()
+        title, artist = tags.get("title", "").strip(), tags.get("artist", "").strip()
+    except (RuntimeError, sf.LibsndfileError):
+        pass
+    return title or path.stem, artist
+
+
+def plan_library_files(
+    paths: Iterable[Path],
+    min_duration_s: float,
+    shortest: str,
+    skip: Callable[[Path, str], None],
+    task: TaskState,
+) -> list[AudioInfo]:
+    """The audio files under ``paths`` worth indexing; ``skip`` gets the others with a
+    reason (unreadable, or shorter than ``min_duration_s``, described as ``shortest``)."""
+    plan: list[AudioInfo] = []
+    task.set_message("reading file headers")
+    for path in _files_under(paths, skip):
+        if not path.is_file():  # a FIFO would block the decoder for ever
+            what = "a broken or looping link" if path.is_symlink() else "not a regular file"
+            skip(path, f"{path}: {what}")
+            continue
+        try:
+            info = probe_audio(path)
+        except AudioError as exc:
+            skip(path, str(exc))
+            continue
+        if info.duration_s < min_duration_s:
+            skip(path, f"{path}: {info.duration_s:.2f} s is shorter than {shortest}")
+            continue
+        plan.append(info)
+    return plan
+
+
+def checksum_or_skip(
+    info: AudioInfo, skip: Callable[[Path, str], None], task: TaskState
+) -> str | None:
+    """The file's content checksum; None (skipped, its time counted done) when the file was
+    removed or made unreadable since its header was read."""
+    try:
+        return file_sha256(info.path)
+    except OSError as exc:
+        skip(info.path, f"{info.path}: cannot read ({exc.strerror or exc})")
+        task.advance(info.duration_s)
+        return None
+
+
+def _files_under(paths: Iterable[Path], skip: Callable[[Path, str], None]) -> Iterator[Path]:
+    """The files named and the audio files in the folders named; a name that leads
+    nowhere (a broken link, a file removed meanwhile) is skipped, not fatal."""
+    for item in paths:
+        try:
+            yield from iter_audio_files([item])
+        except AudioError as exc:
+            skip(Path(item), str(exc))
