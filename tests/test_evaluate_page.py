@@ -675,7 +675,7 @@ def test_page_query_set_errors_are_one_line(
     with qtbot.waitSignal(page.job_done, timeout=JOB_MS):
         assert page.evaluate() is not None
     text = page.message_text
-    assert f"{SONGS} of the session's {SONGS} songs are not in the database" in text
+    assert f"{SONGS} of the query set's {SONGS} songs are not in the database" in text
     assert str(other_db) in text and "\n" not in text and "b00020" in page.message.styleSheet()
     assert page.view is None and set(previous_reports(queryset)) == reports
 
