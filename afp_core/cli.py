@@ -716,7 +716,9 @@ def _describe_lists(info: dict[str, Any]) -> list[tuple[str, str]]:
         (
             "lists",
             f"{lists['count']:,}; vectors per list min {lists['min']:,}, median "
-            f"{lists['median']:,.0f}, max {lists['max']:,} (imbalance {lists['imbalance']:.2f})",
+            f"{lists['median']:,.0f}, max {lists['max']:,} (imbalance {lists['imbalance']:.2f}); "
+            f"{lists['quantizer'].upper() if lists['quantizer'] == 'hnsw' else 'flat'} coarse "
+            f"quantiser; lists {'on disk, memory-mapped' if lists['on_disk'] else 'in memory'}",
         )
     ]
     trained = training["vectors"]

@@ -11,7 +11,7 @@ import pytest
 from afp_core import ivf
 from afp_core.config import IndexConfig
 from afp_core.database import FingerprintDB
-from tests.test_index_sizing import DIM, add, songs
+from tests.test_index_sizing import DIM, add, info_rows, songs
 from tests.test_search import _one_faiss_thread, build  # noqa: F401 - a fixture
 
 # 64 lists from 3,000 vectors: the HNSW quantiser from 64 lists, the lists on disk past
@@ -51,7 +51,7 @@ def test_hnsw_quantiser_finds_what_a_flat_one_finds(tmp_path) -> None:
     assert found[1] >= found[0] - 0.05 and found[1] > 0.8
 
 
-def test_lists_on_disk_past_the_budget_and_songs_added_later(tmp_path) -> None:
+def test_lists_on_disk_past_the_budget_and_songs_added_later(tmp_path, capsys) -> None:
     rng = np.random.default_rng(3)
     first, later = songs(rng, 4000), songs(rng, 1500)
     in_ram = build(tmp_path / "ram", first, SMALL)
@@ -61,6 +61,8 @@ def test_lists_on_disk_past_the_budget_and_songs_added_later(tmp_path) -> None:
     assert lists.is_file() and not list(tmp_path.glob("disk/*.tmp"))
     info = db.info()
     assert info["lists"]["on_disk"] and info["bytes_index"] > lists.stat().st_size
+    rows = info_rows(tmp_path / "disk", capsys)
+    assert rows["lists"].endswith("; HNSW coarse quantiser; lists on disk, memory-mapped")
     # the same codes as the index in memory, so the same answers and rebuilt vectors
     queries = np.concatenate(first)[::37]
     assert np.array_equal(db.search(queries, 4)[1], in_ram.search(queries, 4)[1])
