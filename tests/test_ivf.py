@@ -39,7 +39,7 @@ def test_two_level_centroids_cover_the_sample() -> None:
 
 def test_hnsw_quantiser_finds_what_a_flat_one_finds(tmp_path) -> None:
     rng = np.random.default_rng(2)
-    library = songs(rng, 6000)
+    library = songs(rng, 4000)
     flat = build(tmp_path / "flat", library, IndexConfig(m=16, nlist=64, min_train_vectors=3000))
     hnsw = build(tmp_path / "hnsw", library, SMALL)
     assert ivf.hnsw_quantizer(flat.index) is None and ivf.hnsw_quantizer(hnsw.index) is not None
