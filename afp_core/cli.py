@@ -242,8 +242,42 @@ def _add_evaluate_parser(sub: Subcommands) -> None:
     add_evaluate_parser(sub, EPILOG)
 
 
+def _add_index_shards_parser(sub: Subcommands) -> None:
+    p = sub.add_parser(
+        "index-shards",
+        help="index a library in several processes or on several machines (torchrun)",
+        description="Under torchrun, each process (rank R of W) fingerprints every W-th file "
+        "of the sorted list under PATH into its own area of STAGING; once every rank is "
+        "through, rank 0 commits them all, in order: the database is the one `afp index` "
+        "builds. A rank that failed is rerun alone with --shard R/W: it extracts only what "
+        "it had left, then commits if every other rank is through.",
+        formatter_class=_FORMATTER,
+        epilog="torchrun --nproc-per-node 2 -m afp_core.cli index-shards DB_DIR PATH... "
+        f"--staging DIR. {EPILOG}",
+    )
+    p.add_argument("db", metavar="DB_DIR", type=Path, help="database folder")
+    p.add_argument("paths", metavar="PATH", type=Path, nargs="+", help="audio files or folders")
+    p.add_argument(
+        "--staging",
+        type=Path,
+        required=True,
+        help="folder for the ranks' extracted songs, seen by every rank (a shared disk "
+        "across machines); deleted after the commit",
+    )
+    p.add_argument(
+        "--shard", metavar="RANK/WORLD", help="run one rank alone, without torchrun (e.g. 1/2)"
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="checkpoint for a NEW database (default: the shipped model)",
+    )
+    _add_runtime_options(p)
+
+
 _PARSERS: tuple[Callable[[Subcommands], None], ...] = (
     _add_index_parser,
+    _add_index_shards_parser,
     _add_identify_parser,
     _add_info_parser,
     _add_models_parser,
@@ -952,8 +986,61 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return evaluate(args)
 
 
+def run_index_shards(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from afp_core import distributed
+    from afp_core.indexing import open_database_for_indexing
+    from afp_core.tasks import progress_task
+
+    shard = distributed.parse_shard(args.shard) if args.shard else distributed.join_torchrun()
+    device = args.device
+    files = _list_audio_files(args.paths)
+
+    def notice(text: str) -> None:
+        tqdm.write(f"afp: note: {text}", file=sys.stderr)
+
+    with distributed.rank_zero_first(shard):  # rank 0 creates the database
+        db, checkpoint = open_database_for_indexing(args.db, args.model, on_notice=notice)
+        area = distributed.StagingArea(args.staging, db)
+    model = checkpoint.model.to(device)
+    with progress_task(args.quiet, unit="s", description=str(shard)) as task:
+        extracted = distributed.extract_shard(
+            db,
+            model,
+            files,
+            area,
+            shard,
+            batch_size=args.batch_size,
+            device=device,
+            task=task,
+            **_index_reports(),
+        )
+    print(f"{args.staging}: {distributed.shard_summary(shard, extracted)}")
+    distributed.barrier(shard)
+    if shard.rank and shard.grouped:
+        return 0  # rank 0 commits
+    unfinished = area.unfinished(shard.world)
+    if unfinished:
+        waiting = ", ".join(f"{rank}/{shard.world}" for rank in unfinished)
+        print(f"{args.staging}: rank {waiting} not finished yet; the last one through commits")
+        return 0
+    with progress_task(args.quiet, unit="s", description="committing") as task:
+        result = distributed.commit_shards(
+            db, model, files, area, shard.world, device=device, task=task, **_index_reports()
+        )
+    info = db.info()
+    print(
+        f"{args.db}: committed {len(result.added)} songs from {shard.world} ranks, "
+        f"{len(result.duplicates)} already in the database, {len(result.skipped)} skipped; "
+        f"{info['songs']} songs, {info['vectors']} vectors, {info['index']['type']} index"
+    )
+    return 0
+
+
 COMMANDS = {
     "index": run_index,
+    "index-shards": run_index_shards,
     "identify": run_identify,
     "info": run_info,
     "models": run_models,
