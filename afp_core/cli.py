@@ -14,7 +14,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from afp_core import __version__
 from afp_core.config import IndexConfig, SearchConfig
@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     import numpy as np
 
     from afp_core.database import Song
+    from afp_core.ingest import IndexResult
     from afp_core.search import Match
+    from afp_core.tasks import TaskState
 
 EPILOG = "Exit status: 0 success, 1 error (one line on stderr), 2 bad usage, 130 interrupted."
 
@@ -106,6 +108,15 @@ def _add_index_parser(sub: Subcommands) -> None:
         action="store_true",
         help="a NEW database of landmark hashes (spectral-peak pairs, Wang 2003, as Dejavu) "
         "instead of neural fingerprints; an existing database keeps its kind",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes fingerprinting files side by side, each with cores / N torch "
+        "threads; this one stages the songs in order, so the database is the one a single "
+        "process builds. With --device cuda they decode the files and the GPU embeds the "
+        "windows of several files per batch",
     )
     _add_runtime_options(p)
 
@@ -326,8 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_index(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from afp_core.indexing import index_library, open_database_for_indexing
-    from afp_core.tasks import TaskState, TqdmProgress
+    from afp_core.indexing import encoder_device, index_library, open_database_for_indexing
 
     def notice(text: str) -> None:
         tqdm.write(f"afp: note: {text}", file=sys.stderr)
@@ -340,6 +350,7 @@ def run_index(args: argparse.Namespace) -> int:
     given = {
         name: getattr(args, name) for name in _INDEX_OPTIONS if getattr(args, name) is not None
     }
+    device = encoder_device(args.device)  # before a database is made
     files = _list_audio_files(args.paths)
     # None when no option is given: an existing database then has nothing to refuse
     config = IndexConfig(**given) if given else None
@@ -347,27 +358,44 @@ def run_index(args: argparse.Namespace) -> int:
     if args.nprobe is not None and args.nprobe != db.nprobe:
         db.nprobe = args.nprobe
         db.save_search_settings(nprobe=args.nprobe)
-    model = checkpoint.model.to(args.device)
-    progress = None if args.quiet else TqdmProgress(unit="s", description="indexing")
-    try:
-        result = index_library(
+    model = checkpoint.model.to(device)
+
+    def describe() -> str:
+        info = db.info()
+        return (
+            f"{info['songs']} songs, {info['vectors']} vectors, "
+            f"{info['index']['type']} index, {format_bytes(info['bytes_on_disk'])} on disk"
+        )
+
+    return _index_and_report(
+        args,
+        lambda task: index_library(
             db,
             model,
             files,
             batch_size=args.batch_size,
-            device=args.device,
-            task=TaskState(progress),
+            device=device,
+            workers=args.workers,
+            task=task,
             **_index_reports(),
-        )
-    finally:
-        if progress is not None:
-            progress.close()
-    print(f"{args.db}: {result.summary()}")
-    info = db.info()
-    print(
-        f"{args.db}: {info['songs']} songs, {info['vectors']} vectors, "
-        f"{info['index']['type']} index, {format_bytes(info['bytes_on_disk'])} on disk"
+        ),
+        describe,
     )
+
+
+def _index_and_report(
+    args: argparse.Namespace,
+    index: Callable[[TaskState], IndexResult],
+    describe: Callable[[], str],
+) -> int:
+    """``afp index``'s run of either kind: a progress bar, the summary and ``describe()``
+    of the database; 1 when no file was usable."""
+    from afp_core.tasks import progress_task
+
+    with progress_task(args.quiet, unit="s", description="indexing") as task:
+        result = index(task)
+    print(f"{args.db}: {result.summary()}")
+    print(f"{args.db}: {describe()}")
     nothing_usable = not result.added and not result.duplicates and result.skipped
     return 1 if nothing_usable else 0
 
@@ -583,7 +611,12 @@ def _report_failure(args: argparse.Namespace, query: Path, exc: AfpError) -> Non
     print(f"afp: error: {exc}", file=sys.stderr)
 
 
-def _index_reports() -> dict[str, Callable[[Any], None]]:
+class _IndexReports(TypedDict):
+    on_skip: Callable[[Any], None]
+    on_warning: Callable[[Any], None]
+
+
+def _index_reports() -> _IndexReports:
     """``afp index``'s one line per file left out (skipped) or added despite a problem."""
     from tqdm import tqdm
 
@@ -622,7 +655,6 @@ def _refuse_neural_options(db_dir: Path, given: dict[str, bool]) -> None:
 
 def _run_landmark_index(args: argparse.Namespace) -> int:
     from afp_core.landmark import LandmarkDB, index_landmark_library
-    from afp_core.tasks import TaskState, TqdmProgress
 
     _refuse_neural_options(
         args.db,
@@ -636,26 +668,22 @@ def _run_landmark_index(args: argparse.Namespace) -> int:
     )
     files = _list_audio_files(args.paths)
     db = LandmarkDB.open_or_create(args.db)
-    progress = None if args.quiet else TqdmProgress(unit="s", description="indexing")
-    try:
-        result = index_landmark_library(
-            db,
-            files,
-            task=TaskState(progress),
-            **_index_reports(),
+
+    def describe() -> str:
+        info = db.info()
+        return (
+            f"{info['songs']} songs, {info['hashes']} hashes "
+            f"({info['hashes_per_second']:.0f} per s of audio), landmark index, "
+            f"{format_bytes(info['bytes_on_disk'])} on disk"
         )
-    finally:
-        if progress is not None:
-            progress.close()
-    print(f"{args.db}: {result.summary()}")
-    info = db.info()
-    print(
-        f"{args.db}: {info['songs']} songs, {info['hashes']} hashes "
-        f"({info['hashes_per_second']:.0f} per s of audio), landmark index, "
-        f"{format_bytes(info['bytes_on_disk'])} on disk"
+
+    return _index_and_report(
+        args,
+        lambda task: index_landmark_library(
+            db, files, task=task, workers=args.workers, **_index_reports()
+        ),
+        describe,
     )
-    nothing_usable = not result.added and not result.duplicates and result.skipped
-    return 1 if nothing_usable else 0
 
 
 def _run_landmark_identify(args: argparse.Namespace) -> int:

@@ -2,27 +2,40 @@
 
 Extraction streams each file in blocks (a 2-hour file is never held whole) and embeds its
 windows in batches; the loop over the files (skipped files, duplicates, staging, resuming
-after an interrupt) is ``afp_core.ingest``'s, shared with the landmark database.
+after an interrupt, worker processes) is ``afp_core.ingest``'s, shared with the landmark
+database. On a GPU (``batch_across_files``, the default for CUDA) each file is decoded
+whole (by the workers, if any) and the encoder takes full batches of windows from
+consecutive files, so short songs do not leave it waiting.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from afp_core.audio import stream_audio, stream_windows
+from afp_core.audio import frame_windows, stream_audio, stream_windows
 from afp_core.calibration import CALIBRATED_QUERY_S, calibrate_from_audio
 from afp_core.checkpoint import Checkpoint, load_checkpoint
 from afp_core.config import AudioConfig, IndexConfig
 from afp_core.database import MANIFEST, MODEL_FILE, FingerprintDB, model_identity
-from afp_core.errors import ConfigError, DatabaseError
-from afp_core.ingest import Fingerprinting, IndexResult, Skipped, index_files
-from afp_core.models import Fingerprinter, embed_windows
+from afp_core.errors import AudioError, ConfigError, DatabaseError
+from afp_core.ingest import (
+    AudioDecoder,
+    Extracted,
+    Fingerprinting,
+    IndexResult,
+    Skipped,
+    index_files,
+)
+from afp_core.models import Fingerprinter, build_model, embed_windows
 from afp_core.search import METHODS, calibrate_threshold
 from afp_core.shards import ShardedDB
 from afp_core.shipped import default_checkpoint_path, write_untrained_checkpoint
@@ -161,6 +174,12 @@ class VectorExtractor:
         self.device = device
         self.density = density
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # to a worker process: the weights as arrays, the model built again there
+        weights = {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+        options = (self.batch_size, str(self.device), self.density)
+        return _rebuilt_extractor, (self.model.spec, weights, *options)
+
     def __call__(
         self, path: Path, task: TaskState, on_warning: Callable[[str], None]
     ) -> np.ndarray:
@@ -176,6 +195,149 @@ class VectorExtractor:
         )
 
 
+def _rebuilt_extractor(
+    spec: Any, weights: dict[str, np.ndarray], batch_size: int, device: str, density: int
+) -> VectorExtractor:
+    model = build_model(spec)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    model.eval()
+    return VectorExtractor(model, batch_size=batch_size, device=device, density=density)
+
+
+@dataclasses.dataclass
+class _Embedding:
+    """A file's windows on their way through ``embed_across_files``."""
+
+    job: Any
+    reported: float
+    error: AudioError | None = None
+    waiting: int = 0  # windows not yet through the encoder
+    parts: list[np.ndarray] = dataclasses.field(default_factory=list)
+
+
+def embed_across_files(
+    model: Fingerprinter,
+    decoded: Iterator[Extracted],
+    task: TaskState,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    density: int = 1,
+) -> Iterator[Extracted]:
+    """Files decoded whole (``AudioDecoder``), in order -> their vectors, in order: every
+    batch but the last holds ``batch_size`` windows, from as many files as it takes.
+
+    The windows and vectors are those of ``extract_file_vectors`` (``frame_windows`` of
+    the whole file is what ``stream_windows`` gives block by block).
+    """
+    audio = model.spec.audio
+    hop = stored_hop(audio, density)
+    files: collections.deque[_Embedding] = collections.deque()  # in order, not yet given
+    windows: collections.deque[tuple[_Embedding, np.ndarray]] = collections.deque()
+    queued = 0
+
+    def encode(batch_full: bool) -> None:
+        nonlocal queued
+        while queued >= batch_size or (not batch_full and queued):
+            parts, owners = [], []
+            room = min(batch_size, queued)
+            while room:
+                entry, rest = windows[0]
+                part = rest[:room]
+                parts.append(part)
+                owners.append((entry, len(part)))
+                if len(part) == len(rest):
+                    windows.popleft()
+                else:
+                    windows[0] = (entry, rest[len(part) :])
+                room -= len(part)
+            task.check_cancelled()
+            vectors = embed_windows(model, np.concatenate(parts), batch_size, device)
+            queued -= len(vectors)
+            start = 0
+            for entry, count in owners:
+                entry.parts.append(vectors[start : start + count])
+                entry.waiting -= count
+                start += count
+
+    def finished() -> Iterator[Extracted]:
+        while files and files[0].waiting == 0:
+            entry = files.popleft()
+            if entry.error is not None:
+                yield entry.job, entry.error, entry.reported
+                continue
+            parts = entry.parts or [np.zeros((0, model.spec.arch.dim), np.float32)]
+            yield entry.job, np.concatenate(parts), entry.reported
+
+    for job, samples, reported in decoded:
+        entry = _Embedding(job, reported)
+        if isinstance(samples, AudioError):
+            entry.error = samples
+        else:
+            framed = frame_windows(samples, audio.window, hop)
+            entry.waiting = len(framed)
+            if len(framed):
+                windows.append((entry, framed))
+                queued += len(framed)
+        files.append(entry)
+        encode(batch_full=True)
+        yield from finished()
+    encode(batch_full=False)
+    yield from finished()
+
+
+def encoder_device(name: str | torch.device) -> torch.device:
+    """``name`` as a torch device; a one-line ``ConfigError`` for an unknown name and for
+    CUDA where there is none."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {str(name)!r}: not a torch device (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(name)!r}: no CUDA device (torch {torch.__version__})")
+    return device
+
+
+def vector_fingerprinting(
+    db: FingerprintDB,
+    model: Fingerprinter,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    batch_across_files: bool | None = None,
+) -> Fingerprinting:
+    """How ``index_library`` fingerprints, commits and calibrates for ``db``.
+
+    ``batch_across_files`` (default: on a CUDA ``device``) decodes each file whole, in the
+    workers if any, and embeds windows of consecutive files in full batches in the
+    indexing process (``embed_across_files``); otherwise each file is embedded where it
+    is decoded.
+    """
+    device = encoder_device(device)
+    if batch_across_files is None:
+        batch_across_files = device.type == "cuda"
+    extract: Any = VectorExtractor(model, batch_size=batch_size, device=device, density=db.density)
+    gather = None
+    if batch_across_files:
+        extract = AudioDecoder(model.spec.audio.sample_rate)
+
+        def gather(decoded: Iterator[Extracted], task: TaskState) -> Iterator[Extracted]:
+            return embed_across_files(
+                model, decoded, task, batch_size=batch_size, device=device, density=db.density
+            )
+
+    window_s = model.spec.audio.window_s
+    return Fingerprinting(
+        extract=extract,
+        min_duration_s=window_s,
+        shortest=f"one {window_s:g} s window",
+        committing="building the index",
+        commit=lambda cancel: db.commit(cancel=cancel),
+        calibrate=lambda: calibrate_thresholds(db, model, device),
+        gather=gather,
+    )
+
+
 def index_library(
     db: FingerprintDB,
     model: Fingerprinter,
@@ -183,22 +345,27 @@ def index_library(
     *,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
+    workers: int = 1,
+    batch_across_files: bool | None = None,
     task: TaskState | None = None,
     on_skip: Callable[[Skipped], None] = lambda _: None,
     on_warning: Callable[[Skipped], None] = lambda _: None,
 ) -> IndexResult:
     """Add every audio file under ``paths`` to ``db``, commit the index and calibrate
-    (``afp_core.ingest.index_files``: skipped files, warnings, resuming)."""
-    window_s = model.spec.audio.window_s
-    fingerprinting = Fingerprinting(
-        extract=VectorExtractor(model, batch_size=batch_size, device=device, density=db.density),
-        min_duration_s=window_s,
-        shortest=f"one {window_s:g} s window",
-        committing="building the index",
-        commit=lambda cancel: db.commit(cancel=cancel),
-        calibrate=lambda: calibrate_thresholds(db, model, device),
+    (``afp_core.ingest.index_files``: skipped files, warnings, resuming, ``workers``;
+    ``vector_fingerprinting``: ``batch_across_files``)."""
+    fingerprinting = vector_fingerprinting(
+        db, model, batch_size=batch_size, device=device, batch_across_files=batch_across_files
     )
-    return index_files(db, paths, fingerprinting, task=task, on_skip=on_skip, on_warning=on_warning)
+    return index_files(
+        db,
+        paths,
+        fingerprinting,
+        workers=workers,
+        task=task,
+        on_skip=on_skip,
+        on_warning=on_warning,
+    )
 
 
 def calibrate_thresholds(

@@ -8,25 +8,43 @@ thresholds calibrated where they are missing or stale. What differs between the 
 and the landmark database (what a file's fingerprints are, how they are committed and
 calibrated) comes in a ``Fingerprinting``.
 
+Workers. With ``workers`` > 1 the files are fingerprinted in that many processes
+(spawned, each with cores / workers torch threads), a few files ahead of the one this
+process waits for; this process alone reads the results in the files' order and stages
+them, so song ids, vectors and the catalogue are those of a one-process run.
+
 Crash safety is the databases' own (``afp_core.database``): a song is staged whole or not
-at all, so an interrupt, a cancel or a crash keeps the songs staged so far and the next
-run extracts only the rest; the commit switches to a new generation in one transaction.
+at all, by this process only, so an interrupt, a cancel, a crash or a killed worker keeps
+the songs staged so far and the next run extracts only the rest; the commit switches to
+a new generation in one transaction. Workers ignore Ctrl-C (it reaches the whole process
+group): this process stops them at their next block of audio and exits as a one-process
+run does.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent import futures
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import soundfile as sf
 
-from afp_core.audio import AudioInfo, iter_audio_files, probe_audio, quiet_stderr
+from afp_core.audio import AudioInfo, iter_audio_files, probe_audio, quiet_stderr, stream_audio
 from afp_core.database import Song
-from afp_core.errors import AudioError, DatabaseError
+from afp_core.errors import AfpError, AudioError, DatabaseError
 from afp_core.faults import fault_point
 from afp_core.fileutil import file_sha256
 from afp_core.tasks import TaskState
@@ -111,12 +129,21 @@ class Fingerprinting:
     committing: str  # the progress message while the staged songs are committed
     commit: Callable[[Callable[[], bool]], object]  # commit(cancelled): staged -> indexed
     calibrate: Callable[[], object]  # store the "no match" thresholds
+    # What ``extract`` gave, file by file in order, -> what is staged (the neural CUDA
+    # path: decoded audio -> vectors, windows batched across files); None: as it is.
+    gather: Callable[[Iterator[Extracted], TaskState], Iterator[Extracted]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
-class _Job:
+class Job:
+    """A file to fingerprint: its header and content checksum."""
+
     info: AudioInfo
     checksum: str
+
+
+# (file, its fingerprints or the AudioError that skips it, seconds of audio reported)
+Extracted = tuple[Job, Any, float]
 
 
 def index_files(
@@ -124,16 +151,20 @@ def index_files(
     paths: Iterable[Path],
     fingerprinting: Fingerprinting,
     *,
+    workers: int = 1,
     task: TaskState | None = None,
     on_skip: Callable[[Skipped], None] = lambda _: None,
     on_warning: Callable[[Skipped], None] = lambda _: None,
 ) -> IndexResult:
     """Add every audio file under ``paths`` to ``db`` and commit (module docstring).
 
-    ``on_skip`` gets each file left out, ``on_warning`` each file added despite a problem
-    (a truncated file: what it holds is added). Cancelling (``task.cancel()``) or an
-    interrupt keeps the songs staged so far; the next run extracts only what is left.
+    ``workers`` processes fingerprint the files (1: this one). ``on_skip`` gets each file
+    left out, ``on_warning`` each file added despite a problem (a truncated file: what it
+    holds is added). Cancelling (``task.cancel()``) or an interrupt keeps the songs
+    staged so far; the next run extracts only what is left.
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise AfpError(f"workers must be a whole number of at least 1, not {workers!r}")
     task = task or TaskState()
     result = IndexResult()
     started = time.monotonic()
@@ -144,7 +175,7 @@ def index_files(
     )
     task.set_total(sum(info.duration_s for info in plan))
 
-    def new_files() -> Iterator[_Job]:
+    def new_files() -> Iterator[Job]:
         for info in plan:
             task.check_cancelled()
             checksum = checksum_or_skip(info, skip, task)
@@ -154,9 +185,35 @@ def index_files(
                 result.duplicates.append(info.path)
                 task.advance(info.duration_s, f"{info.path.name} already indexed")
                 continue
-            yield _Job(info, checksum)
+            yield Job(info, checksum)
 
-    extracted = _extract_here(fingerprinting.extract, new_files(), task, warn)
+    if workers == 1:
+        runner = _extract_here(fingerprinting.extract, new_files(), task, warn)
+    else:
+        runner = _extract_in_processes(fingerprinting.extract, new_files(), task, warn, workers)
+    gather = fingerprinting.gather
+    try:
+        _stage_in_order(db, gather(runner, task) if gather else runner, result, skip, task)
+    finally:
+        runner.close()  # stops the workers however the loop ended
+
+    result.elapsed_s = time.monotonic() - started
+    task.set_message(fingerprinting.committing)
+    fingerprinting.commit(lambda: task.cancelled)
+    if not task.cancelled and db.needs_calibration:
+        # also after a commit whose calibration was interrupted: nothing else repairs it
+        task.set_message("calibrating the no-match threshold")
+        fingerprinting.calibrate()
+    return result
+
+
+def _stage_in_order(
+    db: StagingDB,
+    extracted: Iterator[Extracted],
+    result: IndexResult,
+    skip: Callable[[Path, str], None],
+    task: TaskState,
+) -> None:
     for job, fingerprints, reported in extracted:
         info = job.info
         if isinstance(fingerprints, AudioError):
@@ -176,24 +233,14 @@ def index_files(
                 result.audio_s += info.duration_s
         task.advance(info.duration_s - reported)  # the file counts its whole duration done
 
-    result.elapsed_s = time.monotonic() - started
-    task.set_message(fingerprinting.committing)
-    fingerprinting.commit(lambda: task.cancelled)
-    if not task.cancelled and db.needs_calibration:
-        # also after a commit whose calibration was interrupted: nothing else repairs it
-        task.set_message("calibrating the no-match threshold")
-        fingerprinting.calibrate()
-    return result
-
 
 def _extract_here(
     extract: Extractor,
-    jobs: Iterator[_Job],
+    jobs: Iterator[Job],
     task: TaskState,
     warn: Callable[[Path, str], None],
-) -> Iterator[tuple[_Job, Any, float]]:
-    """(job, fingerprints or the ``AudioError`` that skips it, seconds reported), in order,
-    extracted in this process."""
+) -> Generator[Extracted, None, None]:
+    """Each job's ``Extracted``, in order, extracted in this process."""
     for job in jobs:
         task.set_message(job.info.path.name)
         before = task.done
@@ -202,6 +249,134 @@ def _extract_here(
         except AudioError as exc:
             fingerprints = exc
         yield job, fingerprints, task.done - before
+
+
+def _extract_in_processes(
+    extract: Extractor,
+    jobs: Iterator[Job],
+    task: TaskState,
+    warn: Callable[[Path, str], None],
+    workers: int,
+) -> Generator[Extracted, None, None]:
+    """Each job's ``Extracted``, in order, extracted in ``workers`` processes."""
+    context = multiprocessing.get_context("spawn")  # not fork: torch's threads break in a fork
+    done_s = context.Value("d", 0.0)  # seconds of audio the workers got through
+    stop = context.Event()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    counted = 0.0
+
+    def count_progress() -> None:
+        nonlocal counted
+        now = done_s.value
+        task.advance(now - counted)
+        counted = now
+
+    pending: collections.deque[tuple[Job, futures.Future]] = collections.deque()
+    with tempfile.TemporaryDirectory(prefix="afp-index-") as tmp:
+        # Through a file, not the spawn pipe: starting a worker would wait until it has
+        # read a model from the pipe, so the workers would start one after the other.
+        extractor = Path(tmp) / "extractor.pickle"
+        extractor.write_bytes(pickle.dumps(extract))
+        pool = futures.ProcessPoolExecutor(
+            workers,
+            mp_context=context,
+            initializer=_start_worker,
+            initargs=(extractor, done_s, stop, threads),
+        )
+        try:
+            while True:
+                # every worker busy, with a file waiting behind each
+                while len(pending) < 2 * workers and (job := next(jobs, None)) is not None:
+                    pending.append((job, pool.submit(_extract_in_worker, job.info.path)))
+                if not pending:
+                    return
+                job, future = pending[0]
+                task.set_message(job.info.path.name)
+                while not futures.wait([future], timeout=0.2).done:
+                    count_progress()
+                    task.check_cancelled()
+                count_progress()
+                fingerprints, warnings, reported = future.result()
+                pending.popleft()
+                for line in warnings:
+                    warn(job.info.path, line)
+                yield job, fingerprints, reported
+        except BrokenProcessPool:
+            # A worker died. The pool stops the others, except one it started meanwhile,
+            # which it then waits for for ever: stop them all (no public handle on them
+            # before Python 3.14's terminate_workers).
+            for process in list((pool._processes or {}).values()):
+                process.terminate()
+            first = f"{pending[0][0].info.path}: " if pending else ""
+            raise AfpError(
+                f"{first}not indexed: a worker process stopped (killed, or out of memory?); "
+                "the songs staged so far are kept: run again to finish"
+            ) from None
+        finally:
+            stop.set()  # extractions still running stop at their next block
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+# A worker process's extractor and shared counters, set by ``_start_worker``.
+_worker: dict[str, Any] = {}
+
+
+def _start_worker(extractor: Path, done_s: Any, stop: Any, threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    extract = pickle.loads(extractor.read_bytes())  # written by this user's indexing process
+    torch = sys.modules.get("torch")  # imported by unpickling a neural extractor
+    if torch is not None:
+        torch.set_num_threads(threads)
+    _worker.update(extract=extract, done_s=done_s, stop=stop)
+
+
+def _extract_in_worker(path: Path) -> tuple[Any, list[str], float]:
+    """In a worker: (fingerprints or the ``AudioError`` that skips the file, its warning
+    lines, seconds of audio reported)."""
+    done_s, stop = _worker["done_s"], _worker["stop"]
+    reported = 0.0
+
+    def count(done: float, total: float, message: str) -> None:
+        nonlocal reported
+        with done_s.get_lock():
+            done_s.value += done - reported
+        reported = done
+        if stop.is_set():
+            task.cancel()
+
+    task = TaskState(count)
+    warnings: list[str] = []
+    try:
+        fingerprints = _worker["extract"](path, task, warnings.append)
+    except AudioError as exc:
+        fingerprints = exc
+    fault_point("index.extracted")
+    return fingerprints, warnings, reported
+
+
+def stream_tracked(
+    path: Path, sample_rate: int, task: TaskState, on_warning: Callable[[str], None]
+) -> Iterator[np.ndarray]:
+    """The file's blocks (``stream_audio``), reporting progress and stopping on cancel
+    between blocks."""
+    for block in stream_audio(path, sample_rate=sample_rate, on_warning=on_warning):
+        task.check_cancelled()
+        yield block
+        task.advance(len(block) / sample_rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioDecoder:
+    """A file decoded whole at ``sample_rate``: an ``Extractor`` for a ``gather`` that
+    embeds windows of several files together."""
+
+    sample_rate: int
+
+    def __call__(
+        self, path: Path, task: TaskState, on_warning: Callable[[str], None]
+    ) -> np.ndarray:
+        blocks = list(stream_tracked(path, self.sample_rate, task, on_warning))
+        return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
 
 def read_tags(path: Path) -> tuple[str, str]:

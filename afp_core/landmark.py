@@ -57,14 +57,14 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from afp_core import __version__
-from afp_core.audio import stream_audio, window_count
+from afp_core.audio import window_count
 from afp_core.config import from_dict, to_dict
 from afp_core.database import (
     CATALOGUE,
@@ -85,7 +85,7 @@ from afp_core.fileutil import (
     read_json_object,
     utc_now,
 )
-from afp_core.ingest import Fingerprinting, IndexResult, Skipped, index_files
+from afp_core.ingest import Fingerprinting, IndexResult, Skipped, index_files, stream_tracked
 from afp_core.search import N_CANDIDATES, Candidate, Match
 from afp_core.spectral import compute_spectrogram, find_spectral_peaks
 from afp_core.tasks import TaskState
@@ -781,7 +781,7 @@ class LandmarkExtractor:
     settings: LandmarkSettings
 
     def __call__(self, path: Path, task: TaskState, on_warning: Callable[[str], None]) -> Landmarks:
-        blocks = _tracked(path, self.settings.sample_rate, task, on_warning)
+        blocks = stream_tracked(path, self.settings.sample_rate, task, on_warning)
         landmarks = fingerprint_blocks(blocks, self.settings)
         if len(landmarks.hashes) == 0:
             raise AudioError(f"{path}: no spectral peaks (silent?)")
@@ -794,9 +794,10 @@ def index_landmark_library(
     task: TaskState | None = None,
     on_skip: Callable[[Skipped], None] = lambda _: None,
     on_warning: Callable[[Skipped], None] = lambda _: None,
+    workers: int = 1,
 ) -> IndexResult:
     """Add every audio file under ``paths`` to ``db``, commit and calibrate
-    (``afp_core.ingest.index_files``: skipped files, warnings, resuming).
+    (``afp_core.ingest.index_files``: skipped files, warnings, resuming, ``workers``).
 
     Files shorter than ``MIN_SONG_S`` and silent files are skipped too.
     """
@@ -808,17 +809,15 @@ def index_landmark_library(
         commit=lambda cancel: db.commit(cancel=cancel, calibrate=False),
         calibrate=db.calibrate_thresholds,
     )
-    return index_files(db, paths, fingerprinting, task=task, on_skip=on_skip, on_warning=on_warning)
-
-
-def _tracked(
-    path: Path, sample_rate: int, task: TaskState, on_warning: Callable[[str], None]
-) -> Iterator[np.ndarray]:
-    """The file's blocks, reporting progress and stopping on cancel between blocks."""
-    for block in stream_audio(path, sample_rate=sample_rate, on_warning=on_warning):
-        task.check_cancelled()
-        yield block
-        task.advance(len(block) / sample_rate)
+    return index_files(
+        db,
+        paths,
+        fingerprinting,
+        workers=workers,
+        task=task,
+        on_skip=on_skip,
+        on_warning=on_warning,
+    )
 
 
 # ---------------------------------------------------------------------- recogniser
