@@ -108,6 +108,29 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
+@dataclasses.dataclass
+class Spent:
+    """Wall-clock and CPU seconds (on a shared machine the CPU time is what the work
+    costs; the wall clock also counts the waiting)."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    @classmethod
+    def since(cls, began: Spent) -> Spent:
+        return cls(time.perf_counter() - began.wall, time.process_time() - began.cpu)
+
+    @classmethod
+    def now(cls) -> Spent:
+        return cls(time.perf_counter(), time.process_time())
+
+    def __sub__(self, other: Spent) -> Spent:
+        return Spent(self.wall - other.wall, self.cpu - other.cpu)
+
+    def __str__(self) -> str:
+        return f"{self.wall:,.0f} s ({self.cpu:,.0f} s of CPU)"
+
+
 def machine() -> str:
     cpu = "cpu"
     with Path("/proc/cpuinfo").open() as handle:
@@ -325,8 +348,8 @@ def build_scale(args: argparse.Namespace) -> None:
     timed = five_second_queries(takes, args.timed, SEED)
 
     index, train_s = trained_index(library, nlist, cfg, folder / "trained.faiss")
-    log(f"trained in {train_s:.0f} s; peak RSS {peak_rss_gb():.1f} GB")
-    builds = [("auto", index, train_s)]
+    log(f"trained in {train_s}; peak RSS {peak_rss_gb():.1f} GB")
+    builds: list[tuple[str, faiss.Index, Spent]] = [("auto", index, train_s)]
     if args.compare_paper:
         paper, paper_s = trained_index(library, 256, cfg, folder / "trained-256.faiss")
         builds.append(("paper", paper, paper_s))
@@ -342,30 +365,32 @@ def build_scale(args: argparse.Namespace) -> None:
 
 def trained_index(
     library: Library, nlist: int, cfg: IndexConfig, kept: Path
-) -> tuple[faiss.Index, float]:
+) -> tuple[faiss.Index, Spent]:
     """The index trained as a commit trains it, or the one a previous run kept."""
     if kept.is_file():
         index = faiss.read_index(str(kept))
-        return index, json.loads(kept.with_suffix(".json").read_text())["train_s"]
-    began = time.perf_counter()
+        spent = json.loads(kept.with_suffix(".json").read_text())
+        # the first runs kept the wall clock alone, as "train_s"
+        return index, Spent(**spent) if "wall" in spent else Spent(spent["train_s"], math.nan)
+    began = Spent.now()
     size = min(library.ntotal, max(cfg.max_train_vectors, TRAIN_PER_LIST * nlist))
     picks = np.sort(np.random.default_rng(SEED).choice(library.ntotal, size, replace=False))
     log(f"drawing a training sample of {size:,} vectors")
     sample = library.take(picks)
-    drawn = time.perf_counter()
+    drawn = Spent.since(began)
     index = ivf.new_ivfpq(library.real_vectors.shape[1], nlist, cfg)
     log(f"training {nlist:,} lists ({'HNSW' if ivf.hnsw_quantizer(index) else 'flat'} quantiser)")
     ivf.train_ivfpq(index, sample, 8, SEED)
-    train_s = time.perf_counter() - drawn
-    log(f"sample drawn in {drawn - began:.0f} s (making distractors), trained in {train_s:.0f} s")
+    train_s = Spent.since(began) - drawn
+    log(f"sample drawn in {drawn} (making distractors), trained in {train_s}")
     faiss.write_index(index, str(kept))
-    kept.with_suffix(".json").write_text(json.dumps({"train_s": train_s}) + "\n")
+    kept.with_suffix(".json").write_text(json.dumps(dataclasses.asdict(train_s)) + "\n")
     return index, train_s
 
 
 @dataclasses.dataclass
 class Fill:
-    add_s: float
+    add_s: Spent
     truth: np.ndarray  # each query's exact nearest vector id
     on_disk: bool
     peak_gb: float
@@ -378,14 +403,14 @@ def fill_index(
     nearest neighbour; the time spent making vectors and on exact search is not counted."""
     best = np.full(len(queries), -np.inf, np.float32)
     truth = np.full(len(queries), -1, np.int64)
-    overhead = 0.0
+    overhead = Spent()
     done = 0
-    began = time.perf_counter()
+    began = Spent.now()
 
     def chunks() -> Iterator[np.ndarray]:
         nonlocal overhead
         first = 0
-        made = time.perf_counter()
+        made = Spent.now()
         for chunk in library.chunks():
             scores = queries @ chunk.T
             top = scores.argmax(1)
@@ -393,15 +418,16 @@ def fill_index(
             best[better] = scores[better, top[better]]
             truth[better] = first + top[better]
             first += len(chunk)
-            overhead += time.perf_counter() - made
+            spent = Spent.since(made)
+            overhead = Spent(overhead.wall + spent.wall, overhead.cpu + spent.cpu)
             yield chunk
-            made = time.perf_counter()
+            made = Spent.now()
 
     def after(count: int) -> None:
         nonlocal done
         done += count
         if done // 1_000_000 != (done - count) // 1_000_000:
-            rate = done / (time.perf_counter() - began)
+            rate = done / Spent.since(began).wall
             left = (library.ntotal - done) / rate
             log(
                 f"{done:,} / {library.ntotal:,} vectors, {rate:,.0f}/s with the making, "
@@ -414,7 +440,7 @@ def fill_index(
         ivf.fill_on_disk(index, chunks(), ivf.lists_file(index_file), cfg, after)
     else:
         ivf.fill_in_memory(index, chunks(), after)
-    add_s = time.perf_counter() - began - overhead
+    add_s = Spent.since(began) - overhead
     faiss.extract_index_ivf(index).make_direct_map(False)
     faiss.write_index(index, str(index_file))
     faiss.extract_index_ivf(index).make_direct_map()
@@ -426,7 +452,7 @@ def report(
     library: Library,
     index: faiss.Index,
     index_file: Path,
-    train_s: float,
+    train_s: Spent,
     fill: Fill,
     queries: np.ndarray,
     timed: list[np.ndarray],
@@ -442,8 +468,9 @@ def report(
         f"{'on disk (memory-mapped)' if fill.on_disk else 'in memory'}"
     )
     print(
-        f"build: training {train_s:,.0f} s, adding {fill.add_s:,.0f} s "
-        f"(total {(train_s + fill.add_s) / 60:,.1f} min); peak RSS {fill.peak_gb:.2f} GB; "
+        f"build: training {train_s}, adding {fill.add_s} (total "
+        f"{(train_s.wall + fill.add_s.wall) / 60:,.1f} min, "
+        f"{(train_s.cpu + fill.add_s.cpu) / 60:,.1f} min of CPU); peak RSS {fill.peak_gb:.2f} GB; "
         f"index files {files / 1e9:.2f} GB = {files / hours / 1e6:.3f} MB per hour of audio"
     )
     print("| nprobe | R@1 % (vs exact) | ms per 5 s query: median / 90th pct (wall) | CPU ms |")
