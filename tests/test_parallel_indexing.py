@@ -136,7 +136,14 @@ def afp(*args: str, fault: str | None = None, sig: str = "KILL") -> subprocess.P
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # a process group of its own, as a terminal gives a command
+        # Ctrl-C as a terminal delivers it: a run started in the background of a
+        # non-interactive shell inherits SIGINT ignored, and Python would keep ignoring it
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def group_ends(group: int, within_s: float = 30.0) -> bool:
