@@ -42,8 +42,8 @@ from afp_core.fileutil import (
     read_json_object,
     utc_now,
 )
-from afp_core.indexing import VectorExtractor, calibrate_thresholds
-from afp_core.ingest import Fingerprinting, IndexResult, Skipped, index_files
+from afp_core.indexing import vector_fingerprinting
+from afp_core.ingest import IndexResult, Skipped, index_files
 from afp_core.models import Fingerprinter
 from afp_core.tasks import TaskState
 
@@ -278,11 +278,8 @@ def extract_shard(
         staging.warnings.setdefault(str(entry.path.resolve()), []).append(entry.reason)
         on_warning(entry)
 
-    window_s = model.spec.audio.window_s
-    fingerprinting = Fingerprinting(
-        extract=VectorExtractor(model, batch_size=batch_size, device=device, density=db.density),
-        min_duration_s=window_s,
-        shortest=f"one {window_s:g} s window",
+    fingerprinting = dataclasses.replace(
+        vector_fingerprinting(db, model, batch_size=batch_size, device=device),
         committing="",
         commit=lambda cancelled: None,  # the commit step's, once every rank is through
         calibrate=lambda: None,
@@ -311,14 +308,10 @@ def commit_shards(
     ``DatabaseError`` before any change unless every rank of ``world`` finished."""
     task = task or TaskState()
     skipped = area.check_complete(world, files)
-    window_s = model.spec.audio.window_s
-    fingerprinting = Fingerprinting(  # index_library's, with the staged vectors as extractor
+    fingerprinting = dataclasses.replace(  # index_library's, the staged vectors extracted
+        vector_fingerprinting(db, model, device=device),
         extract=StagedVectors(area, skipped),
-        min_duration_s=window_s,
-        shortest=f"one {window_s:g} s window",
-        committing="building the index",
-        commit=lambda cancel: db.commit(cancel=cancel),
-        calibrate=lambda: calibrate_thresholds(db, model, device),
+        gather=None,
     )
     result = index_files(
         db, files, fingerprinting, task=task, on_skip=on_skip, on_warning=on_warning
