@@ -325,7 +325,8 @@ def shard_summary(shard: Shard, result: IndexResult) -> str:
     """One line for the end of a rank's extraction."""
     rate = result.audio_s / result.elapsed_s if result.elapsed_s > 0 else 0.0
     return (
-        f"{shard}: staged {len(result.added)} songs ({result.audio_s / 60:.1f} min of audio, "
-        f"{rate:.0f} s of audio per s), {len(result.duplicates)} already staged or in the "
+        f"{shard}: staged {len(result.added)} songs ({result.audio_s / 60:.1f} min of audio "
+        f"in {result.elapsed_s:.1f} s, {rate:.0f} s of audio per s), "
+        f"{len(result.duplicates)} already staged or in the "
         f"database, {len(result.skipped)} skipped"
     )

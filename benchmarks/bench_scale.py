@@ -160,11 +160,30 @@ class RealSong:
     count: int
 
 
+def check_one_model(out: Path, db: FingerprintDB) -> None:
+    """Everything kept under ``out`` (vectors, trained indexes, databases) comes from one
+    model: the first run names it in ``out/model.json``, a later run with a database of
+    another model is refused (after a new shipped model, say) instead of mixing them."""
+    named = out / "model.json"
+    identity = list(model_identity(db.model_info))
+    if not named.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        named.write_text(json.dumps({"name": identity[0], "checkpoint_sha256": identity[1]}))
+        return
+    kept = json.loads(named.read_text())
+    if [kept.get("name"), kept.get("checkpoint_sha256")] != identity:
+        raise SystemExit(
+            f"{out}: made with another model than {db.path}'s "
+            f"({str(kept.get('checkpoint_sha256'))[:12]}...); give another --out"
+        )
+
+
 def real_songs(db_dir: Path, out: Path, decoded: bool = False) -> tuple[list[RealSong], np.ndarray]:
     """The songs of ``db_dir`` and their exact fingerprints, extracted again from their
     files with the database's model, cached under ``out``; ``decoded``: the database's
     own vectors as its index rebuilds them (PQ codes decoded: no audio needed, quicker,
     approximate)."""
+    check_one_model(out, FingerprintDB.open(db_dir))
     cache = out / f"real-{db_dir.resolve().name}{'-decoded' if decoded else ''}.npz"
     if cache.is_file():
         data = np.load(cache, allow_pickle=False)
