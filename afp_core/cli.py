@@ -302,6 +302,7 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device for the encoder (cpu, cuda)")
     p.add_argument("--batch-size", type=int, default=256, help="windows per encoder batch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(encoder_device=True)
 
 
 def run_guarded(prog: str, command: Callable[[], int], interrupted: str) -> int:
@@ -327,11 +328,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # reports record the command that made them
-    return run_guarded(
-        "afp",
-        lambda: COMMANDS[args.command](args),
-        "interrupted; finished work is kept, run again to resume",
-    )
+
+    def run() -> int:
+        if getattr(args, "encoder_device", False):
+            from afp_core.indexing import encoder_device
+
+            encoder_device(args.device)  # no CUDA device: one line before any work
+        return COMMANDS[args.command](args)
+
+    return run_guarded("afp", run, "interrupted; finished work is kept, run again to resume")
 
 
 def run_index(args: argparse.Namespace) -> int:
@@ -346,11 +351,13 @@ def run_index(args: argparse.Namespace) -> int:
     if kind == "neural" and args.landmark:
         raise AfpError(f"{args.db}: is a neural database; --landmark only makes a new one")
     if kind == "landmark" or args.landmark:
+        if args.device != "cpu":
+            raise AfpError(f"--device {args.device}: a landmark database is built on the CPU")
         return _run_landmark_index(args)
     given = {
         name: getattr(args, name) for name in _INDEX_OPTIONS if getattr(args, name) is not None
     }
-    device = encoder_device(args.device)  # before a database is made
+    device = encoder_device(args.device)
     files = _list_audio_files(args.paths)
     # None when no option is given: an existing database then has nothing to refuse
     config = IndexConfig(**given) if given else None

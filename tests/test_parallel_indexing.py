@@ -111,18 +111,29 @@ def test_bad_files_are_skipped_with_one_line_each_from_workers(
     ]
 
 
-def test_cuda_without_a_gpu_is_one_line(tmp_path, song_library, capsys):
+@pytest.mark.parametrize("command", ["index", "identify", "index-shards"])
+def test_cuda_without_a_gpu_is_one_line(tmp_path, song_library, capsys, command):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    code = main(["index", str(tmp_path / "db"), str(song_library[0]), "--device", "cuda"])
+    extra = ["--staging", str(tmp_path / "staging"), "--shard", "0/1"]
+    argv = [command, str(tmp_path / "db"), str(song_library[0]), "--device", "cuda"]
+    code = main(argv + (extra if command == "index-shards" else []))
     assert code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no CUDA device" in err
-    assert not (tmp_path / "db").exists()
+    assert not (tmp_path / "db").exists() and not (tmp_path / "staging").exists()
     with pytest.raises(ConfigError, match="no CUDA device"):
         encoder_device("cuda")
+
+
+def test_a_landmark_database_refuses_a_device(tmp_path, song_library, capsys):
+    argv = ["index", str(tmp_path / "lm"), str(song_library[0]), "--landmark"]
+    assert main([*argv, "--device", "meta"]) == 1  # a torch device, not a CPU
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "built on the CPU" in err
+    assert not (tmp_path / "lm").exists()
 
 
 def afp(*args: str, fault: str | None = None, sig: str = "KILL") -> subprocess.Popen:
