@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from afp_core import __version__
 from afp_core.config import IndexConfig, SearchConfig
-from afp_core.errors import AfpError, Cancelled
+from afp_core.errors import DISK_FULL, AfpError, Cancelled, describe_disk_full
 from afp_core.fileutil import format_bytes
 
 if TYPE_CHECKING:
@@ -308,8 +308,9 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
 def run_guarded(prog: str, command: Callable[[], int], interrupted: str) -> int:
     """Run a command under the exit-status contract shared by ``afp`` and ``afp-rig``.
 
-    A user error prints one line ``PROG: error: ...`` and gives 1; a cancel or Ctrl-C
-    prints ``interrupted`` (or the cancel message) and gives 130, keeping finished work.
+    A user error prints one line ``PROG: error: ...`` and gives 1, and so does a write
+    that found the disk full; a cancel or Ctrl-C prints ``interrupted`` (or the cancel
+    message) and gives 130, keeping finished work.
     """
     try:
         return command()
@@ -321,6 +322,12 @@ def run_guarded(prog: str, command: Callable[[], int], interrupted: str) -> int:
         return 130
     except AfpError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        # no bug: files are written whole or not at all, so a rerun finishes the job
+        print(f"{prog}: error: {describe_disk_full(exc.filename)}", file=sys.stderr)
         return 1
 
 

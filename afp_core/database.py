@@ -32,7 +32,9 @@ file name) in one SQLite transaction, and only then deletes the old generation a
 staging files. A crash before the transaction leaves the old state (plus an orphan file
 that ``open`` deletes); after it, the new one. Writers (stage, commit, cleaning) hold an
 advisory lock on ``DB_DIR/.lock`` so that a reader opening the database never deletes
-the file a concurrent commit is writing.
+the file a concurrent commit is writing. A disk that fills up fails a write the same way
+(its temp file removed): one line naming the file (``afp_core.errors.describe_disk_full``;
+SQLite's "full" errors too), and a rerun with room finishes the job.
 
 Duplicates. ``stage_song`` with a checksum already in the catalogue raises
 ``DuplicateSong`` (carrying the existing ``Song``): callers check ``has_song`` first, so a
@@ -59,11 +61,19 @@ import numpy as np
 
 from afp_core import __version__, ivf
 from afp_core.config import AudioConfig, IndexConfig, from_dict, to_dict
-from afp_core.errors import AfpError, Cancelled, DatabaseError
+from afp_core.errors import (
+    DISK_FULL,
+    AfpError,
+    Cancelled,
+    DatabaseError,
+    DiskFull,
+    describe_disk_full,
+)
 from afp_core.faults import fault_point
 from afp_core.fileutil import (
     atomic_folder,
     atomic_path,
+    atomic_save_npy,
     atomic_write_text,
     check_document,
     file_sha256,
@@ -107,6 +117,7 @@ _TRAIN_SEED = 0
 _CHECKSUM_RE = re.compile(r"[0-9A-Za-z_-]{1,128}")
 _INDEX_RE = re.compile(r"index-(\d+)\.(faiss|ivfdata)")
 _NORM_TOLERANCE = 1e-2
+_SQLITE_DISK_FULL = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR_SHMSIZE}
 
 _SCHEMA = """
 CREATE TABLE songs (
@@ -258,7 +269,11 @@ class SongCatalogue:
                 if checkpoint is not None:
                     shutil.copyfile(checkpoint, building / MODEL_FILE)
                 (building / MANIFEST).write_text(manifest, encoding="utf-8")  # last
+        except sqlite3.Error as exc:
+            raise catalogue_error(path, "cannot create database", exc) from None
         except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise DiskFull(describe_disk_full(path)) from None
             raise DatabaseError(f"{path}: cannot create database ({one_line(exc)})") from None
         return cls.open(path)
 
@@ -374,8 +389,7 @@ class SongCatalogue:
                 )
             staging = self._staging_file(checksum)
             staging.parent.mkdir(exist_ok=True)
-            with atomic_path(staging) as tmp, tmp.open("wb") as handle:
-                np.save(handle, data)
+            atomic_save_npy(staging, data)
             row = (str(title), str(artist), str(source), float(duration_s), checksum, count)
             with self._connect() as conn, conn:
                 cursor = conn.execute(
@@ -441,9 +455,7 @@ class SongCatalogue:
             with closing(sqlite3.connect(self.path / CATALOGUE, timeout=30)) as conn:
                 yield conn
         except sqlite3.DatabaseError as exc:
-            raise DatabaseError(
-                f"{self.path / CATALOGUE}: catalogue error ({one_line(exc)})"
-            ) from None
+            raise catalogue_error(self.path / CATALOGUE, "catalogue error", exc) from None
 
     @contextlib.contextmanager
     def _locked(self, blocking: bool = True) -> Iterator[bool]:
@@ -485,10 +497,17 @@ class SongCatalogue:
                 ).fetchall()
                 conn.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
-                raise DatabaseError(
-                    f"{self.path / CATALOGUE}: not a valid catalogue ({one_line(exc)})"
-                ) from None
+                raise catalogue_error(self.path / CATALOGUE, "not a valid catalogue", exc) from None
         return meta, rows
+
+
+def catalogue_error(file: Path, what: str, exc: sqlite3.Error) -> AfpError:
+    """The one-line error for SQLite's ``exc`` on the catalogue ``file``: ``DiskFull`` where
+    it found no room (SQLite keeps no errno: SQLITE_FULL, or the shared-memory file of
+    WAL mode, which even a reader must grow, left short), else ``what`` went wrong."""
+    if getattr(exc, "sqlite_errorcode", None) in _SQLITE_DISK_FULL:
+        return DiskFull(describe_disk_full(file))
+    return DatabaseError(f"{file}: {what} ({one_line(exc)})")
 
 
 def check_new_database_folder(path: Path) -> None:
@@ -1224,11 +1243,11 @@ def _write_index(index: faiss.Index, path: Path) -> None:
     """Write ``index`` without its id -> position map (8 bytes per vector, 20 % of an
     m=32 IVF-PQ file); ``_read_index`` rebuilds the map in one pass over the lists."""
     if not isinstance(index, faiss.IndexIVF):
-        faiss.write_index(index, str(path))
+        ivf.write_index(index, path)
         return
     index.make_direct_map(False)
     try:
-        faiss.write_index(index, str(path))
+        ivf.write_index(index, path)
     finally:
         index.make_direct_map(True)
 

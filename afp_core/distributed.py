@@ -36,7 +36,7 @@ import torch
 from afp_core.database import FingerprintDB, Song, model_identity
 from afp_core.errors import AudioError, ConfigError, DatabaseError
 from afp_core.fileutil import (
-    atomic_path,
+    atomic_save_npy,
     atomic_write_text,
     file_sha256,
     read_json_object,
@@ -217,8 +217,7 @@ class _RankStaging:
         lines = self.warnings.pop(source, [])
         if lines:  # before the vectors: a song's .npy is the sign it is staged whole
             atomic_write_text(self.folder / f"{checksum}.warnings.json", json.dumps(lines))
-        with atomic_path(self.folder / f"{checksum}.npy") as tmp, tmp.open("wb") as handle:
-            np.save(handle, data)
+        atomic_save_npy(self.folder / f"{checksum}.npy", data)
         return Song(
             0, title, artist, source, duration_s, checksum, None, len(data), "staged", utc_now()
         )

@@ -7,6 +7,11 @@ line prints that line and exits non-zero; anything else is a bug and keeps its t
 
 from __future__ import annotations
 
+import errno
+
+# A write that found no room: the disk, the user's quota or the file-size limit is full.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
 
 class AfpError(Exception):
     """An error caused by input, with a one-line message meant for the user."""
@@ -30,3 +35,21 @@ class DatabaseError(AfpError):
 
 class Cancelled(AfpError):  # noqa: N818 - reads as a state, like asyncio.CancelledError
     """Long work was stopped by the user; what was finished is kept."""
+
+
+class DiskFull(AfpError):  # noqa: N818 - names the situation, like Cancelled
+    """A write found the disk full (``describe_disk_full``). Not a ``DatabaseError``: the
+    indexing loop skips a file for one of those, and a full disk must stop it."""
+
+
+def describe_disk_full(path: object) -> str:
+    """The one line for a write to ``path`` that found the disk full (None: unknown file).
+
+    Files are written whole or not at all (``afp_core.fileutil.atomic_path``, SQLite
+    transactions): the run stops with what it finished kept, and a rerun finishes it.
+    """
+    where = f"{path}: " if path else ""
+    return (
+        f"{where}no space left on the disk (nothing was half-written; "
+        "free space and run again to finish)"
+    )

@@ -9,10 +9,13 @@ import json
 import os
 import secrets
 import shutil
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 _CHUNK = 1 << 20
 
@@ -43,8 +46,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         _fsync(tmp)
         tmp.replace(target)
         _fsync(target.parent)  # the rename itself must survive a power cut
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # a file cut short by a full disk: its space is freed
+        if isinstance(exc, OSError) and exc.errno and exc.filename in (None, str(tmp)):
+            # a failed write() names no file: name the one being written, not the temp
+            exc.filename = str(target)
         raise
 
 
@@ -75,6 +81,18 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (see ``atomic_path``); returns the path."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_save_npy(path: str | os.PathLike[str], array: np.ndarray) -> Path:
+    """``np.save`` ``array`` to ``path`` atomically (see ``atomic_path``); returns the path.
+
+    Through Python's writes, which raise for every failed one: numpy's own to a real file
+    (C stdio) lose a failed last flush, and a full disk would leave a short file unsaid.
+    """
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        # an object with a write() and nothing else: numpy then writes through it
+        np.save(types.SimpleNamespace(write=handle.write), array)
     return Path(path)
 
 

@@ -263,9 +263,25 @@ def _empty_copy(index: faiss.Index) -> faiss.Index:
         index.ntotal = ntotal
 
 
+def write_index(index: faiss.Index, path: Path) -> None:
+    """``faiss.write_index`` through Python's writes, which raise for every failed one:
+    faiss's own (C stdio) only print a failed last flush, and a full disk would leave a
+    short file unsaid."""
+    with path.open("wb") as handle:
+        # faiss's stubs leave out its Python-callback writer
+        writer = faiss.PyCallbackIOWriter(handle.write)  # type: ignore[attr-defined]
+        faiss.write_index(index, writer)
+
+
 def _write_part(work: faiss.Index, target: Path, number: int) -> Path:
     part = target.with_name(f".{target.name}.part{number}.tmp")
-    faiss.write_index(work, str(part))
+    try:
+        write_index(work, part)
+    except BaseException as exc:
+        part.unlink(missing_ok=True)  # cut short by a full disk: its space is the rerun's
+        if isinstance(exc, OSError) and exc.errno and exc.filename is None:
+            exc.filename = str(target)  # a failed write() names no file; the part is hidden
+        raise
     work.reset()
     return part
 

@@ -78,7 +78,7 @@ from afp_core.database import (
 from afp_core.errors import AfpError, AudioError, Cancelled, ConfigError, DatabaseError
 from afp_core.faults import fault_point
 from afp_core.fileutil import (
-    atomic_path,
+    atomic_save_npy,
     check_document,
     file_size,
     one_line,
@@ -449,8 +449,7 @@ class LandmarkDB(SongCatalogue):
         del old, old_keys, merged, new, keys  # the old memory map too: its file goes below
         generation = self._generation + 1
         name = f"postings-{generation:06d}.npy"
-        with atomic_path(self.path / name) as tmp, tmp.open("wb") as handle:
-            np.save(handle, postings)
+        atomic_save_npy(self.path / name, postings)
         fault_point("index.commit")
         if cancel():
             raise Cancelled(f"{self.path}: commit cancelled; {len(staged)} songs stay staged")

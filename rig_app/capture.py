@@ -48,7 +48,7 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-from afp_core.errors import AfpError
+from afp_core.errors import DISK_FULL, AfpError
 from afp_core.faults import fault_point
 from afp_core.fileutil import atomic_write_text, one_line, utc_now
 from afp_core.protocols.sessions import describe_xruns
@@ -93,7 +93,6 @@ _POLL_S = 0.02
 _RECORDING_NICE = -10  # CFS weight about 9x a nice-0 thread's
 _XRUN_SLOTS = 1024  # places kept per stream; past that an xrun is counted, not placed
 _FLOOR_DB = -120.0
-_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _INAUDIBLE_FLAG = "priming_output"  # PortAudio filling the first output buffers
 _STATUS_FLAGS = (
     "input_underflow",
@@ -981,7 +980,7 @@ class TakeRecorder:
     def _disk_message(self, exc: OSError) -> str:
         rate = self.config.sample_rate
         kept = (self._file.frames if self._file is not None else 0) / rate
-        why = "the disk is full" if exc.errno in _DISK_FULL else (exc.strerror or one_line(exc))
+        why = "the disk is full" if exc.errno in DISK_FULL else (exc.strerror or one_line(exc))
         return f"{self.out_path}: cannot write ({why}); the take keeps the {kept:.2f} s written"
 
     def _close_streams(self, abort: bool) -> None:
