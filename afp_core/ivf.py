@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -38,6 +39,7 @@ import faiss
 import numpy as np
 
 from afp_core.config import IndexConfig
+from afp_core.errors import DiskFull, describe_disk_full
 from afp_core.fileutil import atomic_path
 
 HNSW_M = 32
@@ -49,6 +51,12 @@ KMEANS_ITERATIONS = 10
 _PQ_TRAIN_VECTORS = 65_536
 LISTS_SUFFIX = ".ivfdata"
 _MB = 1_000_000
+# Room asked beyond the merged lists' own bytes: 1 MiB and 1% more. The lists file is one
+# new file filled whole; what a file system adds to it is its last block (measured: the
+# file's 4 KiB pages on tmpfs, 1 to 3 KiB on an ext4 of 1 KiB blocks) and its extent tree
+# (at worst 12 bytes an extent, under 1% however fragmented).
+_LISTS_SLACK_BYTES = 1 << 20
+_LISTS_SLACK_FRACTION = 0.01
 
 
 def new_ivfpq(dim: int, nlist: int, cfg: IndexConfig) -> faiss.IndexIVFPQ:
@@ -177,6 +185,13 @@ def part_vectors(index: faiss.Index, cfg: IndexConfig) -> int:
     return max(1, int(cfg.ram_budget_mb * _MB / 4 / (_as_ivfpq(index).pq.code_size + 8)))
 
 
+def lists_bytes(ntotal: int, code_size: int) -> int:
+    """Bytes of the lists file that ``OnDiskInvertedLists.merge_from_multiple`` writes for
+    ``ntotal`` vectors: each list's codes and 8-byte ids, back to back (faiss sizes the
+    file once, to exactly this, before filling it; measured for 1,000 to 50,000 vectors)."""
+    return ntotal * (code_size + 8)
+
+
 def lists_file(index_file: Path) -> Path:
     """Where the on-disk lists of ``index-<generation>.faiss`` are kept."""
     return index_file.with_suffix(LISTS_SUFFIX)
@@ -224,6 +239,8 @@ def fill_on_disk(
 
     ``after(n)`` is called after each chunk of n vectors. Part files are written beside
     ``target`` and deleted; an exception leaves ``target`` absent and ``index`` as it was.
+    A disk without room for the merged lists beside the parts is ``DiskFull`` before
+    ``target`` is written (``check_room_for_lists``).
     """
     faiss.extract_index_ivf(index).make_direct_map(False)  # rebuilt for the merged lists
     work = _empty_copy(index)
@@ -297,6 +314,8 @@ def _merge(index: faiss.Index, parts: list[Path], target: Path) -> None:
         mapped = faiss.read_index(str(part), faiss.IO_FLAG_MMAP)
         keep.append(mapped)
         sources.push_back(faiss.extract_index_ivf(mapped).invlists)
+    merging = index.ntotal + sum(mapped.ntotal for mapped in keep)
+    check_room_for_lists(target, lists_bytes(merging, ivf.code_size))
     with atomic_path(target) as tmp:
         merged = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(tmp))
         with _quiet_stdout():  # faiss prints "resizing <file>" as the file grows
@@ -306,6 +325,23 @@ def _merge(index: faiss.Index, parts: list[Path], target: Path) -> None:
     ivf.replace_invlists(merged, True)
     merged.this.disown()  # type: ignore[attr-defined]
     index.ntotal = ivf.ntotal = ntotal
+
+
+def check_room_for_lists(target: Path, needed: int) -> None:
+    """Raise ``DiskFull`` naming ``target`` unless its file system has ``needed`` bytes
+    free and the slack beside them (``_LISTS_SLACK_BYTES``, ``_LISTS_SLACK_FRACTION``).
+
+    The check exists because faiss writes the merged lists through a shared memory
+    mapping of a file it only truncate()s to size (sparse: no blocks yet): a page the
+    full disk cannot hold has no write() to fail with ENOSPC, the kernel sends SIGBUS
+    and the process dies without a word. The part files the merge reads are beside
+    ``target``, on the same file system, and already written: the free space leaves them
+    out, as it must, since they stay until the merge is done. (A user's disk quota and
+    other writers meanwhile are not seen; a file system's own reserve is, as not free.)
+    """
+    free = shutil.disk_usage(target.parent).free
+    if free < needed + _LISTS_SLACK_BYTES + math.ceil(needed * _LISTS_SLACK_FRACTION):
+        raise DiskFull(describe_disk_full(target))
 
 
 def _as_ivfpq(index: faiss.Index) -> faiss.IndexIVFPQ:

@@ -39,7 +39,7 @@ from afp_core.audio import AUDIO_EXTENSIONS, iter_audio_files, load_audio, write
 from afp_core.augment import NOISE_KINDS, Augmenter, draw_spec_masks, synthesise_noise
 from afp_core.config import AugmentConfig
 from afp_core.errors import AfpError, AudioError, ConfigError
-from afp_core.fileutil import atomic_path, atomic_write_text, file_sha256
+from afp_core.fileutil import atomic_save_npy, atomic_write_text, file_sha256
 from afp_core.training.config import TrainConfig, resolve_data_path
 from afp_core.training.irs import write_synthetic_irs
 
@@ -254,8 +254,8 @@ def decode_songs(
                     on_note(f"skipped: {exc}")
                     continue
                 pcm = np.round(np.clip(audio, -1.0, 32767 / INT16_SCALE) * INT16_SCALE)
-                with atomic_path(cache) as tmp, tmp.open("wb") as handle:
-                    np.save(handle, pcm.astype(np.int16))
+                # every later run trusts a cache file that is there: whole or absent
+                atomic_save_npy(cache, pcm.astype(np.int16))
             samples = int(np.load(cache, mmap_mode="r").shape[0])
             if samples < min_samples:
                 on_note(
