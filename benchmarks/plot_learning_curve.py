@@ -26,11 +26,11 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", metavar="LABEL=CHECKPOINT")
     parser.add_argument("--offset", action="append", default=[], metavar="LABEL=STEPS")
     args = parser.parse_args()
-    offsets = {k: int(v) for k, v in (item.split("=", 1) for item in args.offset)}
+    offsets = {k: int(v) for k, v in (item.rsplit("=", 1) for item in args.offset)}
     figure = Figure(figsize=(7.5, 4.2), dpi=110)
     ax = figure.subplots()
     for i, item in enumerate(args.runs):
-        label, path = item.split("=", 1)
+        label, path = item.rsplit("=", 1)
         history = load_checkpoint(path).meta["history"]
         steps = [row["step"] + offsets.get(label, 0) for row in history]
         ax.plot(steps, [row["val_top1"] for row in history], color=f"C{i}", label=label)
