@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +28,7 @@ import numpy as np
 from afp_core.audio import load_audio, resample
 from afp_core.errors import AfpError, Cancelled
 from afp_core.faults import fault_point
+from afp_core.fileutil import atomic_write_text, check_document, one_line, utc_now
 from afp_core.protocols.sessions import describe_xruns
 from afp_core.tasks import TaskState
 from rig_app.align import Alignment, align_take, align_without_markers
@@ -86,6 +89,8 @@ __all__ = [
 ]
 
 OVERVIEW_COLUMNS = 1600
+TAKE_SETTINGS_FORMAT = "afp-rig-take-settings"
+TAKE_SETTINGS_VERSION = 1
 
 
 def format_duration(seconds: float) -> str:
@@ -374,10 +379,10 @@ def _new_take_path(session: Session, label: str, replace: bool) -> Path:
 
 def _stranded(session: Session, label: str) -> bool:
     """Whether takes/LABEL.raw.wav holds a recording the session does not hold: the rig's
-    recorder wrote it (its sidecar is there), no process records it any more, and the
-    session holds no take of ``label``, or one stored before this recording started (a
-    ``record --replace`` killed before it could store its take: its sidecar still says
-    it is recording, as no stored take's does)."""
+    recorder wrote it (its sidecar, LABEL.raw.wav.json, is there), no process records it
+    any more, and the session holds no take of ``label``, or one stored before this
+    recording started (a ``record --replace`` killed before it could store its take: its
+    sidecar still says it is recording, as no stored take's does)."""
     path = session.raw_take_path(label)
     info = read_take_info(path)
     if info is None or not path.is_file() or recording_process(path) is not None:
@@ -423,6 +428,84 @@ def _store_recording(
     )
 
 
+def _save_take_settings(
+    session: Session, label: str, notes: str, speaker_distance_m: float | None
+) -> Path:
+    """Write takes/LABEL.settings.json before the take records: what ``_store_recording``
+    will store it with besides the recorder's result, so that ``recover_session_takes``
+    stores a killed take the same way. Atomic (a reader never sees half of it); one that
+    cannot be written is a ``SessionError`` before anything is recorded. It replaces any
+    earlier one (a ``record --replace`` of a killed take: that recording is gone)."""
+    path = session.take_settings_path(label)
+    data = {
+        "format": TAKE_SETTINGS_FORMAT,
+        "version": TAKE_SETTINGS_VERSION,
+        "label": label,
+        "speaker_distance_m": speaker_distance_m,
+        "notes": notes,
+        "written_at": utc_now("milliseconds"),
+        "pid": os.getpid(),
+    }
+    try:
+        atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    except (OSError, ValueError) as exc:
+        raise SessionError(f"{path}: cannot write the take's settings ({one_line(exc)})") from None
+    return path
+
+
+def _read_take_settings(
+    session: Session, label: str, info: dict[str, Any]
+) -> tuple[str, float | None]:
+    """The notes and speaker distance takes/LABEL.settings.json holds for the recording
+    whose recorder sidecar is ``info`` (read before ``recover_take`` rewrites it); a
+    ``SessionError`` saying why not: none, unreadable, malformed, or written for another
+    recording (after this one started, or by another process than the one recording it)."""
+    path = session.take_settings_path(label)
+    name = f"{TAKES_DIR}/{path.name}"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SessionError(f"no {name}") from None
+    except json.JSONDecodeError as exc:
+        raise SessionError(f"{name}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SessionError(f"{name}: cannot read ({one_line(exc)})") from None
+    check_document(data, TAKE_SETTINGS_FORMAT, TAKE_SETTINGS_VERSION, name, SessionError)
+    notes, distance = data.get("notes"), data.get("speaker_distance_m")
+    if data.get("label") != label:
+        raise SessionError(f"{name}: written for take {data.get('label')!r}")
+    if not isinstance(notes, str):
+        raise SessionError(f"{name}: notes {notes!r} are not text")
+    if distance is not None and (
+        isinstance(distance, bool)
+        or not isinstance(distance, int | float)
+        or not math.isfinite(distance)
+    ):
+        raise SessionError(f"{name}: speaker distance {distance!r} is not a number")
+    try:
+        written = datetime.fromisoformat(str(data.get("written_at")))
+    except ValueError:
+        raise SessionError(f"{name}: bad written_at {data.get('written_at')!r}") from None
+    pid = info.get("pid")  # the recorder's sidecar names its process until the take ends
+    if isinstance(pid, int) and data.get("pid") != pid:
+        raise SessionError(f"{name}: written by process {data.get('pid')}, not by {pid}")
+    try:
+        later = written > datetime.fromisoformat(str(info.get("started_at")))
+    except (TypeError, ValueError):  # no start time to compare with
+        later = False
+    if later:
+        raise SessionError(f"{name}: written after this recording started, for a later one")
+    return notes, None if distance is None else float(distance)
+
+
+def _forget_take_settings(session: Session, label: str) -> None:
+    """Remove takes/LABEL.settings.json once the take is stored (or nothing is left to
+    recover): a later take of ``label`` must not be stored with its settings. One that
+    cannot be removed is harmless: ``_read_take_settings`` refuses it for a later take."""
+    with contextlib.suppress(OSError):
+        session.take_settings_path(label).unlink(missing_ok=True)
+
+
 def _xrun_note(result: TakeResult) -> str:
     """What a take's notes say about audio lost while recording: how many xruns, where."""
     if not result.xrun_total:
@@ -456,9 +539,12 @@ def recover_session_takes(
     """Store takes whose recording was killed (default: every ``unstored_takes``).
 
     Each take file is made to cover every whole frame on disk (``capture.recover_take``)
-    and stored unaligned, its notes saying how much was recovered; align it with
-    ``align_session_take``. A killed ``record --replace`` replaces the take it was
-    replacing (whose audio it had overwritten already).
+    and stored unaligned, with the speaker distance and notes ``record_session_take``
+    wrote beside it before it recorded (takes/LABEL.settings.json), its notes then saying
+    how much was recovered; align it with ``align_session_take``. Without those settings
+    (none, unreadable, or another recording's) the take is stored without a distance or
+    notes of its own, and its notes say why. A killed ``record --replace`` replaces the
+    take it was replacing (whose audio it had overwritten already).
     """
     labels = unstored_takes(session) if labels is None else list(labels)
     results = []
@@ -471,15 +557,26 @@ def recover_session_takes(
         path = session.raw_take_path(label)
         if not path.is_file():
             raise SessionError(f"{path}: no such take file to recover")
+        info = read_take_info(path) or {}  # as the recording left it: recover_take rewrites it
         result = recover_take(path)
         if result.frames == 0:
             raise SessionError(f"{path}: the recording ended before any audio reached it")
         expected = result.frames_expected / result.sample_rate
-        notes = (
+        recovered = (
             f"recovered after the recording stopped ({result.ended_by}): "
             f"{format_duration(result.duration_s)} of {format_duration(expected)}"
         )
-        _store_recording(session, label, result, notes, replace=stored)
+        try:
+            notes, distance = _read_take_settings(session, label, info)
+        except SessionError as exc:
+            notes, distance = "", None
+            recovered = _join_notes(
+                recovered, f"its speaker distance and notes are not known ({exc})"
+            )
+        _store_recording(
+            session, label, result, _join_notes(notes, recovered), distance, replace=stored
+        )
+        _forget_take_settings(session, label)
         results.append(result)
     return results
 
@@ -532,26 +629,34 @@ def record_session_take(
         notes = _join_notes(notes, note)
         if distance is None:
             distance = settings.room.noise_distance(label)
-    if before_recording is not None:
-        before_recording()
-    task.check_cancelled()
-    config = TakeConfig(
-        music_out=settings.music_out,
-        noise_out=settings.noise_out,
-        mic_in=settings.mic_in,
-        sample_rate=rate,
-        label=label,
-        lead_in_s=settings.lead_in_s,
-        tail_s=settings.tail_s,
-        **settings.extra,
-    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = record_take(
-        config, music, noise, out, task, overwrite=settings.replace, on_recorder=on_recorder
-    )
-    fault_point("record.recorded")
-    if result.frames > 0:
-        _store_recording(session, label, result, notes, distance, replace=True)
+    # before ``before_recording``: takes recorded side by side start together after it
+    _save_take_settings(session, label, notes, distance)
+    try:
+        if before_recording is not None:
+            before_recording()
+        task.check_cancelled()
+        config = TakeConfig(
+            music_out=settings.music_out,
+            noise_out=settings.noise_out,
+            mic_in=settings.mic_in,
+            sample_rate=rate,
+            label=label,
+            lead_in_s=settings.lead_in_s,
+            tail_s=settings.tail_s,
+            **settings.extra,
+        )
+        result = record_take(
+            config, music, noise, out, task, overwrite=settings.replace, on_recorder=on_recorder
+        )
+        fault_point("record.recorded")
+        if result.frames > 0:
+            _store_recording(session, label, result, notes, distance, replace=True)
+    except BaseException:
+        if not _stranded(session, label):  # no recording left for a recovery to store
+            _forget_take_settings(session, label)
+        raise
+    _forget_take_settings(session, label)  # stored, or nothing was recorded
     return result
 
 
@@ -706,6 +811,7 @@ def simulate_session_take(
         notes=_join_notes(notes, made.note),
         replace=True,
     )
+    _forget_take_settings(session, label)  # a replaced killed take's: not this take's
     task.advance(1, f"{label}: simulated")
     return RoomTake(label, "simulated", out, distance, made.music_to_noise_db, details=made.details)
 

@@ -8,6 +8,8 @@ A session is a folder::
     program/noise.wav            the noise track (absent for imported layouts)
     takes/<label>.raw.wav        a take as recorded (or an absolute path elsewhere)
     takes/<label>.aligned.wav    the take on the program clock: sample i = program sample i
+    takes/<label>.settings.json  while a take records: what it will be stored with
+                                 (``rig_app.jobs``; a killed take's recovery reads it)
 
 ``session.json``::
 
@@ -77,6 +79,7 @@ PROGRAM_DIR = "program"
 TAKES_DIR = "takes"
 RAW_TAKE_SUFFIX = ".raw.wav"
 ALIGNED_TAKE_SUFFIX = ".aligned.wav"
+TAKE_SETTINGS_SUFFIX = ".settings.json"
 _LABEL = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
@@ -364,6 +367,11 @@ class Session:
     def aligned_take_path(self, label: str) -> Path:
         """Where the aligned audio of a take of ``label`` goes (takes/<label>.aligned.wav)."""
         return self.folder / TAKES_DIR / f"{label}{ALIGNED_TAKE_SUFFIX}"
+
+    def take_settings_path(self, label: str) -> Path:
+        """Where a take of ``label`` being recorded keeps what it will be stored with
+        (takes/<label>.settings.json; ``rig_app.jobs`` writes, reads and removes it)."""
+        return self.folder / TAKES_DIR / f"{label}{TAKE_SETTINGS_SUFFIX}"
 
     def find_take(self, label: str) -> TakeEntry | None:
         """The take labelled ``label``, None if there is none."""

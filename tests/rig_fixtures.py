@@ -5,12 +5,15 @@ Register it once (``pytest_plugins = ["tests.rig_fixtures"]`` in the root confte
 (``rig_app.virtual_devices``: music_out, noise_out and mic_in, where mic_in hears the
 other two through 30 ms loopbacks) and stops it at the end. It skips, saying why, only
 when PortAudio or PulseAudio cannot be started here. ``write_killed_take`` leaves the take
-file a recorder killed mid-way leaves, without devices. ``make_room_session`` makes a small
-session with takes simulated through the virtual room and aligned (quality measured).
+file a recorder killed mid-way leaves, without devices; ``record_killed_session_take``
+leaves what a killed ``record_session_take`` leaves (its take settings too), without
+devices. ``make_room_session`` makes a small session with takes simulated through the
+virtual room and aligned (quality measured).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -81,6 +84,59 @@ def write_killed_take(path: Path, audio: np.ndarray, rate: int, synced: int, lab
         [sys.executable, "-c", _KILLED_TAKE, *args], env=env, capture_output=True, timeout=60
     )
     source.unlink()
+    assert process.returncode == -signal.SIGKILL, process.stderr.decode()
+
+
+_KILLED_SESSION_TAKE = """
+import dataclasses, json, os, signal, sys
+from afp_core.fileutil import utc_now
+from afp_core.tasks import TaskState
+from rig_app import jobs
+from rig_app.capture import TakeRecorder
+from rig_app.room import VirtualRoom
+from rig_app.session import Session
+
+folder, fields, played_s = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
+
+
+def killed_take(config, music, noise, out, task, overwrite=False, on_recorder=None):
+    heard = music if noise is None else music + noise  # what the microphone hears
+    config = dataclasses.replace(config, noise_out=None)
+    recorder = TakeRecorder(config, heard, None, out, overwrite=overwrite)
+    recorder._started_at = utc_now("milliseconds")  # as start() sets it
+    recorder._create_file()  # the take file and its "recording" sidecar
+    synced = round(played_s * config.sample_rate)
+    recorder._file.append(heard[:synced])
+    recorder._file.sync(durable=True)
+    recorder._file.append(heard[synced : synced + config.sample_rate // 4])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+jobs.find_device = lambda wanted, kind: None  # no devices: the take is written above
+jobs.record_take = killed_take
+if fields.pop("room", False):
+    fields["room"] = VirtualRoom()
+jobs.record_session_take(TaskState(), Session.load(folder), jobs.TakeSettings(**fields))
+"""
+
+
+def record_killed_session_take(
+    folder: Path, label: str, played_s: float = 1.0, room: bool = False, **settings: object
+) -> None:
+    """``jobs.record_session_take`` of take ``label`` of the session in ``folder`` with
+    ``settings`` (``TakeSettings`` fields; ``room``: through the default virtual room),
+    its process killed (kill -9) once ``played_s`` of the program reached the take file:
+    everything as the rig does it but the devices (the program is written as heard)."""
+    fields = {"label": label, "music_out": "music_out", "mic_in": "mic_in", **settings}
+    fields["room"] = room
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = [str(folder), json.dumps(fields), str(played_s)]
+    process = subprocess.run(
+        [sys.executable, "-c", _KILLED_SESSION_TAKE, *args],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
     assert process.returncode == -signal.SIGKILL, process.stderr.decode()
 
 

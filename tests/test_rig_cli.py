@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from afp_core.tasks import TaskState
 from rig_app import cli
 from rig_app.program import synthesize_song
 from rig_app.session import Session
-from tests.rig_fixtures import write_killed_take
+from tests.rig_fixtures import make_room_program, record_killed_session_take, write_killed_take
 
 pytest_plugins = ["tests.rig_fixtures"]
 
@@ -211,6 +212,7 @@ def test_devices_record_and_align_through_virtual_devices(virtual_devices, tmp_p
     take = Session.load(session_dir).take("high")
     assert take.alignment is not None and take.alignment["ok"]
     assert take.speaker_distance_m == 0.5 and take.notes == "close"
+    assert not (session_dir / "takes" / "high.settings.json").exists()  # stored: not needed
     assert take.devices == {
         "mic_in": virtual_devices.mic_in,
         "music_out": virtual_devices.music_out,
@@ -331,6 +333,150 @@ def test_a_killed_record_replace_is_recoverable(tmp_path, capsys):
     assert sf.info(path).frames == 3 * 48000  # nothing of the killed take lost
     code, _, err = _run(capsys, "recover", session_dir)
     assert code == 1 and "nothing to recover" in err
+
+
+def _session_with_noise(tmp_path: Path) -> Path:
+    """A session whose program holds two 2 s songs and a noise track (16 kHz)."""
+    session = Session.create(tmp_path / "session")
+    session.set_program(*make_room_program(RATE, range(2), 2.0))
+    return session.folder
+
+
+UNKNOWN = "its speaker distance and notes are not known"
+
+
+def test_a_killed_take_keeps_its_speaker_distance_and_notes(tmp_path, capsys):
+    from rig_app.room import VirtualRoom, room_from_notes
+
+    folder = _session_with_noise(tmp_path)
+    kept = folder / "takes" / "mid.settings.json"
+    record_killed_session_take(folder, "mid", room=True, speaker_distance_m=0.5, notes="door open")
+    written = json.loads(kept.read_text())  # written before it recorded, left by the kill
+    assert written["speaker_distance_m"] == 0.5
+    assert written["notes"].startswith("door open; virtual room, live through the audio devices")
+
+    code, out, err = _run(capsys, "recover", folder)
+    assert code == 0 and err == "", err
+    assert "recovered (crashed); stored as take 'mid'" in out
+    take = Session.load(folder).take("mid")
+    assert take.speaker_distance_m == 0.5
+    recovered = "; recovered after the recording stopped (crashed): 0:01.2 of "
+    assert take.notes.startswith(written["notes"] + recovered), take.notes
+    found = room_from_notes(take.notes)  # the virtual room's record reads back
+    assert found is not None and found[0] == VirtualRoom() and found[1]["mode"] == "live"
+    assert not kept.exists()  # stored: a later take of mid cannot pick it up
+
+    # a later recording of mid killed by a recorder alone: none of the stored take's settings
+    path = folder / "takes" / "mid.raw.wav"
+    path.unlink()
+    write_killed_take(path, np.zeros(RATE, np.float32), RATE, RATE // 2, "mid")
+    assert _run(capsys, "recover", folder)[0] == 0
+    take = Session.load(folder).take("mid")
+    assert take.speaker_distance_m is None
+    assert take.notes.startswith("recovered after the recording stopped (crashed): 0:01.0")
+    assert take.notes.endswith(f"; {UNKNOWN} (no takes/mid.settings.json)")
+
+
+@pytest.mark.parametrize(
+    ("settings", "why"),
+    [
+        (None, "no takes/low.settings.json"),
+        ('{"format": "afp-rig-take-settings", "vers', "not valid JSON (line 1: "),
+        ('{"format": "afp-rig-room", "version": 1}', "not an afp-rig-take-settings file"),
+        ({"notes": 3}, "notes 3 are not text"),
+        ({"speaker_distance_m": "far"}, "speaker distance 'far' is not a number"),
+        ({"pid": 1}, "written by process 1, not by "),  # another recording's
+        ({"written_at": "2099-01-01T00:00:00+00:00"}, "written after this recording started"),
+    ],
+    ids=["missing", "corrupt", "other-format", "bad-notes", "bad-distance", "pid", "later"],
+)
+def test_a_killed_take_without_its_settings_is_recovered_all_the_same(
+    tmp_path, capsys, settings, why
+):
+    folder = _session_with_noise(tmp_path)
+    path = folder / "takes" / "low.raw.wav"
+    write_killed_take(path, np.zeros(RATE, np.float32), RATE, RATE // 2, "low")
+    kept = folder / "takes" / "low.settings.json"
+    if isinstance(settings, str):
+        kept.write_text(settings)
+    elif settings is not None:
+        pid = json.loads((folder / "takes" / "low.raw.wav.json").read_text())["pid"]
+        valid = {"format": "afp-rig-take-settings", "version": 1, "label": "low"}
+        valid |= {"speaker_distance_m": 2.0, "notes": "ok", "pid": pid}
+        kept.write_text(json.dumps(valid | {"written_at": "2000-01-01T00:00:00+00:00"} | settings))
+
+    code, _, err = _run(capsys, "recover", folder)
+    assert code == 0 and err == "", err
+    take = Session.load(folder).take("low")
+    assert take.speaker_distance_m is None
+    assert take.notes.startswith("recovered after the recording stopped (crashed): 0:01.0")
+    assert f"; {UNKNOWN} (" in take.notes and why in take.notes, take.notes
+    assert "\n" not in take.notes
+    assert not kept.exists()
+
+
+def test_a_recorded_take_keeps_its_settings_only_while_a_recovery_could_need_them(
+    tmp_path, monkeypatch
+):
+    from afp_core.fileutil import utc_now
+    from rig_app import jobs
+    from rig_app.capture import CaptureError, TakeRecorder, TakeResult
+    from rig_app.devices import DeviceError
+
+    folder = _session_with_noise(tmp_path)
+    session = Session.load(folder)
+    kept = folder / "takes" / "low.settings.json"
+    seen: list[dict] = []
+
+    def finished(config, music, noise, out, task, overwrite=False, on_recorder=None):
+        seen.append(json.loads(kept.read_text()))
+        sf.write(out, music[:RATE], RATE, subtype="FLOAT")
+        now = utc_now("milliseconds")
+        return TakeResult(out, "low", RATE, len(music), RATE, 1, {}, {}, now, now, "finished")
+
+    def refused(config, music, noise, out, task, overwrite=False, on_recorder=None):
+        seen.append(json.loads(kept.read_text()))
+        raise DeviceError("mic_in 'mic': cannot open")
+
+    def failed(config, music, noise, out, task, overwrite=False, on_recorder=None):
+        # a recording under way when the writer failed: a recovery can store it
+        seen.append(json.loads(kept.read_text()))
+        recorder = TakeRecorder(config, music, None, out, overwrite=overwrite)
+        recorder._started_at = utc_now("milliseconds")
+        recorder._create_file()
+        recorder._file.append(music[:RATE])
+        recorder._file.sync(durable=True)
+        raise CaptureError(f"{out}: the disk failed")
+
+    monkeypatch.setattr(jobs, "find_device", lambda wanted, kind: None)
+    settings = jobs.TakeSettings("low", "out", "mic", speaker_distance_m=1.5, notes="quiet")
+    monkeypatch.setattr(jobs, "record_take", refused)
+    with pytest.raises(DeviceError):
+        jobs.record_session_take(TaskState(), session, settings)
+    assert not kept.exists()  # nothing recorded: nothing to recover
+
+    monkeypatch.setattr(jobs, "record_take", finished)
+    jobs.record_session_take(TaskState(), session, settings)
+    take = Session.load(folder).take("low")
+    assert (take.speaker_distance_m, take.notes) == (1.5, "quiet")
+    assert not kept.exists()  # stored
+
+    monkeypatch.setattr(jobs, "record_take", failed)
+    replace = dataclasses.replace(settings, speaker_distance_m=3.0, notes="louder", replace=True)
+    with pytest.raises(CaptureError):
+        jobs.record_session_take(TaskState(), session, replace)
+    assert json.loads(kept.read_text())["notes"] == "louder"  # the new recording's
+    assert jobs.unstored_takes(session) == ["low"]
+    jobs.recover_session_takes(TaskState(), session)
+    take = Session.load(folder).take("low")
+    assert take.speaker_distance_m == 3.0
+    assert take.notes.startswith("louder; recovered after the recording stopped (crashed)")
+    assert not kept.exists()
+    assert [(s["speaker_distance_m"], s["notes"]) for s in seen] == [
+        (1.5, "quiet"),
+        (1.5, "quiet"),
+        (3.0, "louder"),
+    ]
 
 
 def test_a_take_with_xruns_says_how_many_and_where(virtual_devices, tmp_path, capsys):

@@ -1,8 +1,9 @@
 """Real ``afp-rig record`` processes, playing and recording through the virtual devices,
 killed at named points (``afp_core.faults``): the take must come back whole with what a
 user would run next (``afp-rig recover`` after a kill, nothing after Ctrl-C, which stores
-the take itself): every frame that reached the disk in the session, and ``align`` working
-on it (a take cut short is a partial take, aligned on the markers it holds)."""
+the take itself): every frame that reached the disk in the session, with the speaker
+distance and notes it was recorded with, and ``align`` working on it (a take cut short is
+a partial take, aligned on the markers it holds)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ def test_killed_recording_keeps_every_frame(virtual_devices, session, tmp_path, 
     raw = folder / "takes" / "low.raw.wav"
     record = ["record", str(folder), "--label", "low", "--music-out", virtual_devices.music_out]
     record += ["--mic", virtual_devices.mic_in, "--lead-in", "0.5", "--tail", "1"]
+    record += ["--distance", "2.5", "--notes", "by the window"]
     killed = run_rig(virtual_devices, *record, "--no-align", "--quiet", fault=point, sig=sig)
     on_disk = (raw.stat().st_size - HEADER_BYTES) // 4 if raw.exists() else 0
     after = [run_rig(virtual_devices, "recover", str(folder))] if sig == "KILL" else []
@@ -80,5 +82,7 @@ def test_killed_recording_keeps_every_frame(virtual_devices, session, tmp_path, 
     assert stored == on_disk > 0, name
     take = takes["low"]
     assert take.aligned_file is not None
+    assert take.speaker_distance_m == 2.5 and take.notes.startswith("by the window"), take.notes
+    assert not (folder / "takes" / "low.settings.json").exists()  # stored: no longer needed
     whole = point == "record.recorded"  # the take ended before the process did
     assert take.missing_songs == (() if whole else ("Song 1",)), take.alignment
