@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +42,17 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False, "") or "default" in text:
             return text
         return super()._get_help_string(action) or text
+
+
+def _distance_m(text: str) -> float:
+    """A speaker distance: a finite number of metres, not negative."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of metres") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a distance is a finite number >= 0")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,7 +210,7 @@ def _add_record_parser(sub: Subcommands) -> None:
         help="output device for the noise program (omit when the noise plays elsewhere)",
     )
     p.add_argument("--mic", required=True, help="input device (name, part of it, or index)")
-    p.add_argument("--distance", type=float, help="speaker distance in metres (stored)")
+    p.add_argument("--distance", type=_distance_m, help="speaker distance in metres (stored)")
     p.add_argument("--notes", default="", help="free text stored with the take")
     p.add_argument(
         "--sample-rate",

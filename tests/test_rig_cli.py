@@ -62,6 +62,16 @@ def test_every_command_explains_every_option(capsys):
             assert action.help, f"{command}: {action.dest} has no help"
 
 
+@pytest.mark.parametrize("distance", ["nan", "inf", "-1", "two"])
+def test_a_speaker_distance_must_be_metres(tmp_path, capsys, distance):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["record", str(tmp_path / "session"), "--distance", distance])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--distance" in err and repr(distance) in err
+    assert not (tmp_path / "session").exists()
+
+
 def test_no_command_opens_the_app(monkeypatch, tmp_path):
     from rig_app.ui import main_window
 
