@@ -40,6 +40,7 @@ from rig_app.capture import (
     record_take,
     recording_process,
     recover_take,
+    take_info_path,
 )
 from rig_app.devices import DeviceError, find_device
 from rig_app.program import (
@@ -812,6 +813,8 @@ def simulate_session_take(
         replace=True,
     )
     _forget_take_settings(session, label)  # a replaced killed take's: not this take's
+    # and its recorder's status, which would list the simulated take as one to recover
+    take_info_path(out).unlink(missing_ok=True)
     task.advance(1, f"{label}: simulated")
     return RoomTake(label, "simulated", out, distance, made.music_to_noise_db, details=made.details)
 

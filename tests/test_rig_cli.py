@@ -355,6 +355,19 @@ def _session_with_noise(tmp_path: Path) -> Path:
 UNKNOWN = "its speaker distance and notes are not known"
 
 
+def test_a_simulated_take_replacing_a_killed_one_leaves_nothing_to_recover(tmp_path):
+    from rig_app.jobs import simulate_session_take, unstored_takes
+    from rig_app.room import VirtualRoom
+
+    folder = _session_with_noise(tmp_path)
+    record_killed_session_take(folder, "low", room=True)
+    session = Session.load(folder)
+    assert unstored_takes(session) == ["low"]
+    simulate_session_take(TaskState(), session, VirtualRoom(), "low", replace=True)
+    assert unstored_takes(Session.load(folder)) == []
+    assert Session.load(folder).take("low").devices == {"simulated": "rig_app.room.simulate_take"}
+
+
 def test_a_killed_take_keeps_its_speaker_distance_and_notes(tmp_path, capsys):
     from rig_app.room import VirtualRoom, room_from_notes
 
