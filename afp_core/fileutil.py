@@ -140,18 +140,20 @@ def one_line(exc: BaseException | str) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def read_json_object(path: Path, error: type[Exception]) -> dict:
-    """The JSON object in ``path``; anything else raises ``error`` with a one-line reason."""
+def read_json_object(path: Path, error: type[Exception], name: str | None = None) -> dict:
+    """The JSON object in ``path``; anything else raises ``error`` with a one-line reason
+    naming the file as ``name`` (default: its path)."""
+    name = name or str(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise error(f"{path}: no such file") from None
+        raise error(f"{name}: no such file") from None
     except json.JSONDecodeError as exc:
-        raise error(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        raise error(f"{name}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise error(f"{path}: cannot read ({one_line(exc)})") from None
+        raise error(f"{name}: cannot read ({one_line(exc)})") from None
     if not isinstance(data, dict):
-        raise error(f"{path}: expected a JSON object, found {type(data).__name__}")
+        raise error(f"{name}: expected a JSON object, found {type(data).__name__}")
     return data
 
 

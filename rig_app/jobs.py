@@ -28,7 +28,13 @@ import numpy as np
 from afp_core.audio import load_audio, resample
 from afp_core.errors import AfpError, Cancelled
 from afp_core.faults import fault_point
-from afp_core.fileutil import atomic_write_text, check_document, one_line, utc_now
+from afp_core.fileutil import (
+    atomic_write_text,
+    check_document,
+    one_line,
+    read_json_object,
+    utc_now,
+)
 from afp_core.protocols.sessions import describe_xruns
 from afp_core.tasks import TaskState
 from rig_app.align import Alignment, align_take, align_without_markers
@@ -463,14 +469,9 @@ def _read_take_settings(
     recording (after this one started, or by another process than the one recording it)."""
     path = session.take_settings_path(label)
     name = f"{TAKES_DIR}/{path.name}"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SessionError(f"no {name}") from None
-    except json.JSONDecodeError as exc:
-        raise SessionError(f"{name}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SessionError(f"{name}: cannot read ({one_line(exc)})") from None
+    if not path.is_file():
+        raise SessionError(f"no {name}")
+    data = read_json_object(path, SessionError, name)
     check_document(data, TAKE_SETTINGS_FORMAT, TAKE_SETTINGS_VERSION, name, SessionError)
     notes, distance = data.get("notes"), data.get("speaker_distance_m")
     if data.get("label") != label:
