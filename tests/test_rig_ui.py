@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -118,6 +119,15 @@ def test_worker_turns_errors_into_one_line_and_logs_bugs(qtbot, caplog):
         worker.start()
     assert blocker.args == ["unexpected error: ValueError: bad value"]
     assert "Traceback" in caplog.text
+
+    caplog.clear()
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/take.wav")
+    worker = Worker(_fail, full)
+    with qtbot.waitSignal(worker.errored, timeout=JOB_MS) as blocker:
+        worker.start()
+    (message,) = blocker.args
+    assert message.startswith("/data/take.wav: no space left on the disk")
+    assert "Traceback" not in caplog.text
 
 
 def _wait_for_cancel(task: TaskState, started: threading.Event) -> str:

@@ -9,8 +9,9 @@ turns that into Qt signals, which reach the views on the GUI thread:
 * then exactly one of ``finished(result)``, ``errored(message)`` or ``cancelled()``,
 * then ``done()`` whatever happened (for clean-up).
 
-An ``AfpError`` becomes its one-line message; any other exception becomes one line too,
-with the traceback logged: a bug in a job never takes the application down.
+An ``AfpError`` becomes its one-line message, and so does a write that found the disk
+full (as ``afp`` words it); any other exception becomes one line too, with the traceback
+logged: a bug in a job never takes the application down.
 ``TaskPanel`` is a progress bar, a message and a Cancel button bound to a worker; the bar
 counts in the task's ``unit`` ("1,234 / 5,000 s of audio") when the work names one.
 """
@@ -26,7 +27,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, SignalInstance
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
-from afp_core.errors import AfpError, Cancelled
+from afp_core.errors import DISK_FULL, AfpError, Cancelled, describe_disk_full
 from afp_core.fileutil import one_line
 from afp_core.tasks import TaskState
 
@@ -116,8 +117,11 @@ class Worker(QRunnable):
         except AfpError as exc:
             signals.errored.emit(one_line(exc))
         except Exception as exc:
-            log.exception("background job %s failed", getattr(self._fn, "__name__", self._fn))
-            signals.errored.emit(f"unexpected error: {type(exc).__name__}: {one_line(exc)}")
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:  # no bug: as afp says it
+                signals.errored.emit(describe_disk_full(exc.filename))
+            else:
+                log.exception("background job %s failed", getattr(self._fn, "__name__", self._fn))
+                signals.errored.emit(f"unexpected error: {type(exc).__name__}: {one_line(exc)}")
         else:
             if self.task.cancelled and result is None:
                 signals.cancelled.emit()
