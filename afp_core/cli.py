@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from afp_core import __version__
 from afp_core.config import IndexConfig, SearchConfig
-from afp_core.errors import DISK_FULL, AfpError, Cancelled, describe_disk_full
+from afp_core.errors import AfpError, Cancelled, as_disk_full
 from afp_core.fileutil import format_bytes
 
 if TYPE_CHECKING:
@@ -324,10 +324,11 @@ def run_guarded(prog: str, command: Callable[[], int], interrupted: str) -> int:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        if exc.errno not in DISK_FULL:
+        full = as_disk_full(exc)
+        if full is None:
             raise
         # no bug: files are written whole or not at all, so a rerun finishes the job
-        print(f"{prog}: error: {describe_disk_full(exc.filename)}", file=sys.stderr)
+        print(f"{prog}: error: {full}", file=sys.stderr)
         return 1
 
 

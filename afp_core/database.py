@@ -62,11 +62,11 @@ import numpy as np
 from afp_core import __version__, ivf
 from afp_core.config import AudioConfig, IndexConfig, from_dict, to_dict
 from afp_core.errors import (
-    DISK_FULL,
     AfpError,
     Cancelled,
     DatabaseError,
     DiskFull,
+    as_disk_full,
     describe_disk_full,
 )
 from afp_core.faults import fault_point
@@ -272,9 +272,9 @@ class SongCatalogue:
         except sqlite3.Error as exc:
             raise catalogue_error(path, "cannot create database", exc) from None
         except OSError as exc:
-            if exc.errno in DISK_FULL:
-                raise DiskFull(describe_disk_full(path)) from None
-            raise DatabaseError(f"{path}: cannot create database ({one_line(exc)})") from None
+            raise as_disk_full(exc, path) or DatabaseError(
+                f"{path}: cannot create database ({one_line(exc)})"
+            ) from None
         return cls.open(path)
 
     @staticmethod

@@ -53,3 +53,11 @@ def describe_disk_full(path: object) -> str:
         f"{where}no space left on the disk (nothing was half-written; "
         "free space and run again to finish)"
     )
+
+
+def as_disk_full(exc: BaseException, path: object = None) -> DiskFull | None:
+    """``exc`` as a ``DiskFull`` naming ``path`` (default: the file the error names) when it
+    is a write that found no room, else None: the one place that tells the two apart."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        return DiskFull(describe_disk_full(path or exc.filename))
+    return None

@@ -41,16 +41,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     # Same folder so that os.replace is a rename on one file system; the writer creates
     # the file itself so it gets the usual permissions rather than mkstemp's 0600.
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
+    with removed_on_failure(tmp, target):
         yield tmp
         _fsync(tmp)
         tmp.replace(target)
         _fsync(target.parent)  # the rename itself must survive a power cut
+
+
+@contextmanager
+def removed_on_failure(path: Path, shown: Path) -> Iterator[None]:
+    """Delete the file ``path`` if the body raises (one cut short by a full disk: its space
+    is freed for the rerun); a failed write that names no file, or ``path``, is made to
+    name ``shown``, the file the user knows (``path`` is a hidden temporary)."""
+    try:
+        yield
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)  # a file cut short by a full disk: its space is freed
-        if isinstance(exc, OSError) and exc.errno and exc.filename in (None, str(tmp)):
-            # a failed write() names no file: name the one being written, not the temp
-            exc.filename = str(target)
+        path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno and exc.filename in (None, str(path)):
+            exc.filename = str(shown)
         raise
 
 

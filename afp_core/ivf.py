@@ -40,7 +40,7 @@ import numpy as np
 
 from afp_core.config import IndexConfig
 from afp_core.errors import DiskFull, describe_disk_full
-from afp_core.fileutil import atomic_path
+from afp_core.fileutil import atomic_path, removed_on_failure
 
 HNSW_M = 32
 ADD_EF_SEARCH = 16
@@ -292,13 +292,8 @@ def write_index(index: faiss.Index, path: Path) -> None:
 
 def _write_part(work: faiss.Index, target: Path, number: int) -> Path:
     part = target.with_name(f".{target.name}.part{number}.tmp")
-    try:
+    with removed_on_failure(part, target):
         write_index(work, part)
-    except BaseException as exc:
-        part.unlink(missing_ok=True)  # cut short by a full disk: its space is the rerun's
-        if isinstance(exc, OSError) and exc.errno and exc.filename is None:
-            exc.filename = str(target)  # a failed write() names no file; the part is hidden
-        raise
     work.reset()
     return part
 

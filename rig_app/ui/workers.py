@@ -27,7 +27,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, SignalInstance
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
-from afp_core.errors import DISK_FULL, AfpError, Cancelled, describe_disk_full
+from afp_core.errors import AfpError, Cancelled, as_disk_full
 from afp_core.fileutil import one_line
 from afp_core.tasks import TaskState
 
@@ -117,8 +117,9 @@ class Worker(QRunnable):
         except AfpError as exc:
             signals.errored.emit(one_line(exc))
         except Exception as exc:
-            if isinstance(exc, OSError) and exc.errno in DISK_FULL:  # no bug: as afp says it
-                signals.errored.emit(describe_disk_full(exc.filename))
+            full = as_disk_full(exc)
+            if full is not None:  # no bug: said as afp says it
+                signals.errored.emit(str(full))
             else:
                 log.exception("background job %s failed", getattr(self._fn, "__name__", self._fn))
                 signals.errored.emit(f"unexpected error: {type(exc).__name__}: {one_line(exc)}")
