@@ -838,7 +838,7 @@ class FingerprintDB(SongCatalogue):
             ivf.on_disk(index) or ivf.over_budget(total, index, self.index_config)
         ):
             lists = ivf.lists_file(self.path / name)
-            ivf.fill_on_disk(index, chunks, lists, self.index_config, after)
+            ivf.fill_on_disk(index, chunks, lists, self.index_config, after, grand_total)
         else:
             ivf.fill_in_memory(index, chunks, after)
         if index.ntotal != total:

@@ -8,9 +8,12 @@ line prints that line and exits non-zero; anything else is a bug and keeps its t
 from __future__ import annotations
 
 import errno
+import os
 
 # A write that found no room: the disk, the user's quota or the file-size limit is full.
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# faiss's C++ file calls (the on-disk lists' truncate) raise a RuntimeError ending in strerror
+_DISK_FULL_STRERRORS = tuple(os.strerror(code) for code in sorted(DISK_FULL))
 
 
 class AfpError(Exception):
@@ -60,4 +63,6 @@ def as_disk_full(exc: BaseException, path: object = None) -> DiskFull | None:
     is a write that found no room, else None: the one place that tells the two apart."""
     if isinstance(exc, OSError) and exc.errno in DISK_FULL:
         return DiskFull(describe_disk_full(path or exc.filename))
+    if isinstance(exc, RuntimeError) and str(exc).endswith(_DISK_FULL_STRERRORS):
+        return DiskFull(describe_disk_full(path))
     return None

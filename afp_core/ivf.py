@@ -39,7 +39,7 @@ import faiss
 import numpy as np
 
 from afp_core.config import IndexConfig
-from afp_core.errors import DiskFull, describe_disk_full
+from afp_core.errors import DiskFull, as_disk_full, describe_disk_full
 from afp_core.fileutil import atomic_path, removed_on_failure
 
 HNSW_M = 32
@@ -233,18 +233,25 @@ def fill_on_disk(
     target: Path,
     cfg: IndexConfig,
     after: Callable[[int], None],
+    expected: int,
 ) -> None:
-    """Add ``chunks`` to ``index`` (ids follow on), leaving every list, old and new, in
-    the new file ``target`` (the index then maps it); memory holds one part at a time.
+    """Add ``chunks`` (``expected`` vectors in all) to ``index`` (ids follow on), leaving
+    every list, old and new, in the new file ``target`` (the index then maps it); memory
+    holds one part at a time.
 
     ``after(n)`` is called after each chunk of n vectors. Part files are written beside
     ``target`` and deleted; an exception leaves ``target`` absent and ``index`` as it was.
-    A disk without room for the merged lists beside the parts is ``DiskFull`` before
-    ``target`` is written (``check_room_for_lists``).
+    A disk without room for the parts and the merged lists beside them is ``DiskFull``
+    before the first chunk is read, and again before ``target`` is written (other writers
+    may have taken the room meanwhile; ``check_room_for_lists``).
     """
     faiss.extract_index_ivf(index).make_direct_map(False)  # rebuilt for the merged lists
     work = _empty_copy(index)
     first_id, limit = index.ntotal, part_vectors(index, cfg)
+    code_size = faiss.extract_index_ivf(index).code_size
+    parts_bytes = math.ceil(expected / limit) * _serialized_bytes(work)
+    parts_bytes += lists_bytes(expected, code_size)
+    check_room_for_lists(target, parts_bytes + lists_bytes(first_id + expected, code_size))
     parts: list[Path] = []
     try:
         with added_with(work):
@@ -280,6 +287,12 @@ def _empty_copy(index: faiss.Index) -> faiss.Index:
         index.ntotal = ntotal
 
 
+def _serialized_bytes(index: faiss.Index) -> int:
+    """Bytes of ``index`` as a file: for an empty part, what each part file adds beside
+    its lists (the quantiser's centroids and the PQ codebooks)."""
+    return int(faiss.serialize_index(index).size)
+
+
 def write_index(index: faiss.Index, path: Path) -> None:
     """``faiss.write_index`` through Python's writes, which raise for every failed one:
     faiss's own (C stdio) only print a failed last flush, and a full disk would leave a
@@ -313,8 +326,11 @@ def _merge(index: faiss.Index, parts: list[Path], target: Path) -> None:
     check_room_for_lists(target, lists_bytes(merging, ivf.code_size))
     with atomic_path(target) as tmp:
         merged = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(tmp))
-        with _quiet_stdout():  # faiss prints "resizing <file>" as the file grows
-            ntotal = merged.merge_from_multiple(sources.data(), sources.size(), False)
+        try:
+            with _quiet_stdout():  # faiss prints "resizing <file>" as the file grows
+                ntotal = merged.merge_from_multiple(sources.data(), sources.size(), False)
+        except RuntimeError as exc:  # its truncate() past a file-size limit or quota
+            raise as_disk_full(exc, target) or exc from None
         merged.filename = target.name
     del keep
     ivf.replace_invlists(merged, True)

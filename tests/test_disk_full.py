@@ -37,6 +37,7 @@ from afp_core import indexing, ivf
 from afp_core.cli import main
 from afp_core.config import IndexConfig
 from afp_core.database import STAGING, FingerprintDB
+from afp_core.errors import DiskFull
 from afp_core.fileutil import file_sha256
 from afp_core.indexing import open_database_for_indexing, vector_fingerprinting
 from afp_core.ingest import index_files
@@ -286,6 +287,32 @@ def test_a_write_cut_short_at_its_last_flush_raises(tmp_path, writer):
     assert not list(tmp_path.iterdir())  # neither the file nor its temp
 
 
+def test_lists_past_a_file_size_limit_are_a_full_disk(tmp_path):
+    """faiss sizes the merged lists file with truncate(), whose failure (here EFBIG, a
+    FAT32 or ulimit file-size limit) is a C++ RuntimeError, not an OSError. Parts of 20
+    vectors (70 KB each) fit under the limit; the 360 KB lists file does not."""
+    target = tmp_path / "lists.ivfdata"
+    code = (
+        "import numpy as np; from pathlib import Path\n"
+        "from afp_core import ivf; from tests.test_disk_full import LISTS_ON_DISK as cfg\n"
+        "rng = np.random.default_rng(0)\n"
+        "v = rng.standard_normal((3000, 128)).astype(np.float32)\n"
+        "index = ivf.new_ivfpq(128, 4, cfg); index.train(v)\n"
+        f"target = Path({str(target)!r})\n"
+        "ivf.fill_on_disk(index, np.array_split(v, 150), target, cfg, lambda n: None, 3000)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        preexec_fn=limit_file_size(200_000),
+    )
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"afp_core.errors.DiskFull: {target}: no space left on the disk")
+    assert not list(tmp_path.iterdir())  # neither the parts nor the lists' temp
+
+
 # ---------------------------------------------------------------------- a real small disk
 
 
@@ -368,7 +395,7 @@ def test_lists_on_disk_that_do_not_fit_the_tmpfs_resume(
     cannot hold has no write() to fail, the kernel kills the process with SIGBUS (status
     135; this test's without the check). The room is checked before the merge. Songs
     staged by an earlier run; room for the part file (196 KiB) but not for the lists
-    (133 KB) beside it."""
+    (133 KB) beside it: refused before the part is written."""
     db_dir = tmpfs.path / "db"
     db, ckpt = open_database_for_indexing(db_dir, untrained_checkpoint, LISTS_ON_DISK)
     fingerprinting = vector_fingerprinting(db, ckpt.model)
@@ -400,6 +427,32 @@ def test_lists_on_disk_that_do_not_fit_the_tmpfs_resume(
     assert neural_contents(rebuilt) == neural_contents(reference)
     lists = [folder / "index-000001.ivfdata" for folder in (db_dir, tmp_path / "reference")]
     assert lists[0].read_bytes() == lists[1].read_bytes()
+
+
+def test_lists_that_cannot_fit_are_refused_before_a_vector_is_read(tmpfs):
+    """The parts and the merged lists are sized before the first chunk: a build that
+    cannot fit fails before the adding (11 min of it at 56 M vectors), not after it."""
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3000, 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = ivf.new_ivfpq(128, 4, LISTS_ON_DISK)
+    index.train(vectors)
+    read: list[int] = []
+
+    def chunks() -> Iterator[np.ndarray]:
+        read.append(len(vectors))
+        yield vectors
+
+    target = tmpfs.path / "index.ivfdata"
+    tmpfs.resize(tmpfs.used_kib() + 1024)
+    with pytest.raises(DiskFull, match=f"^{target}: no space left"):
+        ivf.fill_on_disk(index, chunks(), target, LISTS_ON_DISK, lambda _n: None, len(vectors))
+    assert not read and not list(tmpfs.path.iterdir()) and index.ntotal == 0
+
+    tmpfs.resize(64 * 1024)
+    ivf.fill_on_disk(index, chunks(), target, LISTS_ON_DISK, lambda _n: None, len(vectors))
+    assert read == [3000] and index.ntotal == 3000 and ivf.on_disk(index)
+    assert target.stat().st_size == ivf.lists_bytes(3000, index.code_size)
 
 
 def test_landmark_index_on_a_full_tmpfs_resumes(tmpfs, libraries, reference):
