@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import soundfile as sf
@@ -293,11 +294,9 @@ def test_lists_past_a_file_size_limit_are_a_full_disk(tmp_path):
     vectors (70 KB each) fit under the limit; the 360 KB lists file does not."""
     target = tmp_path / "lists.ivfdata"
     code = (
-        "import numpy as np; from pathlib import Path\n"
-        "from afp_core import ivf; from tests.test_disk_full import LISTS_ON_DISK as cfg\n"
-        "rng = np.random.default_rng(0)\n"
-        "v = rng.standard_normal((3000, 128)).astype(np.float32)\n"
-        "index = ivf.new_ivfpq(128, 4, cfg); index.train(v)\n"
+        "import numpy as np; from pathlib import Path; from afp_core import ivf\n"
+        "from tests.test_disk_full import LISTS_ON_DISK as cfg, trained_lists_index\n"
+        "index, v = trained_lists_index()\n"
         f"target = Path({str(target)!r})\n"
         "ivf.fill_on_disk(index, np.array_split(v, 150), target, cfg, lambda n: None, 3000)"
     )
@@ -388,6 +387,16 @@ LISTS_ON_DISK = IndexConfig(
 )
 
 
+def trained_lists_index() -> tuple[faiss.Index, np.ndarray]:
+    """An IVF-PQ index of ``LISTS_ON_DISK``'s lists and codes, trained on the 3,000 unit
+    vectors it returns."""
+    vectors = np.random.default_rng(0).standard_normal((3000, 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = ivf.new_ivfpq(128, LISTS_ON_DISK.nlist, LISTS_ON_DISK)
+    index.train(vectors)
+    return index, vectors
+
+
 def test_lists_on_disk_that_do_not_fit_the_tmpfs_resume(
     tmp_path, tmpfs, libraries, untrained_checkpoint, no_calibration
 ):
@@ -432,11 +441,7 @@ def test_lists_on_disk_that_do_not_fit_the_tmpfs_resume(
 def test_lists_that_cannot_fit_are_refused_before_a_vector_is_read(tmpfs):
     """The parts and the merged lists are sized before the first chunk: a build that
     cannot fit fails before the adding (11 min of it at 56 M vectors), not after it."""
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((3000, 128)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    index = ivf.new_ivfpq(128, 4, LISTS_ON_DISK)
-    index.train(vectors)
+    index, vectors = trained_lists_index()
     read: list[int] = []
 
     def chunks() -> Iterator[np.ndarray]:
