@@ -185,7 +185,8 @@ def _impostor_excerpt(
         if len(excerpt) < audio.window or not np.any(excerpt):
             continue  # too short, or digital silence: every song's silence is the same
         clean = embed_audio(model, excerpt, device=device)
-        copy = search_offset_consistent(db, clean, k=k, exclude_song=song.id)
+        # plain similarity: a copy is a copy however hub-like its windows are
+        copy = search_offset_consistent(db, clean, k=k, exclude_song=song.id, hub_weight=0.0)
         if copy.score < settings.copy_similarity:
             return excerpt
     return None

@@ -24,7 +24,7 @@ from afp_core.fileutil import format_bytes
 if TYPE_CHECKING:
     import numpy as np
 
-    from afp_core.database import Song
+    from afp_core.database import FingerprintDB, Song
     from afp_core.ingest import IndexResult
     from afp_core.search import Match
     from afp_core.tasks import TaskState
@@ -33,7 +33,15 @@ EPILOG = "Exit status: 0 success, 1 error (one line on stderr), 2 bad usage, 130
 
 
 # `afp index` options that set an IndexConfig field of the same name
-_INDEX_OPTIONS = ("m", "nbits", "nlist", "nprobe", "min_train_vectors", "density")
+_INDEX_OPTIONS = (
+    "m",
+    "nbits",
+    "nlist",
+    "nprobe",
+    "min_train_vectors",
+    "density",
+    "hub_neighbours",
+)
 
 # what ``add_subparsers`` returns: each command's parser builder adds its parser to it
 Subcommands = argparse._SubParsersAction  # argparse gives the type no public name
@@ -102,6 +110,13 @@ def _add_index_parser(sub: Subcommands) -> None:
         help="windows stored per query hop (new database; default: "
         f"{index.density}): 2 stores one every 0.25 s, so a query's windows are never more "
         "than 0.125 s from a stored one, at twice the size",
+    )
+    p.add_argument(
+        "--hub-neighbours",
+        type=int,
+        help="new database: discount stored windows that resemble every song, measured "
+        f"against this many nearest windows of other songs (default: {index.hub_neighbours}; "
+        "0: plain similarity)",
     )
     p.add_argument(
         "--landmark",
@@ -762,6 +777,7 @@ def run_info(args: argparse.Namespace) -> int:
         ("model", f"{model.get('name')} (sha256 {str(model.get('checkpoint_sha256'))[:12]})"),
         ("front-end", _format_frontend(model.get("frontend"))),
         ("no-match thresholds", _describe_thresholds(thresholds, db.needs_calibration)),
+        ("hub-aware scores", _describe_hubness(db, info["search"])),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
@@ -769,6 +785,17 @@ def run_info(args: argparse.Namespace) -> int:
     for song in info.get("song_list", []):
         print(f"  {song['id']:>5}  {song['duration_s']:7.1f} s  {song['title']}")
     return 0
+
+
+def _describe_hubness(db: FingerprintDB, search: dict[str, Any]) -> str:
+    """``afp info``'s row on the hubness table (afp_core.hubness)."""
+    if db.index_config.hub_neighbours < 1:
+        return "off"
+    measured = search.get("hubness")
+    if not measured:
+        return "not measured yet (run afp index again)"
+    stale = "" if measured.get("generation") == db.generation else "; older than the index"
+    return f"on ({measured['neighbours']} neighbours of other songs per vector{stale})"
 
 
 def _k(args: argparse.Namespace) -> int:
@@ -779,7 +806,8 @@ def _note_stale_thresholds(args: argparse.Namespace, stale: bool) -> None:
     if args.threshold is None and stale:
         print(
             f"afp: note: {args.db}: the no-match thresholds predate the last change to the "
-            f"index (an interrupted calibration?); run afp index {args.db} again",
+            f"index or to its scoring (an interrupted calibration, or a database made before "
+            f"hub-aware scores); run afp index {args.db} again",
             file=sys.stderr,
         )
 

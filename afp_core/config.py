@@ -276,6 +276,10 @@ class IndexConfig:
     coarse quantiser is an HNSW graph over the centroids (trained by two-level k-means)
     instead of a flat one; an index whose lists would take more than ``ram_budget_mb``
     MB of memory keeps them on disk, memory-mapped.
+
+    ``hub_neighbours``: each stored vector's hubness is its mean similarity to this many
+    nearest vectors of other songs, and offset-consistent search discounts windows that
+    resemble every song (``afp_core.hubness``, docs/design.md §3.9); 0 turns it off.
     """
 
     m: int = 32
@@ -288,6 +292,7 @@ class IndexConfig:
     density: int = 1
     hnsw_min_lists: int = 4096
     ram_budget_mb: float = 2000.0
+    hub_neighbours: int = 10
 
 
 @dataclasses.dataclass(frozen=True)

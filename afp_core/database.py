@@ -9,7 +9,9 @@ Layout of ``DB_DIR``:
 - ``index-<generation>.faiss``: the faiss index; song ``s`` owns the contiguous vector ids
   ``[s.first_vector_id, s.first_vector_id + s.vector_count)``;
 - ``staging/<checksum>.npy``: float32 vectors extracted but not yet in the index;
-- ``model.pt``: a copy of the checkpoint that made the vectors (when one was given).
+- ``model.pt``: a copy of the checkpoint that made the vectors (when one was given);
+- ``hubness-<generation>.npy``: how much each stored vector resembles other songs
+  (``afp_core.hubness``), measured with the "no match" calibration.
 
 Index type. Below ``IndexConfig.min_train_vectors`` vectors (or fewer than 8 training
 points per PQ or coarse centroid) the index is an exact ``IndexFlatIP``; above, an
@@ -59,7 +61,7 @@ from typing import Any, Self, TypeVar
 import faiss
 import numpy as np
 
-from afp_core import __version__, ivf
+from afp_core import __version__, hubness, ivf
 from afp_core.config import AudioConfig, IndexConfig, from_dict, to_dict
 from afp_core.errors import (
     AfpError,
@@ -546,6 +548,9 @@ class FingerprintDB(SongCatalogue):
         self._count = np.zeros(0, np.int64)
         # ... and the same spans sorted by song id (for song_spans).
         self._by_id = np.zeros(0, np.int64)
+        # the hubness table (afp_core.hubness) and the file it was read from
+        self._penalties: np.ndarray | None = None
+        self._penalties_file = ""
         self._load_state()
 
     # ------------------------------------------------------------------ opening
@@ -656,6 +661,31 @@ class FingerprintDB(SongCatalogue):
         if "nprobe" in settings and settings["nprobe"] is not None:
             self.nprobe = settings["nprobe"]
         super().save_search_settings(**settings)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Also when the hubness the thresholds were set with is missing, lost or from
+        an earlier generation (and ``hub_neighbours`` asks for it)."""
+        if super().needs_calibration:
+            return True
+        if self.index_config.hub_neighbours < 1 or len(self._song_ids) < 2:
+            return False
+        measured = self._manifest["search"].get(hubness.SETTING) or {}
+        return (
+            measured.get("generation") != self._generation
+            or not (self.path / str(measured.get("file"))).is_file()
+        )
+
+    def hubness_penalty(self, ids: np.ndarray) -> np.ndarray | None:
+        """Per vector id, how much more than the average stored vector it resembles other
+        songs (``afp_core.hubness``); None when it was not measured."""
+        entry = self._manifest["search"].get(hubness.SETTING)
+        if not entry:
+            return None
+        if entry.get("file") != self._penalties_file:
+            self._penalties = hubness.load_penalties(self.path, entry)
+            self._penalties_file = str(entry.get("file"))
+        return None if self._penalties is None else hubness.penalties_of(self._penalties, ids)
 
     @property
     def search_threshold(self) -> str | None:

@@ -27,6 +27,7 @@ from afp_core.checkpoint import Checkpoint, load_checkpoint
 from afp_core.config import AudioConfig, IndexConfig
 from afp_core.database import MANIFEST, MODEL_FILE, FingerprintDB, model_identity
 from afp_core.errors import AudioError, ConfigError, DatabaseError
+from afp_core.hubness import measure_hubness
 from afp_core.ingest import (
     AudioDecoder,
     Extracted,
@@ -376,12 +377,15 @@ def calibrate_thresholds(
 ) -> None:
     """Store "no match" thresholds for both decision rules and the protocol's query lengths.
 
-    From distorted excerpts of the songs' files (``afp_core.calibration``); where fewer
-    than two of them can be read, from the database's vectors alone. Lengths longer than
+    First the stored vectors' hubness (``afp_core.hubness``): thresholds are set on the
+    scores that queries get. Then from distorted excerpts of the songs' files
+    (``afp_core.calibration``); where fewer than two of them can be read, from the
+    database's vectors alone. Lengths longer than
     the longest song are left out (``'auto'`` then uses the longest calibrated length
     below the query's). Spans of digital silence are not used: every song's silence has
     the same fingerprint, which says nothing about the song.
     """
+    measure_hubness(db, task=task)
     if calibrate_from_audio(db, model, device=device, task=task) is not None:
         return
     audio = model.spec.audio

@@ -10,7 +10,8 @@ database vectors (``SearchConfig.k`` by default). Two decision rules:
 - ``search_offset_consistent`` (docs/design.md §3.2): every hit proposes a (song, start)
   alignment; each alignment is re-scored by the mean inner product between the query
   windows and the song's windows at start + j (vectors rebuilt from the index), so hits
-  must agree on where in the song the query is, not only on which song.
+  must agree on where in the song the query is, not only on which song; windows that
+  resemble every song are discounted (``afp_core.hubness``).
 
 ``identify_vectors`` dispatches and applies a "no match" threshold. ``calibrate_threshold``
 estimates that threshold from the database alone (see its docstring).
@@ -26,6 +27,7 @@ import numpy as np
 from afp_core.config import SearchConfig
 from afp_core.database import FingerprintDB, Song
 from afp_core.errors import AudioError, ConfigError, DatabaseError
+from afp_core.hubness import HUB_WEIGHT
 
 Method = Literal["sequence", "vote"]
 METHODS: tuple[Method, ...] = ("sequence", "vote")
@@ -66,6 +68,7 @@ class SearchableDB(Protocol):
     def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
     def song_spans(self, song_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
     def reconstruct(self, ids: np.ndarray) -> np.ndarray: ...
+    def hubness_penalty(self, ids: np.ndarray) -> np.ndarray | None: ...
     def check_model(self, model_info: dict[str, Any]) -> None: ...
     def info(self) -> dict[str, Any]: ...
 
@@ -155,8 +158,11 @@ def search_offset_consistent(
     vectors: np.ndarray,
     k: int = SearchConfig.k,
     exclude_song: int | None = None,
+    hub_weight: float = HUB_WEIGHT,
 ) -> Match:
-    """Offset-consistent ("sequence") search; score = mean similarity of aligned windows.
+    """Offset-consistent ("sequence") search; score = mean similarity of aligned windows,
+    less ``hub_weight`` x their mean hubness penalty (``afp_core.hubness``; none where the
+    database has not measured it).
 
     Candidates are the distinct (song, start = hit position - density * window index) of
     all hits; those whose aligned windows leave the song are dropped (so a query longer
@@ -178,7 +184,7 @@ def search_offset_consistent(
         return Match(None, None, -1.0, "sequence", [])
 
     window_ids = (first + pairs[:, 1])[:, None] + steps
-    mean_sims = _score_alignments(db, queries, window_ids)
+    mean_sims = _score_alignments(db, queries, window_ids, hub_weight)
     # Best first; ties broken by song id then start so results are reproducible.
     order = np.lexsort((pairs[:, 1], pairs[:, 0], -mean_sims))
     candidates: list[Candidate] = []
@@ -201,18 +207,24 @@ def search_offset_consistent(
     return Match(top.song, top.offset_s, top.score, "sequence", candidates)
 
 
-def _score_alignments(db: SearchableDB, queries: np.ndarray, window_ids: np.ndarray) -> np.ndarray:
-    """Mean inner product of query window j with database vector window_ids[c, j], per c."""
+def _score_alignments(
+    db: SearchableDB, queries: np.ndarray, window_ids: np.ndarray, hub_weight: float
+) -> np.ndarray:
+    """Mean inner product of query window j with database vector window_ids[c, j], per c,
+    less ``hub_weight`` x the mean hubness penalty of those vectors."""
     # Neighbouring alignments share most vectors: rebuild each distinct vector once.
     unique_ids, inverse = np.unique(window_ids, return_inverse=True)
     inverse = inverse.reshape(window_ids.shape)
     rebuilt = db.reconstruct(unique_ids)
+    penalty = db.hubness_penalty(unique_ids) if hub_weight else None
     n, dim = queries.shape
     per_chunk = max(1, _RESCORE_CHUNK // (n * dim))
     means = np.empty(len(window_ids), np.float64)
     for start in range(0, len(window_ids), per_chunk):
         aligned = rebuilt[inverse[start : start + per_chunk]]  # (c, n, dim)
         means[start : start + per_chunk] = np.einsum("cnd,nd->c", aligned, queries) / n
+    if penalty is not None:
+        means -= hub_weight * penalty[inverse].mean(axis=1, dtype=np.float64)
     return means
 
 

@@ -305,6 +305,21 @@ class ShardedDB:
                 out[mine] = db.reconstruct(ids[mine] - self._vector_base[i])
         return out
 
+    def hubness_penalty(self, ids: np.ndarray) -> np.ndarray | None:
+        """Each vector's penalty as its own shard measured it (against that shard's songs
+        only: docs/design.md §3.9); 0 in shards that did not; None if none did."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        shard = self._shard_of_vector(ids)
+        out = np.zeros(len(ids), np.float32)
+        measured = False
+        for i, db in enumerate(self.shards):
+            mine = shard == i
+            if mine.any():
+                penalty = db.hubness_penalty(ids[mine] - self._vector_base[i])
+                if penalty is not None:
+                    out[mine], measured = penalty, True
+        return out if measured else None
+
 
 def _check_shards(shards: list[FingerprintDB]) -> None:
     """Refuse shards that cannot be searched as one (one line naming the folder)."""

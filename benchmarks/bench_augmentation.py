@@ -158,7 +158,7 @@ def evaluate_realworld(
     library_name: str,
 ) -> list[dict[str, Any]]:
     """Song accuracy per room take, rule and length (no rejection, no impostors)."""
-    db_dir = neural_database(folder / f"library-{library_name}", model, music, IndexConfig.density)
+    db_dir = neural_database(folder / f"library-{library_name}", model, music, IndexConfig())
     recogniser = open_recogniser(db_dir)
     settings = RealWorldSettings(lengths_s=lengths, threshold=None, impostors=False)
     cells = []
@@ -183,7 +183,7 @@ def evaluate_baseline(
 ) -> list[dict[str, Any]]:
     """Hit rate (right song and offset) per SNR, rule and length: paper §5.2."""
     data = prepare_training_data(config)  # the run's test songs and test noise clips
-    db_dir = neural_database(folder / "library-dev", model, find_dev_music(), IndexConfig.density)
+    db_dir = neural_database(folder / "library-dev", model, find_dev_music(), IndexConfig())
     recogniser = open_recogniser(db_dir)
     by_checksum = {s.checksum: s for s in recogniser.songs()}
     queries = [

@@ -1,7 +1,8 @@
 """Neural vs landmark on real-world takes through the virtual room (paper Tables 2 and 4).
 
     nice -n 10 python benchmarks/bench_realworld.py [--split validation|test]
-        [--model CKPT ...] [--rooms demo harsh] [--lengths 1 2 3 5 10 15] [--out DIR]
+        [--model CKPT ...] [--rooms demo harsh] [--lengths 1 2 3 5 10 15]
+        [--hub-neighbours N] [--out DIR]
 
 Everything is made once and reused on a rerun (``--out``, default
 ``runs/bench-realworld``):
@@ -104,11 +105,12 @@ def library() -> list[Path]:
     return [*find_dev_music(), *iter_audio_files(find_training_music())]
 
 
-def neural_database(out: Path, model: Path, music: list[Path], density: int) -> Path:
+def neural_database(out: Path, model: Path, music: list[Path], config: IndexConfig) -> Path:
     checkpoint = load_checkpoint(model)
-    suffix = f"-d{density}" if density != IndexConfig.density else ""
+    suffix = f"-d{config.density}" if config.density != IndexConfig.density else ""
+    if config.hub_neighbours != IndexConfig.hub_neighbours:
+        suffix += f"-hub{config.hub_neighbours}"
     db_dir = out / f"db-{checkpoint.sha256[:12]}{suffix}"
-    config = IndexConfig(density=density)
     db, checkpoint = open_database_for_indexing(db_dir, model, config, on_notice=log)
     with progress_task(False, "s", f"indexing {db_dir.name}") as task:
         result = index_library(db, checkpoint.model, music, task=task)
@@ -135,6 +137,12 @@ def main() -> None:
     parser.add_argument(
         "--density", type=int, default=IndexConfig.density, help="stored windows per query hop"
     )
+    parser.add_argument(
+        "--hub-neighbours",
+        type=int,
+        default=IndexConfig.hub_neighbours,
+        help="hub-aware scores (afp_core.hubness); 0: plain similarity",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench-realworld"))
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -142,7 +150,8 @@ def main() -> None:
     models = args.model or [default_checkpoint_path()]
     music = library()
     log(f"library: {len(music)} songs")
-    dbs = [neural_database(out, m, music, args.density) for m in models]
+    config = IndexConfig(density=args.density, hub_neighbours=args.hub_neighbours)
+    dbs = [neural_database(out, m, music, config) for m in models]
     if not args.no_landmark:
         dbs.append(landmark_database(out, music))
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "

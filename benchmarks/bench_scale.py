@@ -622,6 +622,9 @@ class ScaleDB:
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         return self.index.reconstruct_batch(np.ascontiguousarray(ids, np.int64))
 
+    def hubness_penalty(self, ids: np.ndarray) -> None:
+        return None  # not measured: the scale benchmark times the plain rule
+
     def check_model(self, model_info: dict[str, Any]) -> None:
         if model_identity(model_info) != model_identity(self.model_info):
             raise SystemExit(f"{self.path}: made with another model")
