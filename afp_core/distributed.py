@@ -281,7 +281,7 @@ def extract_shard(
         vector_fingerprinting(db, model, batch_size=batch_size, device=device),
         committing="",
         commit=lambda cancelled: None,  # the commit step's, once every rank is through
-        calibrate=lambda: None,
+        calibrate=lambda task: None,
     )
     mine = shard.files(files)
     result = index_files(staging, mine, fingerprinting, task=task, on_skip=skip, on_warning=warn)

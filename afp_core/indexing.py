@@ -334,7 +334,7 @@ def vector_fingerprinting(
         shortest=f"one {window_s:g} s window",
         committing="building the index",
         commit=lambda cancel: db.commit(cancel=cancel),
-        calibrate=lambda: calibrate_thresholds(db, model, device),
+        calibrate=lambda task: calibrate_thresholds(db, model, device, task=task),
         gather=gather,
     )
 

@@ -47,7 +47,7 @@ from afp_core.database import Song
 from afp_core.errors import AfpError, AudioError, DatabaseError
 from afp_core.faults import fault_point
 from afp_core.fileutil import file_sha256
-from afp_core.tasks import TaskState
+from afp_core.tasks import ProgressCallback, TaskState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +128,7 @@ class Fingerprinting:
     shortest: str  # ... as "shorter than <shortest>"
     committing: str  # the progress message while the staged songs are committed
     commit: Callable[[Callable[[], bool]], object]  # commit(cancelled): staged -> indexed
-    calibrate: Callable[[], object]  # store the "no match" thresholds
+    calibrate: Callable[[TaskState], object]  # store the "no match" thresholds
     # What ``extract`` gave, file by file in order, -> what is staged (the neural CUDA
     # path: decoded audio -> vectors, windows batched across files); None: as it is.
     gather: Callable[[Iterator[Extracted], TaskState], Iterator[Extracted]] | None = None
@@ -203,8 +203,18 @@ def index_files(
     if not task.cancelled and db.needs_calibration:
         # also after a commit whose calibration was interrupted: nothing else repairs it
         task.set_message("calibrating the no-match threshold")
-        fingerprinting.calibrate()
+        fingerprinting.calibrate(task.fork(_in_message(task)))
     return result
+
+
+def _in_message(task: TaskState) -> ProgressCallback:
+    """Progress of a step with its own count, shown as a share in ``task``'s message
+    (whose count is the audio indexed)."""
+
+    def report(done: float, total: float, message: str) -> None:
+        task.set_message(f"{message} {done / total:.0%}" if total else message)
+
+    return report
 
 
 def _stage_in_order(

@@ -806,7 +806,7 @@ def index_landmark_library(
         shortest=f"{MIN_SONG_S:g} s",
         committing="merging the postings",
         commit=lambda cancel: db.commit(cancel=cancel, calibrate=False),
-        calibrate=db.calibrate_thresholds,
+        calibrate=lambda task: db.calibrate_thresholds(),
     )
     return index_files(
         db,

@@ -54,6 +54,11 @@ def test_index_reports_every_song_and_flat_index(built_db, capsys):
     assert info["vectors"] == 6 * 47
     assert info["index"]["type"] == "flat"
     assert info["bytes_on_disk"] > 0
+    assert info["search"]["hubness"]["neighbours"] == 10 and not info["needs_calibration"]
+    assert main(["info", str(built_db)]) == 0
+    assert "hub-aware scores     on (10 neighbours of other songs per vector)" in (
+        capsys.readouterr().out
+    )
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from afp_core import hubness
+from afp_core.checkpoint import load_checkpoint
 from afp_core.config import IndexConfig
 from afp_core.database import FingerprintDB
 from afp_core.errors import Cancelled
 from afp_core.hubness import HUB_WEIGHT, measure_hubness
+from afp_core.indexing import index_library, open_database_for_indexing
 from afp_core.search import search_offset_consistent
 from afp_core.shards import ShardedDB
 from afp_core.tasks import TaskState
@@ -180,3 +182,31 @@ def test_a_lost_table_means_plain_scores_until_measured_again(tmp_path) -> None:
     reopened = FingerprintDB.open(tmp_path / "db")
     assert reopened.hubness_penalty(np.arange(5)) is None
     assert reopened.needs_calibration  # `afp index` run again measures it
+
+
+def test_afp_index_measures_before_calibrating_and_a_cancel_resumes(
+    tmp_path, song_library, untrained_checkpoint
+) -> None:
+    """Through the real pipeline: audio files, the untrained model, ``index_library``."""
+    checkpoint = load_checkpoint(untrained_checkpoint)
+    db, _ = open_database_for_indexing(tmp_path / "db", untrained_checkpoint)
+    messages: list[str] = []
+
+    def cancel_when_measuring(done: float, total: float, message: str) -> None:
+        messages.append(message)
+        # the parent's count is the audio; the step's share is in the message
+        if message.startswith("measuring hub fingerprints") and not message.endswith(" 0%"):
+            task.cancel()
+
+    task = TaskState(cancel_when_measuring)
+    with pytest.raises(Cancelled):
+        index_library(db, checkpoint.model, song_library[:3], task=task)
+    assert any(m.startswith("measuring hub fingerprints ") and m.endswith("%") for m in messages)
+    assert db.needs_calibration and not db.search_settings.get("thresholds")
+    assert (tmp_path / "db" / hubness.table_name(db.generation, partial=True)).is_file()
+
+    index_library(db, checkpoint.model, song_library[:3])  # nothing new: measure, calibrate
+    assert not db.needs_calibration
+    assert db.search_settings["hubness"]["generation"] == db.generation
+    assert set(db.search_settings["thresholds"]) == {"sequence", "vote"}
+    assert not list((tmp_path / "db").glob("*.partial.npy"))
