@@ -13,11 +13,12 @@ calibration already absorbs it):
   ``IndexConfig.hub_neighbours`` nearest vectors of *other* songs, measured once per
   index generation by searching the index with each song's own vectors, that song left
   out (``measure_hubness``);
-- **penalty** of v: ``r(v)`` minus the database's mean ``r``; offset-consistent search
-  subtracts ``HUB_WEIGHT`` x the mean penalty of an alignment's windows from its mean
-  similarity (``afp_core.search``). The weight 0.5 is CSLS's (twice the similarity, less
-  each side's neighbourhood, halved); docs/design.md §3.9 has what it changed on the
-  validation sessions.
+- **penalty** of v: ``r(v)`` (raised to the database's 1st percentile of ``r``, which
+  bounds the bonus of windows far from every song, ``_finished``) minus the database's
+  mean ``r``; offset-consistent search subtracts ``HUB_WEIGHT`` x the mean penalty of an
+  alignment's windows from its mean similarity (``afp_core.search``). The weight 0.5 is
+  CSLS's (twice the similarity, less each side's neighbourhood, halved);
+  docs/design.md §3.9 has what it changed on the validation sessions.
 
 The table is ``hubness-<generation>.npy`` (float16, one value per vector id) in the
 database folder, named with its generation, neighbours and mean under the manifest's
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from afp_core.database import FingerprintDB, Song
 
 HUB_WEIGHT = 0.5
+# No window counts as less hub-like than this percentile of the database's (``_finished``).
+FLOOR_PERCENTILE = 1.0
 SETTING = "hubness"
 # A partial table is saved at most this often (seconds): resuming loses less than this.
 _SAVE_EVERY_S = 30.0
@@ -74,13 +77,15 @@ def measure_hubness(db: FingerprintDB, task: TaskState | None = None) -> dict[st
         if not np.isnan(hubness).all():
             atomic_save_npy(partial, hubness)  # what was measured is kept for the next run
         raise
+    table, floor = _finished(hubness)
     name = table_name(generation)
-    atomic_save_npy(db.path / name, hubness.astype(np.float16))
+    atomic_save_npy(db.path / name, table.astype(np.float16))
     entry = {
         "file": name,
         "generation": generation,
         "neighbours": neighbours,
-        "mean": float(hubness.mean(dtype=np.float64)),
+        "mean": float(table.mean(dtype=np.float64)),
+        "floor": floor,
     }
     db.save_search_settings(**{SETTING: entry})
     for stale in db.path.glob(f"{_FILE_PREFIX}*.npy"):
@@ -112,16 +117,34 @@ def _measure_songs(
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         scores, _ = db.search(vectors, neighbours, exclude_song=song.id)
         found = np.isfinite(scores)
-        # a window with no other song near it at all is the least hub-like there is
+        # No other song's vector in the lists probed says nothing about the window (an
+        # IVF list can hold one song alone): unknown, given the average when finished.
         hubness[first : first + count] = np.where(
             found.any(axis=1),
             np.where(found, scores, 0.0).sum(axis=1) / np.maximum(found.sum(axis=1), 1),
-            -1.0,
+            np.inf,
         )
         task.advance(count)
         if time.monotonic() - saved_at > _SAVE_EVERY_S:
             atomic_save_npy(partial, hubness)
             saved_at = time.monotonic()
+
+
+def _finished(hubness: np.ndarray) -> tuple[np.ndarray, float]:
+    """The table to store, and its floor: unknown windows get the average, and none is
+    taken as less hub-like than the least 1 % of the measured ones.
+
+    The floor bounds the bonus a window far from every other song gets. How far is
+    measured within the lists probed; in a small database (few songs, lists of one or
+    two songs) that reads low, and an impostor landing on such a window would score
+    above true queries.
+    """
+    known = np.isfinite(hubness)
+    if not known.any():
+        return np.zeros_like(hubness), 0.0
+    floor = float(np.percentile(hubness[known], FLOOR_PERCENTILE))
+    table = np.where(known, hubness, hubness[known].mean(dtype=np.float64))
+    return np.maximum(table, floor).astype(np.float32), floor
 
 
 def _resumed(partial: Path, size: int) -> np.ndarray:

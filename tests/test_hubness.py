@@ -47,10 +47,11 @@ def library() -> list[np.ndarray]:
     return songs
 
 
-def build(path: Path, songs: list[np.ndarray], neighbours: int = 4) -> FingerprintDB:
-    db = FingerprintDB.create(
-        path, MODEL, dim=DIM, index_config=IndexConfig(hub_neighbours=neighbours)
-    )
+def build(
+    path: Path, songs: list[np.ndarray], neighbours: int = 4, config: IndexConfig | None = None
+) -> FingerprintDB:
+    config = config or IndexConfig(hub_neighbours=neighbours)
+    db = FingerprintDB.create(path, MODEL, dim=DIM, index_config=config)
     for i, vectors in enumerate(songs):
         digest = hashlib.sha256(f"{path.name}-{i}".encode()).hexdigest()
         db.stage_song(f"Song {i}", "", f"/music/{i}.wav", 0.5 * len(vectors) + 0.5, digest, vectors)
@@ -74,6 +75,29 @@ def test_windows_that_sound_like_every_song_are_the_hubs(tmp_path) -> None:
     # a reopened database reads the same table
     again = FingerprintDB.open(tmp_path / "db").hubness_penalty(np.arange(db.ntotal))
     np.testing.assert_array_equal(again, penalty)
+
+
+def test_windows_alone_in_their_lists_count_as_average_and_bonuses_are_bounded(
+    tmp_path,
+) -> None:
+    rng = np.random.default_rng(11)
+    half = DIM // 2
+    songs = [np.zeros((200, DIM), np.float32) for _ in range(20)]
+    for song in songs[:-1]:
+        song[:, :half] = random_walk_vectors(rng, 200, half)
+    # one song orthogonal to every other: its IVF lists hold it alone, and with one list
+    # probed no other song's vector is found for its windows
+    songs[-1][:, half:] = unit(1.0 + rng.standard_normal((200, half)) / 8)
+    config = IndexConfig(m=16, nlist=16, nprobe=1, min_train_vectors=3000, hub_neighbours=4)
+    db = build(tmp_path / "db", songs, config=config)
+    assert db.index_type == "ivfpq"
+    entry = measure_hubness(db)
+    assert entry is not None
+    penalty = db.hubness_penalty(np.arange(db.ntotal))
+    assert penalty is not None
+    assert np.abs(penalty[-200:]).max() < 0.01  # unknown: neither hub nor bonus
+    assert penalty.min() >= entry["floor"] - entry["mean"] - 1e-3
+    assert np.mean(penalty <= entry["floor"] - entry["mean"] + 1e-3) < 0.03
 
 
 def test_an_unknown_song_of_the_generic_sound_scores_lower_and_true_queries_do_not(
