@@ -76,7 +76,7 @@ def main() -> None:
                 fingerprinting = dataclasses.replace(
                     vector_fingerprinting(db, checkpoint.model, batch_across_files=across),
                     commit=lambda cancel: None,
-                    calibrate=lambda: None,
+                    calibrate=lambda _task: None,
                 )
                 label = f"{workers} worker{'s' if workers > 1 else ''}"
                 label += ", batched across files" if across else ""

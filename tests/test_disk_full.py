@@ -124,7 +124,7 @@ def build_neural(folder: Path, checkpoint: Path, files: list[Path]) -> Fingerpri
     """``afp index``'s build without the calibration."""
     db, ckpt = open_database_for_indexing(folder, checkpoint)
     fingerprinting = vector_fingerprinting(db, ckpt.model)
-    index_files(db, files, dataclasses.replace(fingerprinting, calibrate=lambda: None))
+    index_files(db, files, dataclasses.replace(fingerprinting, calibrate=lambda _task: None))
     return FingerprintDB.open(folder)
 
 
@@ -408,7 +408,9 @@ def test_lists_on_disk_that_do_not_fit_the_tmpfs_resume(
     db_dir = tmpfs.path / "db"
     db, ckpt = open_database_for_indexing(db_dir, untrained_checkpoint, LISTS_ON_DISK)
     fingerprinting = vector_fingerprinting(db, ckpt.model)
-    later = dataclasses.replace(fingerprinting, commit=lambda _cancel: None, calibrate=lambda: None)
+    later = dataclasses.replace(
+        fingerprinting, commit=lambda _cancel: None, calibrate=lambda _task: None
+    )
     index_files(db, library_files(libraries["short"]), later)
     before = rows(FingerprintDB.open(db_dir))
     assert len(before) == 3 and sum(song.vector_count for song in before) == 1107

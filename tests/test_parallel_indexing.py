@@ -37,7 +37,10 @@ def build(
     db, ckpt = open_database_for_indexing(folder, checkpoint)
     fingerprinting = vector_fingerprinting(db, ckpt.model, **options)
     index_files(
-        db, files, dataclasses.replace(fingerprinting, calibrate=lambda: None), workers=workers
+        db,
+        files,
+        dataclasses.replace(fingerprinting, calibrate=lambda _task: None),
+        workers=workers,
     )
     return FingerprintDB.open(folder)
 
