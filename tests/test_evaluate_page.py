@@ -24,6 +24,7 @@ from afp_core import indexing
 from afp_core.checkpoint import load_checkpoint
 from afp_core.database import FingerprintDB
 from afp_core.errors import Cancelled, ConfigError, DatabaseError
+from afp_core.hubness import measure_hubness
 from afp_core.protocols.realworld import RealWorldSettings
 from afp_core.protocols.report import read_report
 from afp_core.protocols.sessions import SessionReadError, read_session
@@ -198,8 +199,9 @@ def test_library_is_indexed_on_the_fly_resumed_and_reused(
     monkeypatch.setattr(indexing, "extract_file_vectors", counting)
     calibrated: list[int] = []
 
-    def calibrate_5s(db, model, device="cpu"):  # every length, 200 trials: a minute here
+    def calibrate_5s(db, model, device="cpu", task=None):  # every length: a minute here
         calibrated.append(len(db.songs("indexed")))
+        measure_hubness(db, task=task)
         for method in ("sequence", "vote"):
             calibrate_threshold(db, 9, method=method, trials=40)
         db.save_search_settings(calibrated_generation=db.generation)
