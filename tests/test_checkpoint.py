@@ -12,7 +12,13 @@ import pytest
 import torch
 
 import afp_core
-from afp_core.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
+from afp_core.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    average_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from afp_core.config import NAFPConfig
 from afp_core.errors import CheckpointError
 from afp_core.fileutil import atomic_path, atomic_write_bytes, file_sha256
@@ -244,3 +250,32 @@ def test_atomic_path_keeps_the_old_file_on_failure(tmp_path: Path) -> None:
     assert target.read_bytes() == b"old"
     assert [p.name for p in target.parent.iterdir()] == ["b.bin"]
     assert file_sha256(target) == hashlib.sha256(b"old").hexdigest()
+
+
+def test_average_checkpoints_means_the_weights_and_names_its_sources(tmp_path: Path) -> None:
+    a, b = build_model(SPEC, seed=0), build_model(SPEC, seed=1)
+    meta = {"steps": 100, "data": {"split_seed": 0}, "validation": {"val_top1": 0.8}}
+    path_a = save_checkpoint(tmp_path / "a.pt", a, meta)
+    path_b = save_checkpoint(tmp_path / "b.pt", b, {**meta, "steps": 200})
+    model, averaged_meta = average_checkpoints([path_a, path_b], weights=[3, 1])
+    name = next(k for k, v in a.state_dict().items() if v.is_floating_point())
+    expected = 0.75 * a.state_dict()[name] + 0.25 * b.state_dict()[name]
+    assert torch.allclose(model.state_dict()[name], expected, atol=1e-6)
+    assert averaged_meta["steps"] == 200 and "validation" not in averaged_meta
+    sources = averaged_meta["averaged_from"]
+    assert [s["weight"] for s in sources] == [0.75, 0.25]
+    assert sources[0]["sha256"] == file_sha256(path_a)
+    out = save_checkpoint(tmp_path / "avg.pt", model, averaged_meta)
+    assert load_checkpoint(out).meta["averaged_from"][1]["steps"] == 200
+
+
+def test_average_checkpoints_refuses_another_split_or_model(tmp_path: Path) -> None:
+    model = build_model(SPEC, seed=0)
+    first = save_checkpoint(tmp_path / "a.pt", model, {"data": {"split_seed": 0}})
+    other_split = save_checkpoint(tmp_path / "b.pt", model, {"data": {"split_seed": 1}})
+    with pytest.raises(CheckpointError, match=r"b\.pt: trained on another song split"):
+        average_checkpoints([first, other_split])
+    wider = build_model(ModelSpec("nafp", arch=NAFPConfig(width=0.5)), seed=0)
+    other_model = save_checkpoint(tmp_path / "c.pt", wider, {"data": {"split_seed": 0}})
+    with pytest.raises(CheckpointError, match=r"c\.pt: its model spec differs"):
+        average_checkpoints([first, other_model])
