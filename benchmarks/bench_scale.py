@@ -396,7 +396,8 @@ def build_scale(args: argparse.Namespace) -> None:
     for name, index, train_s in builds:
         index_file = folder / ("index.faiss" if name == "auto" else "index-256.faiss")
         fill = fill_index(library, index, cfg, index_file, queries)
-        nprobes = [4] if name == "paper" else sorted({*args.nprobe, auto_nprobe(index.nlist)})
+        lists = faiss.extract_index_ivf(index).nlist
+        nprobes = [4] if name == "paper" else sorted({*args.nprobe, auto_nprobe(lists)})
         report(name, library, index, index_file, train_s, fill, queries, timed, nprobes)
         meta = {"vectors": library.ntotal, "songs": len(library), "seed": SEED}
         (folder / "library.json").write_text(json.dumps(meta) + "\n")
@@ -475,10 +476,11 @@ def fill_index(
                 f"{left / 60:.0f} min left; peak RSS {peak_rss_gb():.1f} GB"
             )
 
-    index.make_direct_map()
+    faiss.extract_index_ivf(index).make_direct_map()
     disk = ivf.over_budget(library.ntotal, index, cfg)
     if disk:
-        ivf.fill_on_disk(index, chunks(), ivf.lists_file(index_file), cfg, after)
+        target = ivf.lists_file(index_file)
+        ivf.fill_on_disk(index, chunks(), target, cfg, after, library.ntotal)
     else:
         ivf.fill_in_memory(index, chunks(), after)
     add_s = Spent.since(began) - overhead
@@ -504,8 +506,9 @@ def report(
     )
     hours = library.ntotal * HOP_S / 3600
     quantizer = "HNSW" if ivf.hnsw_quantizer(index) is not None else "flat"
+    nlist = faiss.extract_index_ivf(index).nlist
     print(
-        f"\n{name}: {index.nlist:,} lists, {quantizer} quantiser, m=32 x 8 bits, lists "
+        f"\n{name}: {nlist:,} lists, {quantizer} quantiser, m=32 x 8 bits, lists "
         f"{'on disk (memory-mapped)' if fill.on_disk else 'in memory'}"
     )
     print(
@@ -755,6 +758,16 @@ def evaluate(
     return result
 
 
+def mean_accuracy(result: RealWorldResult, method: str, length: float) -> float:
+    """Accuracy in % of ``method`` at ``length`` s, averaged over the takes."""
+    accuracies = []
+    for take in TAKES:
+        cell = result.cell(take, method, length)
+        assert cell is not None, (take, method, length)
+        accuracies.append(cell.accuracy)
+    return 100 * float(np.mean(accuracies))
+
+
 def plot_curve(sizes: list[int], results: list[RealWorldResult], path: Path) -> None:
     import matplotlib
 
@@ -764,10 +777,7 @@ def plot_curve(sizes: list[int], results: list[RealWorldResult], path: Path) -> 
     figure, axes = plt.subplots(figsize=(6, 4))
     for length, marker, colour in ((1.0, "o", "C0"), (3.0, "s", "C1"), (5.0, "^", "C2")):
         for method, line in (("sequence", "-"), ("vote", "--")):
-            accuracy = [
-                100 * np.mean([r.cell(t, method, length).accuracy for t in TAKES])  # type: ignore[union-attr]
-                for r in results
-            ]
+            accuracy = [mean_accuracy(r, method, length) for r in results]
             axes.plot(
                 sizes, accuracy, marker=marker, linestyle=line, color=colour,
                 label=f"{length:g} s, {method}",
