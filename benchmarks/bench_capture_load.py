@@ -48,7 +48,7 @@ import numpy as np
 from afp_core.protocols.sessions import describe_xruns
 from rig_app import capture
 from rig_app.align import AlignmentError, align_take
-from rig_app.capture import TakeConfig, record_take
+from rig_app.capture import TakeConfig, TakeResult, record_take
 from rig_app.program import ProgramSong, build_noise_program, build_program, synthesize_song
 from rig_app.room import VirtualRoom, live_take_audio
 from rig_app.virtual_devices import start_virtual_devices
@@ -79,7 +79,7 @@ def run_once(args: argparse.Namespace, program, noise, folder: Path) -> list[str
     room = VirtualRoom()
     songs = [(s.start, s.end) for s in program.songs]
     devices = [start_virtual_devices(prefix=f"{label}_") for label in LABELS]
-    results: dict[str, object] = {}
+    results: dict[str, TakeResult] = {}
     ready = threading.Barrier(len(LABELS))
 
     def take(label: str, route) -> None:

@@ -100,7 +100,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     sr = model.spec.audio.sample_rate
     for length in LENGTHS_S:
-        timings = {"embed": [], "sequence": [], "vote": []}
+        timings: dict[str, list[float]] = {"embed": [], "sequence": [], "vote": []}
         usable = [s for s in songs if s.duration_s > length + 1]
         for _ in range(args.queries):
             song = usable[int(rng.integers(len(usable)))]
@@ -133,6 +133,7 @@ def main() -> None:
             ivf_dir, db.model_info, dim=db.dim, index_config=IndexConfig(min_train_vectors=1000)
         )
         for song in songs:
+            assert song.first_vector_id is not None  # an indexed song has its vectors
             ids = np.arange(song.first_vector_id, song.first_vector_id + song.vector_count)
             ivf.stage_song(
                 song.title,

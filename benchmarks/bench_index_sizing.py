@@ -47,7 +47,7 @@ def search_ms(recogniser: NeuralRecogniser, take: np.ndarray, count: int) -> dic
     """Milliseconds per 5 s query, search and decision only, per rule."""
     vectors = recogniser.analyse(take)
     starts = np.linspace(0, len(vectors) - 9, count).astype(int)
-    times = {}
+    times: dict[str, float] = {}
     for method in METHODS:
         began = time.perf_counter()
         for start in starts:

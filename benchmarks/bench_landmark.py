@@ -42,7 +42,9 @@ def main() -> None:
         raise SystemExit(f"bench_landmark: {INSTALL_HINT}")
     rng = np.random.default_rng(args.seed)
     if args.songs and args.songs < len(files):
-        files = sorted(rng.choice(files, size=args.songs, replace=False).tolist())
+        # same draw as rng.choice(files, ...), by index: numpy's stubs take no Path list
+        picked = rng.choice(len(files), size=args.songs, replace=False)
+        files = sorted(files[i] for i in picked)
     with tempfile.TemporaryDirectory() as tmp:
         run(files, args.db or Path(tmp) / "db", args.queries, rng)
 
@@ -77,6 +79,7 @@ def run(files: list[Path], db_dir: Path, n_queries: int, rng: np.random.Generato
     print("|---|---|---|---|---|---|")
     for length in LENGTHS_S:
         threshold = recogniser.threshold("landmark", length)
+        assert threshold is not None  # a landmark database always has one
         elapsed, clean, noisy, kept = 0.0, 0, 0, 0
         for _ in range(n_queries):
             song = songs[rng.integers(len(songs))]
@@ -88,8 +91,12 @@ def run(files: list[Path], db_dir: Path, n_queries: int, rng: np.random.Generato
                 t0 = time.perf_counter()
                 match = recogniser.identify(recogniser.analyse(query), 0.0, length, "landmark")
                 elapsed += time.perf_counter() - t0
-                hit = match.song is not None and match.song.id == song.id
-                hit = hit and abs(match.offset_s - start) <= 0.5
+                hit = (
+                    match.song is not None
+                    and match.song.id == song.id
+                    and match.offset_s is not None
+                    and abs(match.offset_s - start) <= 0.5
+                )
                 if which == "clean":
                     clean += hit
                 else:

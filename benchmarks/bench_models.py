@@ -42,10 +42,11 @@ import torch
 
 from afp_core.audio import probe_audio
 from afp_core.augment import make_babble
+from afp_core.config import BEATsConfig
 from afp_core.devdata import find_dev_music
 from afp_core.fileutil import file_sha256
 from afp_core.indexing import index_library, open_database_for_indexing
-from afp_core.models import ModelSpec, build_model, count_parameters, list_models
+from afp_core.models import Fingerprinter, ModelSpec, build_model, count_parameters, list_models
 from afp_core.protocols.baseline import BaselineSettings, QuerySong, run_baseline_protocol
 from afp_core.recogniser import NeuralRecogniser
 from afp_core.tasks import TaskState, TqdmProgress
@@ -84,7 +85,7 @@ def machine() -> str:
 # ------------------------------------------------------------------------------- speed
 
 
-def time_extraction(model: torch.nn.Module, batch: int, threads: int, min_s: float) -> float:
+def time_extraction(model: Fingerprinter, batch: int, threads: int, min_s: float) -> float:
     """Windows per second: one warm-up batch, then at least 2 batches and ``min_s``."""
     torch.set_num_threads(threads)
     waves = 0.1 * torch.randn(batch, model.window, generator=torch.Generator().manual_seed(0))
@@ -134,6 +135,7 @@ def arm_config(arm: str, args: argparse.Namespace) -> TrainConfig:
     config = load_train_config(CPU_CONFIGS["beats" if arm == "beats-tl" else arm])
     if arm == "beats-tl":
         model = load_train_config(BEATS_TL_MODEL).model
+        assert isinstance(model.arch, BEATsConfig), f"{BEATS_TL_MODEL}: not a BEATs model"
         arch = dataclasses.replace(model.arch, pretrained=str(args.beats_checkpoint))
         config = dataclasses.replace(config, model=dataclasses.replace(model, arch=arch))
     spe = args.steps_per_epoch or config.training.steps_per_epoch

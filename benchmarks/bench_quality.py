@@ -53,12 +53,14 @@ def main() -> int:
         for count in (2, 3):
             session = make_session(Path(tmp) / f"s{count}", count)
             program = session.load_program()
+            assert session.program is not None  # make_session set it
             noise, _ = sf.read(session.resolve(session.program["noise_file"]), dtype="float32")
             spans = [(slot.start, slot.end) for slot in program.songs]
             for label in ("low", "mid", "high"):
                 simulate_session_take(TaskState(), session, ROOM, label)
                 align_session_take(TaskState(), session, label)
                 record = session.take(label).quality
+                assert record is not None  # the alignment measured it
                 music, noisy = render_paths(ROOM, program.music, noise, RATE, label)
                 truth = music_to_noise_db(music, noisy, spans)
                 worst = max(

@@ -48,11 +48,11 @@ from afp_core.devdata import find_dev_music, find_training_music
 from afp_core.fusion import FusedRecogniser
 from afp_core.indexing import index_library, open_database_for_indexing
 from afp_core.ingest import read_tags
-from afp_core.landmark import LandmarkDB, index_landmark_library
+from afp_core.landmark import LandmarkDB, LandmarkRecogniser, index_landmark_library
 from afp_core.protocols.realworld import RealWorldSettings, plan_realworld, run_realworld_plan
 from afp_core.protocols.report import format_realworld_table, write_realworld_report
 from afp_core.protocols.sessions import SESSION_FILE, read_session
-from afp_core.recogniser import open_recogniser
+from afp_core.recogniser import NeuralRecogniser, open_recogniser
 from afp_core.shipped import default_checkpoint_path
 from afp_core.tasks import progress_task
 from afp_core.training.data import songs_from_paths, split_items
@@ -83,8 +83,8 @@ def load_room(name: str) -> VirtualRoom:
 def make_session(folder: Path, split: str, room: VirtualRoom) -> Path:
     """The session of ``split``'s songs through ``room``, unless it is already complete."""
     if (folder / SESSION_FILE).exists():
-        takes = read_session(folder).takes
-        if len(takes) == len(room.labels) and all(t.aligned_file for t in takes):
+        stored = read_session(folder).takes
+        if len(stored) == len(room.labels) and all(t.aligned_file for t in stored):
             return folder
     songs = []
     for path in held_out_songs(split):
@@ -161,7 +161,11 @@ def main() -> None:
         session = read_session(folder)
         recognisers = [open_recogniser(db) for db in dbs]
         if not args.no_landmark:  # each neural database fused with the landmark one
-            recognisers += [FusedRecogniser(r, recognisers[-1]) for r in recognisers[:-1]]
+            landmark = recognisers[-1]
+            assert isinstance(landmark, LandmarkRecogniser)  # landmark_database's, last
+            for neural in recognisers[:-1]:
+                assert isinstance(neural, NeuralRecogniser)  # neural_database's
+                recognisers.append(FusedRecogniser(neural, landmark))
         settings = RealWorldSettings(lengths_s=tuple(args.lengths))
         plan = plan_realworld(recognisers, session, settings)
         with progress_task(False, "s", f"evaluating {folder.name}") as task:
