@@ -397,11 +397,11 @@ def test_a_session_exported_and_imported_back_evaluates_the_same(tmp_path: Path)
     before = run_realworld_protocol(open_recogniser(db), session.folder, settings)
     after = run_realworld_protocol(open_recogniser(db), imported.folder, settings)
     assert after.takes == before.takes == ("low", "high")
-    for take in before.takes:
+    for label in before.takes:
         for method in before.methods:
             for length in settings.lengths_s:
-                old_cell = before.cell(take, method, length)
-                new_cell = after.cell(take, method, length)
+                old_cell = before.cell(label, method, length)
+                new_cell = after.cell(label, method, length)
                 assert old_cell is not None and new_cell is not None
                 assert new_cell.queries == old_cell.queries > 0
-                assert new_cell.accuracy == old_cell.accuracy, (take, method, length)
+                assert new_cell.accuracy == old_cell.accuracy, (label, method, length)
