@@ -13,6 +13,7 @@ virtual room and aligned (quality measured).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -174,3 +175,9 @@ def make_room_program(
         quiet_ranges=program.noise_quiet_ranges(),
     )
     return program, noise
+
+
+def command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of ``parser``'s sub-command ``command`` (for checking its help)."""
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return commands.choices[command]

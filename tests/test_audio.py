@@ -264,6 +264,7 @@ def test_truncated_file_is_decoded_as_far_as_it_goes_with_a_warning(
     path = truncate_wav(tmp_path, 40.0, 6.0, suffix)
     info = probe_audio(path)
     assert abs(info.duration_s - 6.0) < 0.01  # libsndfile reads what is there...
+    assert info.header_frames is not None
     assert abs(info.header_frames / SR - 40.0) < 0.01  # ...and its log keeps the promise
     warnings: list[str] = []
     audio = np.concatenate(list(stream_audio(path, on_warning=warnings.append)))

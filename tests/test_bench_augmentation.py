@@ -16,7 +16,7 @@ import torch
 from afp_core.checkpoint import load_checkpoint
 from afp_core.training.config import load_train_config
 from afp_core.training.trainer import STATE_FILE, load_train_state
-from tests.training_fixtures import make_tiny_dataset, tiny_config
+from tests.training_fixtures import make_tiny_dataset, nafp_blocks, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def test_a_run_trains_once_then_resumes_to_its_end(bench, tmp_path: Path) -> Non
         config = bench.arm_config(base, "elu", 1, 1, 1, tmp_path / "out")
         model = bench.train_run(config)
         assert model == tmp_path / "out" / "elu" / "seed1" / "model.pt"
-        assert isinstance(load_checkpoint(model).model.backbone.blocks[0].act, torch.nn.ELU)
+        assert isinstance(nafp_blocks(load_checkpoint(model).model)[0].act, torch.nn.ELU)
         state = load_train_state(model.parent / STATE_FILE)
         assert state["config"]["training"]["seed"] == 1
         digest = load_checkpoint(model).sha256

@@ -35,6 +35,7 @@ def test_thresholds_from_impostor_excerpts(indexed) -> None:
     db, model, _ = indexed
     settings = CalibrationSettings(excerpts=60, lengths_s=(1, 3, 10))
     table = calibrate_from_audio(db, model, settings=settings)
+    assert table is not None
     assert set(table) == {"sequence", "vote"}
     assert sorted(table["sequence"]) == [1, 3, 10]
     entry = db.search_settings["thresholds"]["sequence"]
@@ -75,10 +76,16 @@ def test_a_room_and_noise_change_the_excerpt_deterministically() -> None:
 
 def test_threshold_at_false_match_rate_counts_from_the_top() -> None:
     scores = [float(x) for x in range(100)]  # 0 ... 99
-    assert 98 < threshold_at_false_match_rate(scores, 0.01) <= 99
-    assert sum(x >= threshold_at_false_match_rate(scores, 0.01) for x in scores) == 1
-    assert sum(x >= threshold_at_false_match_rate(scores, 0.05) for x in scores) == 5
-    assert sum(x >= threshold_at_false_match_rate(scores, 0.001) for x in scores) == 0
+
+    def threshold(rate: float) -> float:
+        value = threshold_at_false_match_rate(scores, rate)
+        assert value is not None
+        return value
+
+    assert 98 < threshold(0.01) <= 99
+    assert sum(x >= threshold(0.01) for x in scores) == 1
+    assert sum(x >= threshold(0.05) for x in scores) == 5
+    assert sum(x >= threshold(0.001) for x in scores) == 0
     assert threshold_at_false_match_rate([], 0.01) is None
 
 

@@ -7,6 +7,7 @@ latency and their own resampling, so offset and drift are real and unknown in ad
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -61,6 +63,13 @@ def _readable_frames(path: Path) -> int:
     return len(data)
 
 
+def take_info(path: Path) -> dict[str, Any]:
+    """The take's side file, which must be there."""
+    info = read_take_info(path)
+    assert info is not None, path
+    return info
+
+
 def test_take_is_recorded_aligned_and_stored_in_a_session(virtual_devices, tmp_path):
     songs = [ProgramSong(synthesize_song(1.5, RATE, seed=i), f"song {i}") for i in (1, 2)]
     program = build_program(songs, RATE, gap_s=0.5, min_song_s=0.0)  # markers: start/middle/end
@@ -94,13 +103,14 @@ def test_take_is_recorded_aligned_and_stored_in_a_session(virtual_devices, tmp_p
     assert progress and progress[-1] == pytest.approx(result.frames / RATE, abs=0.2)
     recorded, rate = sf.read(out, dtype="float32")
     assert rate == RATE and len(recorded) == result.frames
-    assert read_take_info(out)["state"] == "ended"
+    assert take_info(out)["state"] == "ended"
 
     alignment = align_take(recorded, rate, program, name=str(out))
     assert alignment.ok, alignment.notes
     assert [a.label for a in alignment.anchors] == [m.label for m in program.markers]
     for anchor in alignment.anchors:
         assert anchor.used, anchor
+        assert anchor.residual_ms is not None and anchor.fit_residual_ms is not None
         assert abs(anchor.residual_ms) < 1.0, anchor
         assert abs(anchor.fit_residual_ms) < 1.0, anchor
     # program sample 0 lands after the lead-in, give or take the devices' latencies
@@ -131,7 +141,7 @@ def test_abort_midway_keeps_a_readable_partial_take(virtual_devices, tmp_path):
     out = tmp_path / "aborted.wav"
     recorder = TakeRecorder(_config(virtual_devices), _tone(6.0), _tone(6.0, 0.05), out)
     recorder.start()
-    assert read_take_info(out)["state"] == "recording"
+    assert take_info(out)["state"] == "recording"
     while recorder.recorded_s < 1.0:
         time.sleep(0.02)
     assert recorder.level_db > -60.0  # the meter follows the input
@@ -199,7 +209,7 @@ def test_killed_recording_process_leaves_a_recoverable_take(virtual_devices, tmp
             process.kill()
             process.wait()
 
-    assert read_take_info(out)["state"] == "recording"  # it never got to say it ended
+    assert take_info(out)["state"] == "recording"  # it never got to say it ended
     on_disk = (out.stat().st_size - 56) // 4
     readable = _readable_frames(out)  # readable as it is, before any recovery
     assert RATE <= readable <= on_disk
@@ -209,7 +219,7 @@ def test_killed_recording_process_leaves_a_recoverable_take(virtual_devices, tmp
     assert result.ended_by == "crashed"
     assert result.frames == on_disk
     assert _readable_frames(out) == on_disk
-    info = read_take_info(out)
+    info = take_info(out)
     assert info["state"] == "ended" and info["ended_by"] == "crashed"
     assert info["devices"]["mic_in"] == "mic_in"
 
@@ -233,26 +243,24 @@ def test_lost_device_ends_the_take_with_a_device_error(virtual_devices, tmp_path
     assert _readable_frames(out) == result.frames
 
 
-class _FullDisk:
-    """A file on a disk that fills up once the file is ``size`` bytes long.
+class _FullDisk(io.FileIO):
+    """A file on a disk that fills up once the file is ``size`` bytes long (opened as the
+    recorder opens its take: unbuffered, new).
 
     Like a real file system it still lets existing bytes be rewritten (the header) and
     writes what fits before failing with ENOSPC.
     """
 
     def __init__(self, path: Path, size: int) -> None:
-        self._file = path.open("xb", buffering=0)
+        super().__init__(path, "xb")
         self._size = size
 
     def write(self, data) -> int:
         data = memoryview(data)
-        room = self._size - self._file.tell()
+        room = self._size - self.tell()
         if room <= 0:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return self._file.write(data[:room])
-
-    def __getattr__(self, name):
-        return getattr(self._file, name)
+        return super().write(data[:room])
 
 
 def test_full_disk_stops_the_take_and_keeps_what_was_written(virtual_devices, tmp_path):
@@ -268,6 +276,7 @@ def test_full_disk_stops_the_take_and_keeps_what_was_written(virtual_devices, tm
     result = recorder.result
     assert result is not None
     assert result.ended_by == "write_error"
+    assert result.error is not None
     assert "the disk is full" in result.error and "\n" not in result.error
     assert result.frames == RATE  # the half-written sample is cut
     assert out.stat().st_size == 56 + 4 * RATE

@@ -338,7 +338,6 @@ def test_interrupted_indexing_resumes(tmp_path, song_library, untrained_checkpoi
     db_dir = tmp_path / "db"
     db, ckpt = open_database_for_indexing(db_dir, untrained_checkpoint)
     task = TaskState()
-    staged: list[str] = []
 
     def stop_after_two(done: float, total: float, message: str) -> None:
         if done >= 2 * 24.0:

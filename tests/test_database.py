@@ -386,6 +386,12 @@ def test_reconstruct_exact_for_flat_and_close_for_ivfpq(tmp_path: Path) -> None:
         ivf.reconstruct(np.array([len(songs)]))
 
 
+def index_nprobe(db: FingerprintDB) -> int:
+    """The nprobe set on the database's faiss index (which must be an IVF one)."""
+    assert db.index is not None
+    return int(faiss.extract_index_ivf(db.index).nprobe)
+
+
 def test_nprobe_takes_effect_and_persists(tmp_path: Path) -> None:
     path = tmp_path / "db"
     config = IndexConfig(m=8, nbits=8, nlist=16, nprobe=1, min_train_vectors=3000)
@@ -394,8 +400,7 @@ def test_nprobe_takes_effect_and_persists(tmp_path: Path) -> None:
     songs = np.concatenate(stage_songs(db, rng, 20, 200))
     db.commit()
     assert db.index_type == "ivfpq"
-    ivf = faiss.extract_index_ivf(db.index)
-    assert db.nprobe == ivf.nprobe == 1
+    assert db.nprobe == index_nprobe(db) == 1
 
     # Noisy queries; ground truth = exact inner-product nearest neighbour.
     picks = rng.choice(len(songs), 400, replace=False)
@@ -409,23 +414,23 @@ def test_nprobe_takes_effect_and_persists(tmp_path: Path) -> None:
 
     recall_one = recall_at_1()
     db.nprobe = 16
-    assert faiss.extract_index_ivf(db.index).nprobe == 16
+    assert index_nprobe(db) == 16
     recall_all = recall_at_1()
     print(f"recall@1 nprobe=1: {recall_one:.3f}, nprobe=nlist=16: {recall_all:.3f}")
     assert recall_all > recall_one + 0.1
 
     # Setting nprobe is per session; the database default comes from the index config ...
     reopened = FingerprintDB.open(path)
-    assert reopened.nprobe == faiss.extract_index_ivf(reopened.index).nprobe == 1
+    assert reopened.nprobe == index_nprobe(reopened) == 1
     # ... or from the saved search settings.
     reopened.save_search_settings(nprobe=8)
     again = FingerprintDB.open(path)
-    assert again.nprobe == faiss.extract_index_ivf(again.index).nprobe == 8
+    assert again.nprobe == index_nprobe(again) == 8
     assert json.loads((path / "manifest.json").read_text())["search"]["nprobe"] == 8
     # The same value survives a commit (new index generation).
     stage_songs(again, rng, 1, 10, offset=50)
     again.commit()
-    assert faiss.extract_index_ivf(again.index).nprobe == 8
+    assert index_nprobe(again) == 8
     with pytest.raises(DatabaseError, match="nprobe"):
         again.nprobe = 0
 

@@ -55,6 +55,7 @@ def test_rows_hold_every_song_of_every_take_with_its_quality(two_sessions):
     ]  # fmt: skip
     assert all(r.measured and r.music_to_noise_db is not None for r in rows)
     low, high = rows[0], rows[3]
+    assert low.music_to_noise_db is not None and high.music_to_noise_db is not None
     assert low.music_to_noise_db > high.music_to_noise_db + 5  # the noise speaker closer
     assert low.condition == "simulated room, noise at 3 m"
     flagged = [r for r in rows if r.flags]

@@ -387,11 +387,12 @@ LISTS_ON_DISK = IndexConfig(
 )
 
 
-def trained_lists_index() -> tuple[faiss.Index, np.ndarray]:
+def trained_lists_index() -> tuple[faiss.IndexIVFPQ, np.ndarray]:
     """An IVF-PQ index of ``LISTS_ON_DISK``'s lists and codes, trained on the 3,000 unit
     vectors it returns."""
     vectors = np.random.default_rng(0).standard_normal((3000, 128)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert LISTS_ON_DISK.nlist is not None
     index = ivf.new_ivfpq(128, LISTS_ON_DISK.nlist, LISTS_ON_DISK)
     index.train(vectors)
     return index, vectors

@@ -14,10 +14,11 @@ from afp_core.checkpoint import load_checkpoint, save_checkpoint
 from afp_core.config import BEATsConfig, NAFPConfig, ResNetSTAConfig
 from afp_core.indexing import index_library, open_database_for_indexing
 from afp_core.models import ModelSpec, build_model, get_model_entry, list_models
+from afp_core.models.registry import ArchConfig
 from afp_core.query import load_query
 from afp_core.recogniser import NeuralRecogniser, open_recogniser
 
-SMALL = {
+SMALL: dict[str, ArchConfig] = {
     "nafp": NAFPConfig(width=0.25),
     "resnet_sta": ResNetSTAConfig(width=0.125),
     "beats": BEATsConfig(layers=2, embed_dim=128, heads=2, ffn_dim=256, conv_dim=64),

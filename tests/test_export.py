@@ -35,7 +35,7 @@ from rig_app import cli
 from rig_app.export import spread, write_float_wav, write_query_set
 from rig_app.selection import Selection
 from rig_app.session import Session
-from tests.test_protocol_realworld import build_db, write_session
+from tests.test_protocol_realworld import build_db, known_cell, write_session
 
 RATE = 16000
 LENGTHS = (1, 2, 5)
@@ -120,13 +120,13 @@ def test_export_then_evaluate_equals_session_then_evaluate(world):
             ), trial
             assert trial.score == pytest.approx(other.score, rel=1e-3, abs=1e-3)
         for cell in a.summary:
-            twin = b.cell(cell.take, cell.method, cell.length_s)
+            twin = known_cell(b, cell.take, cell.method, cell.length_s)
             assert (cell.queries, cell.accuracy, cell.offset_accuracy) == (
                 twin.queries,
                 twin.accuracy,
                 twin.offset_accuracy,
             )
-    clean = from_set[0].cell("low", "sequence", 5)
+    clean = known_cell(from_set[0], "low", "sequence", 5)
     assert clean.queries == 3 * 4 and clean.accuracy == 1.0  # the clean take: all right
 
 
@@ -179,7 +179,9 @@ def test_set_layout_checksums_and_data_card(world):
     read = read_queryset(queryset)
     aligned, _ = sf.read(str(session / "takes/low.aligned.wav"), dtype="float32")
     song = read.songs[1]
-    start = round(Session.load(session).program["songs"][1]["start_s"] * RATE) + 5 * RATE
+    program = Session.load(session).program
+    assert program is not None
+    start = round(program["songs"][1]["start_s"] * RATE) + 5 * RATE
     clip, _ = sf.read(str(queryset / "queries/session/low/001_5s_5s.flac"), dtype="float32")
     assert np.allclose(clip, aligned[start : start + 5 * RATE], atol=2**-22)
     assert song.title == "song1" and song.duration_s == pytest.approx(24.0, abs=1e-3)
@@ -277,8 +279,8 @@ def test_append_adds_sessions_and_keeps_what_is_there(world, song_library, tmp_p
         [open_recogniser(neural)], out, RealWorldSettings(lengths_s=(5,), methods=("sequence",))
     )[0]
     assert result.takes == ("other/mid", "session/low", "session/high")
-    assert result.cell("other/mid", "sequence", 5).queries == 2 * 4
-    assert result.cell("session/low", "sequence", 5).accuracy == 1.0
+    assert known_cell(result, "other/mid", "sequence", 5).queries == 2 * 4
+    assert known_cell(result, "session/low", "sequence", 5).accuracy == 1.0
 
     # an export into it with other settings, a set of another version, a folder that is
     # not a set: one line each, nothing changed
@@ -353,13 +355,14 @@ def test_cancel_leaves_nothing(world, tmp_path):
 
 def test_bad_settings(world, tmp_path):
     _, session, _, _, _ = world
-    for kwargs, text in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"lengths_s": ()}, "at least one"),
         ({"lengths_s": (1, 1)}, "repeated"),
         ({"lengths_s": (0,)}, "not a positive"),
         ({"per_song": 0}, "per-song"),
         ({"audio": "mp3"}, "audio"),
-    ]:
+    ]
+    for kwargs, text in cases:
         with pytest.raises(AfpError, match=text):
             write_query_set([session], tmp_path / "x", **kwargs)
     assert not (tmp_path / "x").exists()

@@ -10,10 +10,23 @@ import pytest
 from afp_core.cli import main
 from afp_core.errors import ConfigError, DatabaseError
 from afp_core.fusion import METHOD, FusedRecogniser
+from afp_core.landmark import LandmarkRecogniser
 from afp_core.query import load_query
-from afp_core.recogniser import open_recogniser
+from afp_core.recogniser import NeuralRecogniser, open_recogniser
 from afp_core.search import Candidate, Match
 from tests.test_cli import write_excerpt
+
+
+def neural_recogniser(db: Path) -> NeuralRecogniser:
+    recogniser = open_recogniser(db)
+    assert isinstance(recogniser, NeuralRecogniser)
+    return recogniser
+
+
+def landmark_recogniser(db: Path) -> LandmarkRecogniser:
+    recogniser = open_recogniser(db)
+    assert isinstance(recogniser, LandmarkRecogniser)
+    return recogniser
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +44,7 @@ def databases(tmp_path_factory, song_library, untrained_checkpoint) -> tuple[Pat
 @pytest.fixture(scope="module")
 def fused(databases) -> FusedRecogniser:
     neural, landmark = databases
-    return FusedRecogniser(open_recogniser(neural), open_recogniser(landmark))
+    return FusedRecogniser(neural_recogniser(neural), landmark_recogniser(landmark))
 
 
 def test_both_methods_agreeing_outweigh_either(fused, tmp_path) -> None:
@@ -87,12 +100,13 @@ def test_databases_of_different_libraries_are_refused(databases, tmp_path, song_
     other = tmp_path / "other"
     assert main(["index", str(other), str(song_library[0]), "--landmark", "--quiet"]) == 0
     # one shared song is enough to pair; none is refused
-    assert FusedRecogniser(open_recogniser(neural), open_recogniser(other))
+    assert FusedRecogniser(neural_recogniser(neural), landmark_recogniser(other))
     empty = tmp_path / "empty"
     lone = tmp_path / "lone.wav"
     write_excerpt(lone, 0, 0.0, 12, 20.0)
     assert main(["index", str(empty), str(lone), "--landmark", "--quiet"]) == 0
     with pytest.raises(DatabaseError, match="holds none of the songs"):
-        FusedRecogniser(open_recogniser(neural), open_recogniser(empty))
+        FusedRecogniser(neural_recogniser(neural), landmark_recogniser(empty))
+    pair = FusedRecogniser(neural_recogniser(neural), landmark_recogniser(other))
     with pytest.raises(ConfigError, match="method"):
-        FusedRecogniser(open_recogniser(neural), open_recogniser(other)).threshold("vote", 1.0)
+        pair.threshold("vote", 1.0)

@@ -21,7 +21,7 @@ from afp_core.database import (
     list_sizes,
 )
 from tests.conftest import random_walk_vectors
-from tests.test_search import MODEL, _one_faiss_thread, build  # noqa: F401 - a fixture
+from tests.test_search import _one_faiss_thread, build, faiss_index  # noqa: F401 - a fixture
 
 DIM = 64
 # IVF-PQ from 3,000 vectors (m=16 fits the 64-d test vectors)
@@ -66,7 +66,7 @@ def test_lists_are_chosen_from_the_vectors_when_not_fixed(tmp_path) -> None:
     assert "268 lists (about 4 sqrt(N))" in info["index_reason"]
     lists = info["lists"]
     assert lists["count"] == 268 and lists["min"] <= lists["median"] <= lists["max"]
-    assert lists["imbalance"] == pytest.approx(imbalance(list_sizes(db.index)))
+    assert lists["imbalance"] == pytest.approx(imbalance(list_sizes(faiss_index(db))))
     assert info["training"] == {
         "vectors": 4500,
         "added_since": 0,

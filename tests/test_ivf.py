@@ -12,7 +12,7 @@ from afp_core import ivf
 from afp_core.config import IndexConfig
 from afp_core.database import FingerprintDB
 from tests.test_index_sizing import DIM, add, info_rows, songs
-from tests.test_search import _one_faiss_thread, build  # noqa: F401 - a fixture
+from tests.test_search import _one_faiss_thread, build, faiss_index  # noqa: F401 - a fixture
 
 # 64 lists from 3,000 vectors: the HNSW quantiser from 64 lists, the lists on disk past
 # 0.05 MB (about 1,000 vectors of 16 B codes, 8 B ids and 8 B of id map)
@@ -33,6 +33,7 @@ def test_two_level_centroids_cover_the_sample() -> None:
     # nearly as close to the vectors as one k-means over all of them
     one_level = faiss.Kmeans(DIM, 100, niter=10, spherical=True, seed=0)
     one_level.train(sample)
+    assert one_level.centroids is not None
     fit = [np.mean((sample @ c.T).max(1)) for c in (centroids, one_level.centroids)]
     assert fit[0] > 0.9 * fit[1]
 
@@ -42,8 +43,9 @@ def test_hnsw_quantiser_finds_what_a_flat_one_finds(tmp_path) -> None:
     library = songs(rng, 4000)
     flat = build(tmp_path / "flat", library, IndexConfig(m=16, nlist=64, min_train_vectors=3000))
     hnsw = build(tmp_path / "hnsw", library, SMALL)
-    assert ivf.hnsw_quantizer(flat.index) is None and ivf.hnsw_quantizer(hnsw.index) is not None
-    assert hnsw.info()["lists"]["quantizer"] == "hnsw" and not ivf.on_disk(hnsw.index)
+    assert ivf.hnsw_quantizer(faiss_index(flat)) is None
+    assert ivf.hnsw_quantizer(faiss_index(hnsw)) is not None
+    assert hnsw.info()["lists"]["quantizer"] == "hnsw" and not ivf.on_disk(faiss_index(hnsw))
     vectors = np.concatenate(library)
     queries = vectors[rng.choice(len(vectors), 300, replace=False)]
     truth = exact_top1(vectors, queries)
@@ -56,7 +58,7 @@ def test_lists_on_disk_past_the_budget_and_songs_added_later(tmp_path, capsys) -
     first, later = songs(rng, 4000), songs(rng, 1500)
     in_ram = build(tmp_path / "ram", first, SMALL)
     db = build(tmp_path / "disk", first, ON_DISK)
-    assert ivf.on_disk(db.index) and not ivf.on_disk(in_ram.index)
+    assert ivf.on_disk(faiss_index(db)) and not ivf.on_disk(faiss_index(in_ram))
     lists = tmp_path / "disk" / "index-000001.ivfdata"
     assert lists.is_file() and not list(tmp_path.glob("disk/*.tmp"))
     info = db.info()
@@ -80,7 +82,7 @@ def test_lists_on_disk_past_the_budget_and_songs_added_later(tmp_path, capsys) -
     queries = np.concatenate(later)[::11]
     assert np.array_equal(db.search(queries, 4)[1], in_ram.search(queries, 4)[1])
     reopened = FingerprintDB.open(tmp_path / "disk")
-    assert ivf.on_disk(reopened.index) and reopened.ntotal == 5500
+    assert ivf.on_disk(faiss_index(reopened)) and reopened.ntotal == 5500
     assert np.array_equal(reopened.search(queries, 4)[1], db.search(queries, 4)[1])
     # excluding a song works on mapped lists too
     _, ids = reopened.search(queries[:5], 4, exclude_song=db.songs("indexed")[-1].id)
@@ -93,9 +95,9 @@ def test_an_index_in_memory_moves_to_disk_when_it_outgrows_the_budget(tmp_path) 
         m=16, nlist=64, min_train_vectors=3000, hnsw_min_lists=64, ram_budget_mb=0.25
     )
     db = build(tmp_path / "db", songs(rng, 3000), config)  # 0.19 MB: in memory
-    assert not ivf.on_disk(db.index)
+    assert not ivf.on_disk(faiss_index(db))
     add(db, songs(rng, 3000), "more")  # 0.29 MB: on disk
-    assert ivf.on_disk(FingerprintDB.open(tmp_path / "db").index) and db.ntotal == 6000
+    assert ivf.on_disk(faiss_index(FingerprintDB.open(tmp_path / "db"))) and db.ntotal == 6000
 
 
 def test_an_interrupted_commit_leaves_no_lists_file(tmp_path) -> None:

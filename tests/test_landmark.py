@@ -59,11 +59,15 @@ def excerpt(song: int, start_s: float, length_s: float, snr_db: float | None = N
 def test_hash_fields_do_not_overlap():
     s = LandmarkSettings()
     assert 2 * s.freq_bits + s.dt_bits <= 32
-    top = pack_hashes([512], [0], [0], s)[0]
-    middle = pack_hashes([0], [512], [0], s)[0]
-    low = pack_hashes([0], [0], [127], s)[0]
+
+    def pack(f_anchor: int, f_target: int, dt: int) -> int:
+        return int(pack_hashes(np.array([f_anchor]), np.array([f_target]), np.array([dt]), s)[0])
+
+    top = pack(512, 0, 0)
+    middle = pack(0, 512, 0)
+    low = pack(0, 0, 127)
     assert top & middle == 0 and middle & low == 0 and top & low == 0
-    assert pack_hashes([512], [512], [127], s)[0] == top | middle | low
+    assert pack(512, 512, 127) == top | middle | low
     with pytest.raises(ConfigError, match="bits"):
         LandmarkSettings(n_fft=4096, max_dt=1023)
 
@@ -118,6 +122,7 @@ def test_clean_excerpt_gives_song_and_offset(landmark_db, song, start, length):
     assert match.method == "landmark"
     # above the "no match" threshold, and no other song near it
     threshold = LandmarkRecogniser(landmark_db).threshold("landmark", length)
+    assert threshold is not None
     assert match.score >= threshold > max(c.score for c in match.candidates[1:])
     assert len({c.song.id for c in match.candidates}) == len(match.candidates)
     assert match.candidates[0].score == match.score
@@ -146,10 +151,12 @@ def test_song_not_in_database_is_no_match(recogniser, landmark_db):
     for seed, length in ((900, 2.0), (901, 5.0), (902, 10.0)):
         audio = resample(synthesise_song(seed, 12.0), SR, 8000)
         match = recogniser.identify(recogniser.analyse(audio), 1.0, length, "landmark")
-        assert match.score < recogniser.threshold("landmark", length)
+        threshold = recogniser.threshold("landmark", length)
+        assert threshold is not None and match.score < threshold
     # the same lengths of a song that is in the database clear it many times over
     known = recogniser.identify(recogniser.analyse(excerpt(4, 0, 24)), 1.0, 2.0, "landmark")
-    assert known.score >= 2 * recogniser.threshold("landmark", 2.0)
+    threshold = recogniser.threshold("landmark", 2.0)
+    assert threshold is not None and known.score >= 2 * threshold
 
 
 def test_recogniser_analyses_once_and_cuts_queries(recogniser):
@@ -195,7 +202,8 @@ def test_interrupted_indexing_resumes(tmp_path, song_library, landmark_db):
     assert list((tmp_path / "db" / "staging").iterdir()) == []
     assert len(list((tmp_path / "db").glob("postings-*.npy"))) == 1
     match = identify_landmark_audio(reopened, excerpt(3, 6.0, 3.0))
-    assert match.song.title == "song3" and match.offset_s == pytest.approx(6.0, abs=0.1)
+    assert match.song is not None and match.song.title == "song3"
+    assert match.offset_s == pytest.approx(6.0, abs=0.1)
 
 
 def test_crash_during_commit_keeps_the_old_state(tmp_path, song_library, monkeypatch):

@@ -8,6 +8,7 @@ import soxr
 from scipy import signal
 
 from rig_app.markers import (
+    Interpolation,
     SweepSpec,
     find_marker,
     frequency_response,
@@ -98,7 +99,7 @@ def test_envelope_interpolation_beats_raw_peak() -> None:
     rate = 8000
     rng = np.random.default_rng(3)
     sweep = make_sweep(rate)
-    clean_errors: dict[str, list[float]] = {"zoom-envelope": [], "parabolic-raw": []}
+    clean_errors: dict[Interpolation, list[float]] = {"zoom-envelope": [], "parabolic-raw": []}
     for _ in range(6):
         true = 500 + rng.uniform(0, 1)
         x = delayed(sweep, true, 2 * len(sweep))
@@ -108,7 +109,7 @@ def test_envelope_interpolation_beats_raw_peak() -> None:
     assert max(clean_errors["zoom-envelope"]) < max(clean_errors["parabolic-raw"])
 
     sos = signal.butter(4, [300, 3000], "bandpass", fs=rate, output="sos")
-    spread: dict[str, list[float]] = {"zoom-envelope": [], "zoom-raw": []}
+    spread: dict[Interpolation, list[float]] = {"zoom-envelope": [], "zoom-raw": []}
     for _ in range(12):
         true = 500 + rng.uniform(0, 1)
         x = signal.sosfilt(sos, delayed(sweep, true, 2 * len(sweep)))

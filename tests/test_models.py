@@ -22,6 +22,7 @@ from afp_core.models import (
 )
 from afp_core.models.nafp import same_padding
 from afp_core.models.widen import find_widening_factor, widen_nafp
+from tests.training_fixtures import nafp_blocks
 
 PAPER_PARAMETERS = 16_922_624
 _MODELS: dict[float, Fingerprinter] = {}
@@ -129,8 +130,8 @@ def test_invalid_arch_values_are_config_errors(arch: NAFPConfig, key: str) -> No
 def test_activation_is_relu_by_default_and_elu_as_the_authors_code() -> None:
     relu = build_model(ModelSpec("nafp", arch=NAFPConfig(width=0.25)), seed=0)
     elu = build_model(ModelSpec("nafp", arch=NAFPConfig(width=0.25, activation="elu")), seed=0)
-    assert isinstance(relu.backbone.blocks[0].act, torch.nn.ReLU)
-    assert isinstance(elu.backbone.blocks[0].act, torch.nn.ELU)
+    assert isinstance(nafp_blocks(relu)[0].act, torch.nn.ReLU)
+    assert isinstance(nafp_blocks(elu)[0].act, torch.nn.ELU)
     # same parameters, so a checkpoint of either loads into the other's shape
     assert [p.shape for p in relu.parameters()] == [p.shape for p in elu.parameters()]
     x = torch.randn(2, 1, 256, 32)
@@ -287,11 +288,11 @@ def test_widening_keeps_the_fingerprints_and_breaks_the_copies_symmetry() -> Non
     with torch.no_grad():
         torch.testing.assert_close(wide.eval()(waves(8)), narrow(waves(8)), atol=1e-5, rtol=0)
     # a channel's copies read the same input with different shares, so training can part them
-    first = wide.backbone.blocks[1].conv_time.weight
+    first = nafp_blocks(wide)[1].conv_time.weight
     assert not torch.equal(first[:, 0::2], first[:, 1::2])
     torch.testing.assert_close(
         first[:, 0::2] + first[:, 1::2],
-        narrow.backbone.blocks[1].conv_time.weight.repeat_interleave(2, dim=0),
+        nafp_blocks(narrow)[1].conv_time.weight.repeat_interleave(2, dim=0),
     )
 
 

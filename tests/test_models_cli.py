@@ -86,6 +86,7 @@ class _ValueDependent(nn.Module):
 
 
 def _build_value_dependent(spec: ModelSpec) -> Fingerprinter:
+    assert isinstance(spec.frontend, LogMelConfig)  # the entry's frontend_config
     frontend = LogMel(spec.frontend, sample_rate=spec.audio.sample_rate)
     return Fingerprinter(spec, frontend, _ValueDependent(), nn.Identity())
 

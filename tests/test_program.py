@@ -114,7 +114,7 @@ def test_program_layout_has_markers_at_start_between_and_end() -> None:
         assert slot.start == end_before + gap
         assert slot.end + gap == after.position
         assert slot.start_s == pytest.approx(slot.start / RATE)
-        assert abs(slot.loudness_after - (-23.0)) < 0.5
+        assert slot.loudness_after is not None and abs(slot.loudness_after - (-23.0)) < 0.5
         assert np.allclose(program.music[slot.start - gap : slot.start], 0.0)
     assert program.music.dtype == np.float32
     assert len(program.music) == program.markers[-1].position + len(sweep) + gap
@@ -147,7 +147,7 @@ def test_noise_program_length_level_and_ducking(tmp_path: Path) -> None:
     program = build_program(make_songs(3), RATE, min_song_s=1)
     clip_file = tmp_path / "rain.wav"
     sf.write(clip_file, pink(2.5, 5), RATE)
-    clips = [pink(3.0, 3), pink(1.5, 4, level=0.3), clip_file]
+    clips: list[np.ndarray | Path] = [pink(3.0, 3), pink(1.5, 4, level=0.3), clip_file]
     quiet = program.marker_ranges()
     noise = build_noise_program(
         clips, program.samples, RATE, -6.0, -23.0, seed=1, quiet_ranges=quiet
@@ -187,7 +187,8 @@ def test_write_and_load_program(tmp_path: Path) -> None:
     assert np.array_equal(loaded.music, program.music)
     assert loaded.markers == program.markers and loaded.songs == program.songs
     assert loaded.marker_spec == program.marker_spec
-    assert np.array_equal(load_noise_track(tmp_path / "prog"), noise)
+    loaded_noise = load_noise_track(tmp_path / "prog")
+    assert loaded_noise is not None and np.array_equal(loaded_noise, noise)
 
 
 def test_program_file_problems_are_one_line(tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ from afp_core.errors import AfpError, Cancelled, ConfigError, DatabaseError
 from afp_core.fileutil import file_sha256
 from afp_core.indexing import describe_model, extract_file_vectors, load_database_model
 from afp_core.protocols.realworld import (
+    RealWorldCell,
+    RealWorldResult,
     RealWorldSettings,
     check_realworld_settings,
     map_session_songs,
@@ -45,6 +47,13 @@ from rig_app.program import ProgramSong, build_program
 from rig_app.session import Session
 
 RATE = 8000
+
+
+def known_cell(result: RealWorldResult, take: str, method: str, length_s: float) -> RealWorldCell:
+    """``result.cell(...)``, which must be there."""
+    cell = result.cell(take, method, length_s)
+    assert cell is not None, (take, method, length_s)
+    return cell
 
 
 def build_db(folder: Path, paths: list[Path], checkpoint_path: Path, calibrate: bool = True):
@@ -121,11 +130,11 @@ def test_clean_take_near_perfect_noisy_take_lower_offsets_right(result):
     assert result.takes == ("low", "high")  # paper order, whatever the session's order
     assert result.methods == ("sequence", "vote")
     # four 24 s songs: 24 one-second queries each, 1 fifteen-second query each
-    assert result.cell("low", "sequence", 1).queries == 4 * 24
-    assert result.cell("low", "vote", 15).queries == 4
+    assert known_cell(result, "low", "sequence", 1).queries == 4 * 24
+    assert known_cell(result, "low", "vote", 15).queries == 4
     for method in ("sequence", "vote"):
         for length in (3, 4, 5, 10, 15):
-            cell = result.cell("low", method, length)
+            cell = known_cell(result, "low", method, length)
             assert cell.accuracy >= 0.9, (method, length, cell)
             assert cell.offset_accuracy >= 0.9, (method, length, cell)
         low = np.mean(
@@ -173,7 +182,7 @@ def test_report_written_and_read_back(result, tmp_path):
     assert [t["label"] for t in report.data["session"]["takes"]] == ["low", "high"]
     assert report.data["session"]["takes"][0]["alignment"]["ok"] is True
     cell = next(c for c in report.summary if c["take"] == "low" and c["length_s"] == 3)
-    assert cell["accuracy"] == result.cell("low", cell["method"], 3).accuracy
+    assert cell["accuracy"] == known_cell(result, "low", cell["method"], 3).accuracy
     assert report.figure is not None and report.figure.read_bytes()[:4] == b"\x89PNG"
     table = report.table
     assert "| query | queries | sequence low | sequence high | vote low | vote high |" in table
@@ -191,7 +200,7 @@ def test_comparison_shares_one_reading_and_labels_systems(world):
     )
     assert (first.system, second.system) == ("a", "b")
     assert [c.accuracy for c in first.summary] == [c.accuracy for c in second.summary]
-    assert first.cell("low", "sequence", 5).queries == 16
+    assert known_cell(first, "low", "sequence", 5).queries == 16
 
 
 def test_unaligned_take_is_refused_before_any_work(world, song_library, tmp_path):
@@ -211,7 +220,7 @@ def test_unaligned_take_is_refused_before_any_work(world, song_library, tmp_path
     # explicitly allowed: the raw take is read as starting with the program (it does here)
     settings = RealWorldSettings(lengths_s=(3,), allow_unchecked=True)
     result = run_realworld_protocol(recogniser, session, settings)
-    assert result.cell("low", "sequence", 3).accuracy == 1.0
+    assert known_cell(result, "low", "sequence", 3).accuracy == 1.0
     assert any("authors' assumption" in note for note in result.notes)
 
 
@@ -279,8 +288,8 @@ def test_partial_take_is_flagged_and_evaluated_on_the_songs_it_holds(world, song
     settings = RealWorldSettings(lengths_s=(5,), methods=("sequence",), allow_unchecked=True)
     result = run_realworld_protocol(recogniser, folder, settings)
     assert {t.song for t in result.trials} == {s.title for s in program.songs[:2]}
-    assert result.cell("low", "sequence", 5).queries == 2 * 4
-    assert result.cell("low", "sequence", 5).accuracy == 1.0
+    assert known_cell(result, "low", "sequence", 5).queries == 2 * 4
+    assert known_cell(result, "low", "sequence", 5).accuracy == 1.0
     assert any(partial_take_note(missing) in note for note in result.notes)
 
 

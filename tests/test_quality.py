@@ -5,6 +5,8 @@ found where they were put, and flagged with their reason."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,6 +35,18 @@ def _session(tmp_path) -> Session:
     return make_room_session(tmp_path / "session", labels=())
 
 
+def _noise_file(session: Session) -> Path:
+    assert session.program is not None  # the session has its program
+    return session.resolve(session.program["noise_file"])
+
+
+def _stored_quality(session: Session, label: str) -> dict[str, Any]:
+    """The quality record stored with the take, which must have one."""
+    record = Session.load(session.folder).take(label).quality
+    assert record is not None, label
+    return record
+
+
 def _take(session: Session, label: str) -> None:
     simulate_session_take(TaskState(), session, ROOM, label)
     align_session_take(TaskState(), session, label)
@@ -47,7 +61,7 @@ def test_calibration_segments_lie_before_the_songs_and_the_noise_is_silent_where
     assert kinds == ["silence", "music", "noise"]
     assert program.markers[0].position + program.markers[0].length <= program.calibration[0].start
     assert program.calibration[-1].end < program.songs[0].start
-    noise, _ = sf.read(session.resolve(session.program["noise_file"]), dtype="float32")
+    noise, _ = sf.read(_noise_file(session), dtype="float32")
     silence, music, alone = program.calibration
     assert not np.any(program.music[silence.start : silence.end])
     assert not np.any(program.music[alone.start : alone.end])
@@ -60,7 +74,7 @@ def test_calibration_segments_lie_before_the_songs_and_the_noise_is_silent_where
 def test_measured_music_to_noise_agrees_with_the_virtual_room_within_1_db(tmp_path):
     session = _session(tmp_path)
     program = session.load_program()
-    noise, _ = sf.read(session.resolve(session.program["noise_file"]), dtype="float32")
+    noise, _ = sf.read(_noise_file(session), dtype="float32")
     for label in ("low", "mid", "high"):
         _take(session, label)
         record = Session.load(session.folder).take(label).quality
@@ -76,8 +90,7 @@ def test_measured_music_to_noise_agrees_with_the_virtual_room_within_1_db(tmp_pa
             assert song["music_to_noise_db"] == pytest.approx(own, abs=1.0)
         assert record["flags"] == [], record["flags"]
         assert record["alignment"]["ok"] and record["clipped_samples"] == 0
-    ratios = [Session.load(session.folder).take(x).quality["music_to_noise_db"] for x in
-              ("low", "mid", "high")]  # fmt: skip
+    ratios = [_stored_quality(session, x)["music_to_noise_db"] for x in ("low", "mid", "high")]
     assert ratios[0] > ratios[1] > ratios[2]
 
 
@@ -146,7 +159,7 @@ def test_quality_command_prints_the_table_json_and_recomputes(tmp_path, capsys):
     assert out.splitlines()[1].startswith("low ") and " dB" in out.splitlines()[1]
     assert "high" in out and "not measured (align the take" in out
 
-    stored = Session.load(session.folder).take("low").quality
+    stored = _stored_quality(session, "low")
     assert cli.main(["quality", folder, "--label", "low", "--recompute", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert set(records) == {"low"}
@@ -159,7 +172,7 @@ def test_quality_command_prints_the_table_json_and_recomputes(tmp_path, capsys):
     # a threshold is a setting: measured again with it, kept in the record, flags follow
     assert cli.main(["quality", folder, "--threshold", "ratio_tolerance_db=0.01"]) == 0
     assert "from the intended" in capsys.readouterr().out
-    record = Session.load(session.folder).take("low").quality
+    record = _stored_quality(session, "low")
     assert record["thresholds"]["ratio_tolerance_db"] == 0.01
     for bad, says in (("foo=1", "NAME one of clip_level_dbfs"), ("quiet_lufs=x", "not a number")):
         assert cli.main(["quality", folder, "--threshold", bad]) == 1

@@ -33,6 +33,12 @@ def resnet_sta(width: float) -> Fingerprinter:
     return _MODELS[width].eval()
 
 
+def attention(model: Fingerprinter) -> list[SpectroTemporalAttention]:
+    """The attention modules of a ResNet+STA model's encoder."""
+    assert isinstance(model.backbone, ResNetSTAEncoder)
+    return model.backbone.attention_modules()
+
+
 def waves(n: int, seed: int = 0, samples: int = 8000) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return 0.1 * torch.randn(n, samples, generator=gen)
@@ -62,7 +68,7 @@ def test_full_width_parameter_count_matches_paper() -> None:
     assert count_parameters(model.frontend) == 0
     blocks = [m for m in model.backbone.modules() if isinstance(m, STABlock)]
     assert len(blocks) == sum(ResNetSTAConfig().blocks) == 7
-    assert len(model.backbone.attention_modules()) == 7
+    assert len(attention(model)) == 7
 
 
 @pytest.mark.parametrize("width", [0.25, 0.5])
@@ -116,18 +122,18 @@ def test_an_item_does_not_depend_on_its_batch_mates(train: bool) -> None:
 def test_a_gradient_step_changes_the_attention_parameters() -> None:
     model = build_model(ModelSpec("resnet_sta", arch=ResNetSTAConfig(width=0.25)), seed=1)
     model.train()
-    attention = model.backbone.attention_modules()
-    before = [{k: v.clone() for k, v in m.named_parameters()} for m in attention]
+    modules = attention(model)
+    before = [{k: v.clone() for k, v in m.named_parameters()} for m in modules]
     optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
     out = model.embed(torch.rand(4, 1, 256, 32) * -80.0)
     # pull items 0 and 1 together, push 0 and 2 apart: a contrastive-like objective
     loss = -(out[0] * out[1]).sum() + (out[0] * out[2]).sum()
     loss.backward()
-    for module in attention:
+    for module in modules:
         for name, param in module.named_parameters():
             assert param.grad is not None and param.grad.abs().sum() > 0, name
     optimiser.step()
-    for module, old in zip(attention, before, strict=True):
+    for module, old in zip(modules, before, strict=True):
         for name, param in module.named_parameters():
             assert not torch.equal(param, old[name]), name
 
@@ -165,6 +171,7 @@ def test_attention_terms_follow_the_design() -> None:
     x[0, :, 2, 3] = 1.0  # one peak per channel
     with torch.no_grad():
         for conv in (att.freq_conv, att.time_conv):
+            assert conv.bias is not None
             conv.weight.zero_()
             conv.bias.zero_()
         # peak term alone: 0.5 at the local maximum, less in its 3 x 3 neighbourhood
@@ -209,8 +216,8 @@ def test_quarter_width_builds_and_is_cpu_sized() -> None:
 def test_custom_stages_build() -> None:
     arch = ResNetSTAConfig(width=1.0, channels=(8, 16, 128), blocks=(1, 1, 2), attention_kernel=5)
     model = build_model(ModelSpec("resnet_sta", arch=arch), seed=0).eval()
-    assert len(model.backbone.attention_modules()) == 4
-    assert model.backbone.attention_modules()[0].kernel == 5
+    assert len(attention(model)) == 4
+    assert attention(model)[0].kernel == 5
     with torch.inference_mode():
         assert model(waves(2)).shape == (2, 128)
 

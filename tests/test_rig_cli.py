@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,19 @@ from afp_core.tasks import TaskState
 from rig_app import cli
 from rig_app.program import synthesize_song
 from rig_app.session import Session
-from tests.rig_fixtures import make_room_program, record_killed_session_take, write_killed_take
+from tests.rig_fixtures import (
+    command_parser,
+    make_room_program,
+    record_killed_session_take,
+    write_killed_take,
+)
 
 pytest_plugins = ["tests.rig_fixtures"]
 
 RATE = 16000
-COMMANDS = ("app", "devices", "new", "songs", "program", "record", "recover", "align")
-COMMANDS += ("import-authors",)
+COMMANDS = (
+    "app", "devices", "new", "songs", "program", "record", "recover", "align", "import-authors",
+)  # fmt: skip
 
 
 def _library(folder: Path, seconds: float = 2.0) -> Path:
@@ -43,7 +50,7 @@ def _noise(path: Path) -> Path:
     return path
 
 
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
+def _run(capsys, *argv: object) -> tuple[int, str, str]:
     code = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
@@ -57,7 +64,7 @@ def test_every_command_explains_every_option(capsys):
         assert exit_info.value.code == 0
         text = capsys.readouterr().out
         assert "Exit status" in text
-        sub = parser._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+        sub = command_parser(parser, command)
         for action in sub._actions:
             assert action.help, f"{command}: {action.dest} has no help"
 
@@ -75,9 +82,14 @@ def test_a_speaker_distance_must_be_metres(tmp_path, capsys, distance):
 def test_no_command_opens_the_app(monkeypatch, tmp_path):
     from rig_app.ui import main_window
 
-    opened: list[object] = []
+    opened: list[Path | str | None] = []
+
+    def run_app(session: Path | str | None = None, argv: Sequence[str] | None = None) -> int:
+        opened.append(session)
+        return 0
+
     # Mocked: the event loop would wait for a person to close the window.
-    monkeypatch.setattr(main_window, "run_app", lambda session: opened.append(session) or 0)
+    monkeypatch.setattr(main_window, "run_app", run_app)
     assert cli.main([]) == 0
     assert cli.main(["app", "somewhere"]) == 0
     assert cli.main([str(tmp_path)]) == 0  # a session folder alone opens it in the app
@@ -287,6 +299,7 @@ def test_a_killed_take_is_recovered_into_its_session(tmp_path, capsys):
     held = [song.title for song in program.songs if 0.5 + song.end_s <= stop_s]
     assert [truth["title"] for truth in take.ground_truth] == held == [program.songs[0].title]
     missing = [song.title for song in program.songs[1:]]
+    assert take.alignment is not None
     assert take.alignment["missing_songs"] == missing
     assert take.verdict.status == "flagged"
     assert take.verdict.reasons == (partial_take_note(missing),)
@@ -467,6 +480,7 @@ def test_a_recorded_take_keeps_its_settings_only_while_a_recovery_could_need_the
         recorder = TakeRecorder(config, music, None, out, overwrite=overwrite)
         recorder._started_at = utc_now("milliseconds")
         recorder._create_file()
+        assert recorder._file is not None
         recorder._file.append(music[:RATE])
         recorder._file.sync(durable=True)
         raise CaptureError(f"{out}: the disk failed")
@@ -504,7 +518,9 @@ def test_a_recorded_take_keeps_its_settings_only_while_a_recovery_could_need_the
 
 def test_a_take_with_xruns_says_how_many_and_where(virtual_devices, tmp_path, capsys):
     session_dir = _session_with_program(tmp_path, capsys)
-    rate = int(Session.load(session_dir).program["sample_rate"])
+    program = Session.load(session_dir).program
+    assert program is not None
+    rate = int(program["sample_rate"])
     path = session_dir / "takes" / "low.raw.wav"
     record = [sys.executable, "-m", "rig_app.cli", "record", str(session_dir), "--label", "low"]
     record += ["--music-out", virtual_devices.music_out, "--mic", virtual_devices.mic_in]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -55,7 +56,7 @@ def library(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def window(qtbot) -> MainWindow:
+def window(qtbot) -> Iterator[MainWindow]:
     window = MainWindow()
     qtbot.addWidget(window)
     window.resize(1100, 760)
@@ -244,6 +245,7 @@ def test_program_page_builds_in_a_worker_and_shows_the_summary(window, qtbot, li
     qtbot.addWidget(other)
     with qtbot.waitSignal(other.program_page.job_done, timeout=JOB_MS):
         assert other.open_session(session.folder) is None
+    assert other.program_page.view is not None
     assert other.program_page.view.marker_count == 4
 
 
@@ -316,7 +318,7 @@ def test_record_page_records_aligns_and_stores_a_take(
     assert take.alignment is not None and take.alignment["ok"]
     assert take.speaker_distance_m == 1.25 and take.notes == "test room"
     assert take.devices["noise_out"] == virtual_devices.noise_out
-    assert (session.folder / take.aligned_file).is_file()
+    assert take.aligned_file is not None and (session.folder / take.aligned_file).is_file()
     assert page.record_button.isEnabled()
 
     first = page.last_alignment
@@ -371,6 +373,7 @@ XVFB = shutil.which("Xvfb")
 def test_the_window_opens_on_a_real_x_display(tmp_path):
     """Qt's xcb platform on a virtual X server (not offscreen): the libraries it loads are
     all there and the window maps; a screenshot of the display shows it."""
+    assert XVFB is not None  # or skipped
     display = ":97"
     server = subprocess.Popen(
         [XVFB, display, "-screen", "0", "1280x900x24", "-nolisten", "tcp"],

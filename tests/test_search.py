@@ -16,6 +16,7 @@ from afp_core.database import FingerprintDB
 from afp_core.errors import AfpError, ConfigError, DatabaseError
 from afp_core.search import (
     Match,
+    Method,
     calibrate_threshold,
     identify_vectors,
     search_majority_vote,
@@ -56,6 +57,12 @@ def build(path: Path, songs: list[np.ndarray], config: IndexConfig) -> Fingerpri
                       vectors)  # fmt: skip
     db.commit()
     return db
+
+
+def faiss_index(db: FingerprintDB) -> faiss.Index:
+    """The database's faiss index, which a committed database has."""
+    assert db.index is not None
+    return db.index
 
 
 @pytest.fixture(scope="module")
@@ -135,13 +142,13 @@ def test_offset_consistency_is_at_least_as_accurate_under_heavy_noise(
 ) -> None:
     rng = np.random.default_rng(3)
     n, trials = 4, 60
-    correct = {"sequence": 0, "vote": 0}
+    correct: dict[Method, int] = {"sequence": 0, "vote": 0}
     for _ in range(trials):
         index = int(rng.integers(len(library)))
         start = int(rng.integers(0, len(library[index]) - n))
         query = noisy(rng, library[index][start : start + n], sigma=2.5)  # cosine about 0.37
         for method in correct:
-            match = identify_vectors(ivf_db, query, method=method, k=4)  # type: ignore[arg-type]
+            match = identify_vectors(ivf_db, query, method=method, k=4)
             correct[method] += match.song is not None and match.song.id == index + 1
     print(f"heavy noise, {n} windows: sequence {correct['sequence']}/{trials}, "
           f"vote {correct['vote']}/{trials}")  # fmt: skip
@@ -240,7 +247,8 @@ def test_exclude_song_removes_it_from_results(
 ) -> None:
     query = library[4][10:20]
     for db in (flat_db, ivf_db):
-        assert search_offset_consistent(db, query).song.id == 5  # type: ignore[union-attr]
+        found = search_offset_consistent(db, query).song
+        assert found is not None and found.id == 5
         match = search_offset_consistent(db, query, exclude_song=5)
         assert isinstance(match, Match)
         assert match.candidates and all(c.song.id != 5 for c in match.candidates)
@@ -248,7 +256,7 @@ def test_exclude_song_removes_it_from_results(
         vote = search_majority_vote(db, query, exclude_song=5)
         assert vote.candidates and all(c.song.id != 5 for c in vote.candidates)
     # Excluding with a selector must not silently fall back to nprobe 1.
-    assert faiss.extract_index_ivf(ivf_db.index).nprobe == ivf_db.nprobe == 4
+    assert faiss.extract_index_ivf(faiss_index(ivf_db)).nprobe == ivf_db.nprobe == 4
 
 
 def test_calibration_ignores_spans_every_song_shares(tmp_path: Path) -> None:

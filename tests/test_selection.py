@@ -10,6 +10,7 @@ import pytest
 from rig_app import cli
 from rig_app.selection import Exclusion, Selection
 from rig_app.session import Session, SessionError
+from tests.rig_fixtures import command_parser
 from tests.test_protocol_realworld import write_session
 
 
@@ -171,5 +172,5 @@ def test_commands_explain_every_option(capsys):
         with pytest.raises(SystemExit) as exit_info:
             cli.main([command, "--help"])
         assert exit_info.value.code == 0 and "Exit status" in capsys.readouterr().out
-        sub = parser._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+        sub = command_parser(parser, command)
         assert all(action.help for action in sub._actions)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -211,7 +212,7 @@ def test_evaluate_realworld_searches_databases_as_one(databases, song_library, t
     whole, parts = databases
     session = write_session(tmp_path / "session", song_library[1:4], {"low": 5.0})
     common = [str(session), "--lengths", "3", "--threshold", "none", "--quiet"]
-    trials = []
+    trials: list[list[dict[str, Any]]] = []
     for dbs, extra in (([whole], []), (parts, ["--as-one"])):
         out = tmp_path / f"report{len(trials)}"
         args = ["evaluate", "realworld", *map(str, dbs), *common, *extra, "--out", str(out)]

@@ -21,7 +21,9 @@ from afp_core.tasks import TaskState
 from rig_app.session import SongEntry
 from rig_app.songs import (
     SONGS_FILE,
+    Song,
     SongError,
+    SongResult,
     add_song_file,
     add_songs,
     load_songs,
@@ -98,6 +100,18 @@ def _audio_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name != SONGS_FILE)
 
 
+def _added(result: SongResult) -> Song:
+    """The song an item added (it must have been)."""
+    assert result.ok and result.song is not None, result.error
+    return result.song
+
+
+def _failed(result: SongResult) -> str:
+    """Why an item was not added (it must not have been)."""
+    assert not result.ok and result.error is not None, result
+    return result.error
+
+
 def test_url_is_downloaded_converted_and_stored(server, www, tmp_path):
     folder = tmp_path / "songs"
     progress: list[float] = []
@@ -105,8 +119,7 @@ def test_url_is_downloaded_converted_and_stored(server, www, tmp_path):
 
     [result] = add_songs([server + "Fancy%20Song.wav"], folder, task)
 
-    assert result.ok, result.error
-    song = result.song
+    song = _added(result)
     assert song.title == "Fancy Song"  # from the URL: a direct link has no other title
     assert song.source == server + "Fancy%20Song.wav"
     assert song.file.endswith(".flac")
@@ -135,10 +148,10 @@ def test_duplicates_are_detected_by_url_and_by_audio(server, www, tmp_path):
     again, elsewhere = add_songs(
         [server + "Fancy%20Song.wav", server + "same-audio-elsewhere.wav"], folder
     )
-    assert not again.ok and again.duplicate and again.song == first.song
-    assert "same URL" in again.error
-    assert not elsewhere.ok and elsewhere.duplicate
-    assert "same audio" in elsewhere.error
+    assert again.duplicate and again.song == first.song
+    assert "same URL" in _failed(again)
+    assert elsewhere.duplicate
+    assert "same audio" in _failed(elsewhere)
     with pytest.raises(SongError, match="same audio"):
         add_song_file(www / "Fancy Song.wav", folder)
     assert len(load_songs(folder)) == 1
@@ -157,21 +170,18 @@ def test_failures_are_reported_and_the_other_songs_still_added(server, tmp_path)
         ],
         folder,
     )
-    assert not missing.ok and "404" in missing.error and "\n" not in missing.error
-    assert tagged.ok, tagged.error
-    assert (tagged.song.title, tagged.song.artist) == ("Tagged Title", "Tagged Artist")
-    assert not short.ok
-    assert "10.0 s long, shorter than the minimum of 60 s" in short.error
-    assert not page.ok and page.error.startswith(server + "page.html: ")
-    assert not garbage.ok and "not audio ffmpeg can read" in garbage.error
+    assert "404" in _failed(missing) and "\n" not in _failed(missing)
+    assert (_added(tagged).title, _added(tagged).artist) == ("Tagged Title", "Tagged Artist")
+    assert "10.0 s long, shorter than the minimum of 60 s" in _failed(short)
+    assert _failed(page).startswith(server + "page.html: ")
+    assert "not audio ffmpeg can read" in _failed(garbage)
     assert [s.title for s in load_songs(folder)] == ["Tagged Title"]
-    assert _audio_files(folder) == [folder / tagged.song.file]
+    assert _audio_files(folder) == [folder / _added(tagged).file]
 
 
 def test_minimum_duration_is_configurable(server, tmp_path):
     [result] = add_songs([server + "short.ogg"], tmp_path / "songs", min_duration_s=5.0)
-    assert result.ok, result.error
-    assert result.song.duration_s == pytest.approx(10.0)
+    assert _added(result).duration_s == pytest.approx(10.0)
 
 
 def test_cancel_mid_download_leaves_no_partial_file(server, tmp_path):
@@ -207,10 +217,10 @@ def test_files_and_folders_are_added_with_tags_or_file_names(tmp_path):
     results = add_songs([source, m4a, tmp_path / "nowhere.wav"], folder)
 
     assert [r.ok for r in results] == [True, True, True, False]
-    named, tagged, converted = (r.song for r in results[:3])
+    named, tagged, converted = (_added(r) for r in results[:3])
     assert (named.title, named.artist) == ("Some Title", "Some Artist")
     assert tagged.title == "From Tags"
     assert converted.title == "converted" and converted.file.endswith(".flac")
     assert converted.duration_s == pytest.approx(61.0, abs=0.1)
-    assert "no such file or folder" in results[3].error
+    assert "no such file or folder" in _failed(results[3])
     assert len(load_songs(folder)) == 3

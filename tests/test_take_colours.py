@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-from types import SimpleNamespace
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -12,24 +11,40 @@ import pytest
 
 from afp_core.colours import TAKE_COLOURS, take_colour
 from afp_core.protocols import report
+from afp_core.protocols.realworld import RealWorldCell, RealWorldResult
 
 pytest.importorskip("PySide6")
 
 
-def _result(takes: tuple[str, ...]) -> SimpleNamespace:
-    """What ``plot_realworld`` reads of a ``RealWorldResult``."""
+def _result(takes: tuple[str, ...]) -> RealWorldResult:
+    """A ``RealWorldResult`` with what ``plot_realworld`` reads of one."""
     cells = [
-        SimpleNamespace(take=take, method="sequence", length_s=length, accuracy=0.9)
+        RealWorldCell(
+            system="nafp",
+            take=take,
+            method="sequence",
+            length_s=length,
+            queries=10,
+            accuracy=0.9,
+            offset_accuracy=0.9,
+            accuracy_with_rejection=0.9,
+            no_match_rate=0.0,
+        )
         for take in takes
         for length in (1.0, 2.0)
     ]
-    return SimpleNamespace(
+    return RealWorldResult(
         system="nafp",
-        takes=list(takes),
-        methods=["sequence"],
-        summary=cells,
-        settings={"lengths_s": [1, 2]},
+        recogniser={},
+        methods=("sequence",),
         session={"folder": "/tmp/session"},
+        settings={"lengths_s": [1, 2]},
+        songs=[],
+        trials=[],
+        summary=cells,
+        takes=takes,
+        notes=[],
+        elapsed_s=0.0,
     )
 
 

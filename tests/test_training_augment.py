@@ -29,7 +29,10 @@ from afp_core.errors import ConfigError
 from afp_core.training.irs import make_mic_ir, make_room_ir, write_synthetic_irs
 
 SR = 8000
-OFF = {"noise_p": 0.0, "room_ir_p": 0.0, "mic_ir_p": 0.0, "shift_p": 0.0, "filter_p": 0.0}
+# the default augmentation with its noise, impulse responses, shift and filters off
+OFF = dataclasses.replace(
+    AugmentConfig(), noise_p=0.0, room_ir_p=0.0, mic_ir_p=0.0, shift_p=0.0, filter_p=0.0
+)
 
 
 @pytest.fixture(autouse=True)
@@ -87,8 +90,9 @@ def test_invalid_settings_name_the_key(data: dict, key: str) -> None:
 
 
 def test_noise_probability_and_snr_bands(noise_files: list[Path]) -> None:
-    cfg = dataclasses.replace(AugmentConfig(), **{**OFF, "noise_p": 0.8})
+    cfg = dataclasses.replace(OFF, noise_p=0.8)
     augmenter = Augmenter(cfg, noise_files=noise_files)
+    assert augmenter.noise is not None
     x = excerpt(augmenter)
     p_signal = float(np.mean(x.astype(np.float64) ** 2))
     bands = cfg.snr_bands_db
@@ -112,7 +116,7 @@ def test_noise_probability_and_snr_bands(noise_files: list[Path]) -> None:
 
 
 def test_shift_takes_the_positive_from_the_shifted_position() -> None:
-    cfg = dataclasses.replace(AugmentConfig(), **{**OFF, "shift_p": 1.0})
+    cfg = dataclasses.replace(OFF, shift_p=1.0)
     augmenter = Augmenter(cfg)
     assert augmenter.excerpt_length == 2000 + 2 * 2000 + 8000
     x = excerpt(augmenter)
@@ -152,7 +156,7 @@ def test_pipeline_is_deterministic_and_leaves_global_rngs_alone(
 
 def test_impulse_responses_are_always_applied(tmp_path: Path) -> None:
     irs = write_synthetic_irs(tmp_path / "irs", rooms=2, mics=2, seed=2)
-    cfg = dataclasses.replace(AugmentConfig(), **{**OFF, "room_ir_p": 1.0, "mic_ir_p": 1.0})
+    cfg = dataclasses.replace(OFF, room_ir_p=1.0, mic_ir_p=1.0)
     augmenter = Augmenter(cfg, room_ir_files=irs.room, mic_ir_files=irs.mic)
     x = excerpt(augmenter)
     for seed in range(5):
@@ -207,8 +211,9 @@ def test_filters_roll_off_by_the_drawn_slope() -> None:
     The high-pass is measured at 8 kHz (its octave below is 250-500 Hz); the low-pass at
     64 kHz, because the octave above 2-3 kHz lies beyond the 4 kHz Nyquist limit of 8 kHz.
     """
-    cfg = dataclasses.replace(AugmentConfig(), **{**OFF, "filter_p": 1.0})
+    cfg = dataclasses.replace(OFF, filter_p=1.0)
     augmenter = Augmenter(cfg)
+    assert augmenter.filters is not None
     lowpass, highpass = augmenter.filters.transforms
     drawn: dict[str, set[int]] = {"lowpass": set(), "highpass": set()}
     for seed in range(12):
@@ -245,7 +250,8 @@ def test_filters_roll_off_by_the_drawn_slope() -> None:
 
 
 def test_filters_apply_with_probability_0_4_each() -> None:
-    augmenter = Augmenter(dataclasses.replace(AugmentConfig(), **{**OFF, "filter_p": 0.4}))
+    augmenter = Augmenter(dataclasses.replace(OFF, filter_p=0.4))
+    assert augmenter.filters is not None
     x = np.random.default_rng(0).standard_normal(augmenter.excerpt_length).astype(np.float32)
     low, high = [], []
     for seed in range(400):
@@ -341,7 +347,7 @@ def test_overdrive_keeps_the_peak_squashes_the_rest_and_adds_odd_harmonics() -> 
 
 
 def test_distortion_applies_with_its_probability() -> None:
-    cfg = dataclasses.replace(AugmentConfig(), **OFF, distortion_p=0.25)
+    cfg = dataclasses.replace(OFF, distortion_p=0.25)
     augmenter = Augmenter(cfg)
     x = excerpt(augmenter)
     changed = [not np.array_equal(augmenter.distort(x, seed), x) for seed in range(400)]

@@ -46,6 +46,7 @@ def test_no_config_trains_on_the_development_test_songs() -> None:
 
 def test_small_cpu_config() -> None:
     config = load_train_config(CONFIGS / "nafp-small-cpu.yaml")
+    assert isinstance(config.model.arch, NAFPConfig)
     assert config.model.arch.width == 0.25
     assert config.training.device == "cpu"
     assert config.training.batch_size * config.training.epochs > 0

@@ -18,6 +18,7 @@ import torch
 
 from afp_core.checkpoint import load_checkpoint
 from afp_core.cli import main
+from afp_core.config import NAFPConfig
 from afp_core.errors import AfpError, ConfigError
 from afp_core.training.data import prepare_training_data
 from afp_core.training.trainer import (
@@ -48,11 +49,17 @@ def setup(tmp_path_factory):
     return paths, config, prepare_training_data(config)
 
 
-def make_trainer(setup, out: Path, **kwargs) -> Trainer:
+class NotingTrainer(Trainer):
+    """A trainer that keeps the notes it gives, in ``notes``."""
+
+    notes: list[str]
+
+
+def make_trainer(setup, out: Path, **kwargs) -> NotingTrainer:
     _, config, data = setup
     notes: list[str] = []
-    trainer = Trainer(config, out=out, quiet=True, on_note=notes.append, data=data, **kwargs)
-    trainer.notes = notes  # type: ignore[attr-defined]
+    trainer = NotingTrainer(config, out=out, quiet=True, on_note=notes.append, data=data, **kwargs)
+    trainer.notes = notes
     return trainer
 
 
@@ -327,6 +334,7 @@ def test_a_wider_run_starts_from_the_narrow_checkpoints_fingerprints(
     with torch.no_grad():
         expected = narrow(waves)
         got = trainer.model.eval()(waves)
+    assert isinstance(trainer.model.spec.arch, NAFPConfig)
     assert trainer.model.spec.arch.width == 0.5
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     assert any("widened 2x" in note for note in notes)

@@ -10,7 +10,8 @@ import soundfile as sf
 
 from afp_core.augment import synthesise_noise
 from afp_core.config import NAFPConfig
-from afp_core.models import ModelSpec
+from afp_core.models import Fingerprinter, ModelSpec
+from afp_core.models.nafp import NAFPBlock, NAFPEncoder
 from afp_core.training.config import DataConfig, TrainConfig, TrainingConfig
 from afp_core.training.irs import write_synthetic_irs
 from tests.conftest import synthesise_song
@@ -117,3 +118,11 @@ training:
 """
     )
     return path
+
+
+def nafp_blocks(model: Fingerprinter) -> list[NAFPBlock]:
+    """The blocks of an NAFP model's encoder, typed (``nn.Sequential`` items are modules)."""
+    assert isinstance(model.backbone, NAFPEncoder)
+    blocks = [block for block in model.backbone.blocks if isinstance(block, NAFPBlock)]
+    assert len(blocks) == len(model.backbone.blocks)
+    return blocks
