@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from afp_core.audio import iter_audio_files, probe_audio
@@ -49,10 +49,10 @@ def collection_rows() -> list[tuple[str, str, list[Path]]]:
                 rows.append((package, "development", list(iter_audio_files([root / folder]))))
                 break
     for kind in ("music", "noise"):
-        for folder in sorted((TRAINING_AUDIO / kind).glob("*")):
-            if folder.is_dir():
-                files = list(iter_audio_files([folder]))
-                rows.append((folder.name, f"training-only {kind}", files))
+        for collection in sorted((TRAINING_AUDIO / kind).glob("*")):
+            if collection.is_dir():
+                files = list(iter_audio_files([collection]))
+                rows.append((collection.name, f"training-only {kind}", files))
     return rows
 
 
@@ -106,7 +106,7 @@ def write_card(out: Path, rows: list[tuple[str, str, list[Path]]], dupes: list) 
         "| collection | use | files | hours | shortest s | longest s |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    totals: Counter[str] = Counter()
+    totals: dict[str, float] = defaultdict(float)
     for name, use, files in rows:
         seconds = durations(files)
         totals[use] += sum(seconds)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,16 @@ SAMPLE_RATE = 8000
 PATTERNS = ("omni", "subcardioid", "cardioid", "hypercardioid")
 
 
+def as_point(values: Sequence[float] | np.ndarray) -> tuple[float, float, float]:
+    x, y, z = values
+    return float(x), float(y), float(z)
+
+
 def draw_room(rng: np.random.Generator) -> VirtualRoom:
     """One random room, speaker and microphone (the ranges of the module docstring)."""
     size = (rng.uniform(3.0, 10.0), rng.uniform(3.0, 8.0), rng.uniform(2.4, 3.5))
     margin = 0.4
-    mic = tuple(rng.uniform(margin, s - margin) for s in size)
+    mic = as_point([rng.uniform(margin, s - margin) for s in size])
     while True:  # a speaker position inside the room, 0.15-2.5 m from the microphone
         distance = rng.uniform(0.15, 2.5)
         direction = rng.normal(size=3)
@@ -49,7 +55,7 @@ def draw_room(rng: np.random.Generator) -> VirtualRoom:
         size_m=size,
         absorption=float(rng.uniform(0.12, 0.6)),
         mic_m=mic,
-        music_speaker_m=tuple(float(p) for p in speaker),
+        music_speaker_m=as_point(speaker),
         # the noise speaker is not rendered here; one inside the room keeps the check happy
         noise_distances_m=(("path", 0.1),),
         noise_height_m=mic[2],

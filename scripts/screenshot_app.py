@@ -141,7 +141,8 @@ def show_dataset(window: MainWindow, others: list[Path], out: Path) -> None:
 
 def show_queryset(window: MainWindow, queryset: Path, database: Path, out: Path) -> None:
     """The Evaluate page in query-set mode: the set's latest report (evaluated if none)."""
-    page = window.show_page("Evaluate")
+    window.show_page("Evaluate")
+    page = window.evaluate_page
     if error := page.set_queryset(queryset):
         raise SystemExit(f"screenshot_app: {error}")
     page.set_database(database)
@@ -221,7 +222,8 @@ def main() -> int:
         if shoot("record"):
             show_record(window, devices, args.out)
         if shoot("inspect"):
-            inspect = window.show_page("Inspect")
+            window.show_page("Inspect")
+            inspect = window.inspect_page
             wait_idle(inspect, "the spectra and spectrograms")
             if inspect.workers or inspect.spectra is None or inspect.excerpt is None:
                 raise SystemExit("screenshot_app: the Inspect page computed nothing")
@@ -229,7 +231,8 @@ def main() -> int:
         if shoot("dataset"):
             show_dataset(window, args.also, args.out)
         if shoot("evaluate"):
-            evaluate = window.show_page("Evaluate")
+            window.show_page("Evaluate")
+            evaluate = window.evaluate_page
             evaluate.set_database(args.demo.resolve() / "db")  # what the demo searched
             read = wait_for(evaluate.load_report(), "reading the latest report")
             if not read or evaluate.view is None:
