@@ -114,14 +114,15 @@ def average_checkpoints(
         if split != (first.meta.get("data") or {}).get("split_seed"):
             raise CheckpointError(f"{ckpt.path}: trained on another song split than {first.path}")
     total = float(sum(weights))
+    states = [ckpt.model.state_dict() for ckpt in loaded]
     averaged = {}
-    for name, tensor in loaded[-1].model.state_dict().items():
+    for name, tensor in states[-1].items():
         if not tensor.is_floating_point():
             averaged[name] = tensor  # counters: the last stage's
             continue
         mean = torch.zeros_like(tensor, dtype=torch.float64)
-        for ckpt, weight in zip(loaded, weights, strict=True):
-            mean += (weight / total) * ckpt.model.state_dict()[name].double()
+        for state, weight in zip(states, weights, strict=True):
+            mean += (weight / total) * state[name].double()
         averaged[name] = mean.to(tensor.dtype)
     model = build_model(first.spec)
     model.load_state_dict(averaged, strict=True)

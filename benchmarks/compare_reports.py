@@ -1,5 +1,5 @@
 """Compare two real-world evaluation reports cell by cell: the rule that decides whether a
-candidate model replaces the shipped one (docs/training.md, "Shipping a model").
+candidate model replaces the shipped one (docs/training.md, "How a candidate is judged").
 
 Each report is the ``report.json`` that ``afp evaluate`` or ``benchmarks/bench_realworld.py``
 writes. For one rule (default ``sequence``), the first neural system of each report is
@@ -22,18 +22,20 @@ With ``--landmark`` the candidate is also set against the landmark system of its
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from afp_core.fileutil import read_json_object
+from afp_core.protocols.realworld import take_sort_key
+from afp_core.protocols.report import REPORT_FILE, REPORT_FORMAT, ReportError
 
 MEASURES = {
     "accuracy": "accuracy",
     "offset": "offset_accuracy",
     "answered": "accuracy_at_fmr",
 }
-TAKE_ORDER = {"low": 0, "mid": 1, "high": 2}
 
 
 @dataclass(frozen=True)
@@ -44,14 +46,14 @@ class ReportCells:
     cells: dict[tuple[float, str], dict[str, float]]
 
 
-def load_summary(path: Path) -> dict[str, Any]:
+def load_report(path: Path) -> dict[str, Any]:
     """The report JSON at ``path`` (a report folder or its ``report.json``)."""
-    file = path / "report.json" if path.is_dir() else path
+    file = path / REPORT_FILE if path.is_dir() else path
     try:
-        report = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"{file}: not a readable evaluation report ({exc})") from None
-    if report.get("format") != "afp-evaluation-report":
+        report = read_json_object(file, ReportError)
+    except ReportError as exc:
+        raise SystemExit(str(exc)) from None
+    if report.get("format") != REPORT_FORMAT:
         raise SystemExit(f"{file}: not an afp evaluation report")
     return report
 
@@ -80,7 +82,7 @@ def compare_cells(old: ReportCells, new: ReportCells, measure: str) -> tuple[lis
     """Printed lines (one per query length, takes side by side) and the summed difference."""
     keys = sorted(
         (k for k in old.cells if k in new.cells and measure in old.cells[k]),
-        key=lambda k: (k[0], TAKE_ORDER.get(k[1], 9), k[1]),
+        key=lambda k: (k[0], take_sort_key(k[1])),
     )
     lines: list[str] = []
     diffs: list[float] = []
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also set the candidate against its report's landmark",
     )
     args = parser.parse_args(argv)
-    old_report, new_report = load_summary(args.old), load_summary(args.new)
+    old_report, new_report = load_report(args.old), load_report(args.new)
     old = select_cells(old_report, "neural", args.method, args.old)
     new = select_cells(new_report, "neural", args.method, args.new)
     print(f"{old.label} ({args.old}) -> {new.label} ({args.new}), rule {args.method}")

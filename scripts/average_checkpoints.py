@@ -27,10 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         model, meta = average_checkpoints(args.checkpoints, args.weights)
+        save_checkpoint(args.out, model, meta)
     except AfpError as exc:
         print(f"average_checkpoints: {exc}", file=sys.stderr)
         return 1
-    save_checkpoint(args.out, model, meta)
+    except OSError as exc:
+        print(
+            f"average_checkpoints: {args.out}: cannot write: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 1
     shares = ", ".join(f"{s['file']} x {s['weight']:.2f}" for s in meta["averaged_from"])
     print(f"{args.out}: average of {shares}")
     return 0
