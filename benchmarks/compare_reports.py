@@ -12,7 +12,13 @@ compared on every (query length, take) cell by three measures:
 
 A candidate ships only when it is ahead on the sum of accuracy *and* of answered over
 the sessions compared; the printed counts of cells ahead and behind say how even that is.
-With ``--landmark`` the candidate is also set against the landmark system of its report.
+Where both reports hold their trials (``trials.csv``) of the same session, each sum also
+gets a 95 % interval from a paired bootstrap over the session's songs (the queries of one
+song are not independent, the songs are): the songs are drawn with replacement, the same
+draw for both models, and the summed difference recomputed, with each cell's 1 % threshold
+held at its reported value. How often the candidate stays ahead says whether the session
+can tell the two apart. With ``--landmark`` the candidate is also set against the
+landmark system of its report.
 
     python benchmarks/compare_reports.py \\
         runs/bench-realworld/reports/validation-demo-af2df239915c-landmark \\
@@ -22,14 +28,17 @@ With ``--landmark`` the candidate is also set against the landmark system of its
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from afp_core.fileutil import read_json_object
 from afp_core.protocols.realworld import take_sort_key
-from afp_core.protocols.report import REPORT_FILE, REPORT_FORMAT, ReportError
+from afp_core.protocols.report import REPORT_FILE, REPORT_FORMAT, TRIALS_FILE, ReportError
 
 MEASURES = {
     "accuracy": "accuracy",
@@ -38,12 +47,20 @@ MEASURES = {
 }
 
 
+BOOTSTRAP_ROUNDS = 2000
+
+Cell = tuple[float, str]  # (length_s, take)
+Query = tuple[str, int, float, float]  # (take, song_index, start_s, length_s)
+
+
 @dataclass(frozen=True)
 class ReportCells:
-    """One system's summary cells of one report: (length_s, take) -> measure -> value %."""
+    """One system's summary cells of one report: (length_s, take) -> measure -> value %,
+    and each cell's threshold at 1 % false matches."""
 
     label: str
-    cells: dict[tuple[float, str], dict[str, float]]
+    cells: dict[Cell, dict[str, float]]
+    thresholds: dict[Cell, float]
 
 
 def load_report(path: Path) -> dict[str, Any]:
@@ -64,7 +81,8 @@ def select_cells(report: dict[str, Any], kind: str, method: str, source: Path) -
     if not labels:
         raise SystemExit(f"{source}: no {kind} system in this report")
     label = labels[0]
-    cells: dict[tuple[float, str], dict[str, float]] = {}
+    cells: dict[Cell, dict[str, float]] = {}
+    thresholds: dict[Cell, float] = {}
     for row in report["summary"]:
         if row["system"] == label and row["method"] == method:
             key = (float(row["length_s"]), str(row["take"]))
@@ -73,9 +91,72 @@ def select_cells(report: dict[str, Any], kind: str, method: str, source: Path) -
                 for name, field in MEASURES.items()
                 if row.get(field) is not None
             }
+            if row.get("threshold_at_fmr") is not None:
+                thresholds[key] = float(row["threshold_at_fmr"])
     if not cells:
         raise SystemExit(f"{source}: {label} has no '{method}' rows")
-    return ReportCells(label, cells)
+    return ReportCells(label, cells, thresholds)
+
+
+def read_query_hits(
+    path: Path, selected: ReportCells, method: str
+) -> dict[Query, dict[str, bool]] | None:
+    """Per query of ``selected``'s system and rule: measure -> hit, from the report's
+    trials file (None when the report has none)."""
+    file = (path if path.is_dir() else path.parent) / TRIALS_FILE
+    if not file.is_file():
+        return None
+    hits: dict[Query, dict[str, bool]] = {}
+    try:
+        with file.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                if row["system"] != selected.label or row["method"] != method:
+                    continue
+                length, take = float(row["length_s"]), row["take"]
+                song_hit = row["song_hit"] == "True"
+                threshold = selected.thresholds.get((length, take))
+                query = (take, int(row["song_index"]), float(row["start_s"]), length)
+                hits[query] = {
+                    "accuracy": song_hit,
+                    "offset": row["offset_hit"] == "True",
+                    "answered": song_hit
+                    and threshold is not None
+                    and float(row["score"]) >= threshold,
+                }
+    except (OSError, KeyError, ValueError, csv.Error) as exc:
+        raise SystemExit(f"{file}: cannot read the trials ({exc})") from None
+    return hits
+
+
+def bootstrap_summed_difference(
+    old: dict[Query, dict[str, bool]],
+    new: dict[Query, dict[str, bool]],
+    measure: str,
+    rounds: int = BOOTSTRAP_ROUNDS,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(low, high, share > 0): the 95 % interval of the summed per-cell difference in
+    points, new - old, over ``rounds`` draws of the songs with replacement (the same draw
+    for both), and how often that sum is above zero. The two must hold the same queries."""
+    if old.keys() != new.keys():
+        raise ValueError("the two reports do not hold the same queries")
+    songs = sorted({q[1] for q in old})
+    cells = sorted({(q[3], q[0]) for q in old})
+    song_at = {s: i for i, s in enumerate(songs)}
+    cell_at = {c: i for i, c in enumerate(cells)}
+    diff = np.zeros((len(cells), len(songs)))
+    count = np.zeros((len(cells), len(songs)))
+    for query, hits in old.items():
+        c, s = cell_at[query[3], query[0]], song_at[query[1]]
+        diff[c, s] += float(new[query][measure]) - float(hits[measure])
+        count[c, s] += 1
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(len(songs), np.full(len(songs), 1 / len(songs)), size=rounds)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_cell = (weights @ diff.T) / (weights @ count.T)  # rounds x cells
+    sums = 100.0 * np.nansum(per_cell, axis=1)  # a cell no drawn song reaches adds nothing
+    low, high = np.percentile(sums, [2.5, 97.5])
+    return float(low), float(high), float(np.mean(sums > 0))
 
 
 def compare_cells(old: ReportCells, new: ReportCells, measure: str) -> tuple[list[str], float]:
@@ -120,10 +201,23 @@ def main(argv: list[str] | None = None) -> int:
     old = select_cells(old_report, "neural", args.method, args.old)
     new = select_cells(new_report, "neural", args.method, args.new)
     print(f"{old.label} ({args.old}) -> {new.label} ({args.new}), rule {args.method}")
+    old_hits = read_query_hits(args.old, old, args.method)
+    new_hits = read_query_hits(args.new, new, args.method)
+    paired = None
+    if old_hits is not None and new_hits is not None and old_hits.keys() == new_hits.keys():
+        paired = old_hits, new_hits
+    else:
+        print("(no interval: the two reports do not hold the trials of the same queries)")
     totals = {}
     for measure in MEASURES:
         lines, total = compare_cells(old, new, measure)
         totals[measure] = total
+        if paired:
+            low, high, ahead = bootstrap_summed_difference(*paired, measure)
+            lines.append(
+                f"  summed {total:+.1f} points; 95 % interval over the songs "
+                f"[{low:+.1f}, {high:+.1f}], ahead in {100 * ahead:.0f} % of the draws"
+            )
         print(f"\n{measure}:")
         print("\n".join(lines))
     if args.landmark:

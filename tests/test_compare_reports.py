@@ -3,12 +3,16 @@ candidate model replaces the shipped one, read from real report files."""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import importlib
 import json
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from afp_core.protocols.realworld import RealWorldTrial
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,3 +77,69 @@ def test_not_a_report_is_a_one_line_error(compare, tmp_path) -> None:
     bad.write_text("{}")
     with pytest.raises(SystemExit, match=r"report\.json: not an afp evaluation report"):
         compare.main([str(bad), str(bad)])
+
+
+def write_trials(folder: Path, hits: dict[int, list[bool]], score: float = 0.9) -> None:
+    """The trials file of ``folder``'s neural system: per song index, the hits of its 1 s
+    queries on the low take (scores above the report's 1 % threshold, if it has one)."""
+    trials = [
+        RealWorldTrial(
+            system="neural (db-x)",
+            take="low",
+            song_index=song,
+            song=f"song {song}",
+            start_s=float(j),
+            true_offset_s=float(j),
+            length_s=1.0,
+            method="sequence",
+            found=f"song {song}" if hit else "other",
+            found_id=song if hit else 99,
+            offset_s=float(j),
+            score=score,
+            threshold=None,
+            song_hit=hit,
+            offset_hit=hit,
+            rejected=False,
+        )
+        for song, row in hits.items()
+        for j, hit in enumerate(row)
+    ]
+    with (folder / "trials.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(
+            handle, fieldnames=[f.name for f in dataclasses.fields(RealWorldTrial)]
+        )
+        writer.writeheader()
+        writer.writerows(dataclasses.asdict(t) for t in trials)
+
+
+def test_summed_difference_gets_an_interval_over_the_songs(compare, tmp_path, capsys) -> None:
+    # four songs of four queries; the candidate finds one more query of every song
+    old_hits = {s: [True, True, False, False] for s in range(4)}
+    new_hits = {s: [True, True, True, False] for s in range(4)}
+    old = write_report(tmp_path / "old", {(1.0, "low"): (0.50, 0.50)})
+    new = write_report(tmp_path / "new", {(1.0, "low"): (0.75, 0.75)})
+    write_trials(old, old_hits)
+    write_trials(new, new_hits)
+    compare.main([str(old), str(new)])
+    out = capsys.readouterr().out
+    # every draw of the songs gives +25 points: the session tells the two apart
+    assert "summed +25.0 points; 95 % interval over the songs [+25.0, +25.0], ahead in 100 %" in out
+
+
+def test_a_gain_from_one_song_is_not_told_apart(compare) -> None:
+    old = {("low", s, float(j), 1.0): {"accuracy": False} for s in range(10) for j in range(4)}
+    new = {q: {"accuracy": q[1] == 0} for q in old}  # only song 0 gains
+    low, high, ahead = compare.bootstrap_summed_difference(old, new, "accuracy")
+    assert low == 0.0 < high  # some draws leave song 0 out
+    assert 0.5 < ahead < 0.8  # P(song 0 drawn at least once) = 1 - 0.9 ** 10 = 0.65
+
+
+def test_reports_of_different_queries_get_no_interval(compare, tmp_path, capsys) -> None:
+    old = write_report(tmp_path / "old", {(1.0, "low"): (0.50, 0.50)})
+    new = write_report(tmp_path / "new", {(1.0, "low"): (0.75, 0.75)})
+    write_trials(old, {0: [True, False]})
+    write_trials(new, {1: [True, True]})
+    compare.main([str(old), str(new)])
+    out = capsys.readouterr().out
+    assert "no interval" in out
+    assert "95 % interval" not in out
