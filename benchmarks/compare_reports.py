@@ -28,7 +28,6 @@ landmark system of its report.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ import numpy as np
 
 from afp_core.fileutil import read_json_object
 from afp_core.protocols.realworld import take_sort_key
-from afp_core.protocols.report import REPORT_FILE, REPORT_FORMAT, TRIALS_FILE, ReportError
+from afp_core.protocols.report import REPORT_FORMAT, ReportError, read_report
 
 MEASURES = {
     "accuracy": "accuracy",
@@ -63,16 +62,22 @@ class ReportCells:
     thresholds: dict[Cell, float]
 
 
-def load_report(path: Path) -> dict[str, Any]:
-    """The report JSON at ``path`` (a report folder or its ``report.json``)."""
-    file = path / REPORT_FILE if path.is_dir() else path
+Trials = list[dict[str, Any]]
+
+
+def load_report(path: Path) -> tuple[dict[str, Any], Trials | None]:
+    """The report JSON at ``path`` and, for a report folder, its trials (typed rows);
+    a bare ``report.json`` has no trials."""
     try:
-        report = read_json_object(file, ReportError)
+        if path.is_dir():
+            folder = read_report(path)
+            return folder.data, folder.trials
+        report = read_json_object(path, ReportError)
     except ReportError as exc:
         raise SystemExit(str(exc)) from None
     if report.get("format") != REPORT_FORMAT:
-        raise SystemExit(f"{file}: not an afp evaluation report")
-    return report
+        raise SystemExit(f"{path}: not an afp evaluation report")
+    return report, None
 
 
 def select_cells(report: dict[str, Any], kind: str, method: str, source: Path) -> ReportCells:
@@ -99,32 +104,23 @@ def select_cells(report: dict[str, Any], kind: str, method: str, source: Path) -
 
 
 def read_query_hits(
-    path: Path, selected: ReportCells, method: str
-) -> dict[Query, dict[str, bool]] | None:
-    """Per query of ``selected``'s system and rule: measure -> hit, from the report's
-    trials file (None when the report has none)."""
-    file = (path if path.is_dir() else path.parent) / TRIALS_FILE
-    if not file.is_file():
-        return None
+    trials: Trials, selected: ReportCells, method: str
+) -> dict[Query, dict[str, bool]]:
+    """Per query of ``selected``'s system and rule in ``trials``: measure -> hit."""
     hits: dict[Query, dict[str, bool]] = {}
-    try:
-        with file.open(newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                if row["system"] != selected.label or row["method"] != method:
-                    continue
-                length, take = float(row["length_s"]), row["take"]
-                song_hit = row["song_hit"] == "True"
-                threshold = selected.thresholds.get((length, take))
-                query = (take, int(row["song_index"]), float(row["start_s"]), length)
-                hits[query] = {
-                    "accuracy": song_hit,
-                    "offset": row["offset_hit"] == "True",
-                    "answered": song_hit
-                    and threshold is not None
-                    and float(row["score"]) >= threshold,
-                }
-    except (OSError, KeyError, ValueError, csv.Error) as exc:
-        raise SystemExit(f"{file}: cannot read the trials ({exc})") from None
+    for row in trials:
+        if row["system"] != selected.label or row["method"] != method:
+            continue
+        length, take = float(row["length_s"]), str(row["take"])
+        threshold = selected.thresholds.get((length, take))
+        query = (take, int(row["song_index"]), float(row["start_s"]), length)
+        hits[query] = {
+            "accuracy": bool(row["song_hit"]),
+            "offset": bool(row["offset_hit"]),
+            "answered": bool(row["song_hit"])
+            and threshold is not None
+            and float(row["score"]) >= threshold,
+        }
     return hits
 
 
@@ -197,16 +193,20 @@ def main(argv: list[str] | None = None) -> int:
         help="also set the candidate against its report's landmark",
     )
     args = parser.parse_args(argv)
-    old_report, new_report = load_report(args.old), load_report(args.new)
+    (old_report, old_trials), (new_report, new_trials) = (
+        load_report(args.old),
+        load_report(args.new),
+    )
     old = select_cells(old_report, "neural", args.method, args.old)
     new = select_cells(new_report, "neural", args.method, args.new)
     print(f"{old.label} ({args.old}) -> {new.label} ({args.new}), rule {args.method}")
-    old_hits = read_query_hits(args.old, old, args.method)
-    new_hits = read_query_hits(args.new, new, args.method)
     paired = None
-    if old_hits is not None and new_hits is not None and old_hits.keys() == new_hits.keys():
-        paired = old_hits, new_hits
-    else:
+    if old_trials and new_trials:
+        old_hits = read_query_hits(old_trials, old, args.method)
+        new_hits = read_query_hits(new_trials, new, args.method)
+        if old_hits and old_hits.keys() == new_hits.keys():
+            paired = old_hits, new_hits
+    if paired is None:
         print("(no interval: the two reports do not hold the trials of the same queries)")
     totals = {}
     for measure in MEASURES:

@@ -13,6 +13,16 @@ from types import ModuleType
 import pytest
 
 from afp_core.protocols.realworld import RealWorldTrial
+from afp_core.protocols.report import REPORT_FORMAT, REPORT_VERSION
+
+TRIAL_COLUMNS = {f.name: "str" for f in dataclasses.fields(RealWorldTrial)} | {
+    "song_index": "int",
+    "start_s": "float",
+    "length_s": "float",
+    "score": "float",
+    "song_hit": "bool",
+    "offset_hit": "bool",
+}
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,8 +59,16 @@ def write_report(folder: Path, neural: dict[tuple[float, str], tuple[float, floa
                 }
             )
     folder.mkdir()
-    report = {"format": "afp-evaluation-report", "systems": systems, "summary": summary}
+    report = {
+        "format": REPORT_FORMAT,
+        "version": REPORT_VERSION,
+        "systems": systems,
+        "summary": summary,
+        "trial_columns": TRIAL_COLUMNS,
+    }
     (folder / "report.json").write_text(json.dumps(report))
+    (folder / "table.md").write_text("")
+    write_trials(folder, {})
     return folder
 
 
@@ -105,9 +123,7 @@ def write_trials(folder: Path, hits: dict[int, list[bool]], score: float = 0.9) 
         for j, hit in enumerate(row)
     ]
     with (folder / "trials.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(
-            handle, fieldnames=[f.name for f in dataclasses.fields(RealWorldTrial)]
-        )
+        writer = csv.DictWriter(handle, fieldnames=list(TRIAL_COLUMNS))
         writer.writeheader()
         writer.writerows(dataclasses.asdict(t) for t in trials)
 
