@@ -2,7 +2,8 @@
 candidate model replaces the shipped one (docs/training.md, "How a candidate is judged").
 
 Each report is the ``report.json`` that ``afp evaluate`` or ``benchmarks/bench_realworld.py``
-writes. For one rule (default ``sequence``), the first neural system of each report is
+writes. For one rule (default ``sequence``), the first neural system of each report (or
+the one ``--old-system`` / ``--new-system`` names: two models of one report) is
 compared on every (query length, take) cell by three measures:
 
 - accuracy: right song, no rejection (the paper's measure);
@@ -80,11 +81,24 @@ def load_report(path: Path) -> tuple[dict[str, Any], Trials | None]:
     return report, None
 
 
-def select_cells(report: dict[str, Any], kind: str, method: str, source: Path) -> ReportCells:
-    """The cells of the first system of ``kind`` in ``report``, for rule ``method``."""
-    labels = [s["label"] for s in report["systems"] if s["recogniser"]["kind"] == kind]
+def select_cells(
+    report: dict[str, Any],
+    kind: str,
+    method: str,
+    source: Path,
+    part: str = "",
+    measures: dict[str, str] = MEASURES,
+) -> ReportCells:
+    """The cells of the first system of ``kind`` in ``report`` whose label contains
+    ``part``, for rule ``method``: each of ``measures`` (name -> summary field) in %."""
+    labels = [
+        s["label"]
+        for s in report["systems"]
+        if s["recogniser"]["kind"] == kind and part in s["label"]
+    ]
     if not labels:
-        raise SystemExit(f"{source}: no {kind} system in this report")
+        named = f" named '{part}'" if part else ""
+        raise SystemExit(f"{source}: no {kind} system{named} in this report")
     label = labels[0]
     cells: dict[Cell, dict[str, float]] = {}
     thresholds: dict[Cell, float] = {}
@@ -93,7 +107,7 @@ def select_cells(report: dict[str, Any], kind: str, method: str, source: Path) -
             key = (float(row["length_s"]), str(row["take"]))
             cells[key] = {
                 name: 100.0 * float(row[field])
-                for name, field in MEASURES.items()
+                for name, field in measures.items()
                 if row.get(field) is not None
             }
             if row.get("threshold_at_fmr") is not None:
@@ -188,6 +202,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("new", type=Path, help="report of the candidate")
     parser.add_argument("--method", default="sequence", help="neural rule to compare")
     parser.add_argument(
+        "--old-system",
+        default="",
+        metavar="PART",
+        help="the neural system of OLD whose label contains PART (default: its first)",
+    )
+    parser.add_argument(
+        "--new-system",
+        default="",
+        metavar="PART",
+        help="the neural system of NEW whose label contains PART (default: its first)",
+    )
+    parser.add_argument(
         "--landmark",
         action="store_true",
         help="also set the candidate against its report's landmark",
@@ -197,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         load_report(args.old),
         load_report(args.new),
     )
-    old = select_cells(old_report, "neural", args.method, args.old)
-    new = select_cells(new_report, "neural", args.method, args.new)
+    old = select_cells(old_report, "neural", args.method, args.old, args.old_system)
+    new = select_cells(new_report, "neural", args.method, args.new, args.new_system)
     print(f"{old.label} ({args.old}) -> {new.label} ({args.new}), rule {args.method}")
     paired = None
     if old_trials and new_trials:

@@ -159,3 +159,36 @@ def test_reports_of_different_queries_get_no_interval(compare, tmp_path, capsys)
     out = capsys.readouterr().out
     assert "no interval" in out
     assert "95 % interval" not in out
+
+
+@pytest.fixture
+def tabulate(compare) -> ModuleType:  # compare puts benchmarks/ on the path
+    return importlib.import_module("tabulate_reports")
+
+
+def test_tables_put_each_sessions_takes_side_by_side(tabulate, tmp_path, capsys) -> None:
+    cells = {(1.0, "high"): (0.50, 0.30), (1.0, "low"): (0.80, 0.60), (5.0, "low"): (1.0, 0.9)}
+    report = write_report(tmp_path / "test-demo", cells)
+    args = [str(report), "--column", "v5=neural:db-x", "--column", "lm=landmark", "--lengths", "1"]
+    tabulate.main([*args, "--measure", "answered"])
+    assert capsys.readouterr().out.splitlines() == [
+        "| session | query | v5 | lm |",
+        "|---|---|---|---|",
+        "| test-demo | 1 s | 60.0 / 30.0 | 50.0 / 50.0 |",  # low before high, 5 s left out
+    ]
+    tabulate.main([*args, "--measure", "rejected"])  # not in this report's summary
+    assert "| test-demo | 1 s | - / - | - / - |" in capsys.readouterr().out
+
+
+def test_a_column_naming_no_system_is_a_one_line_error(tabulate, tmp_path) -> None:
+    report = write_report(tmp_path / "r", {(1.0, "low"): (0.8, 0.6)})
+    with pytest.raises(SystemExit, match="no neural system named 'db-y'"):
+        tabulate.main([str(report), "--column", "v5=neural:db-y"])
+    with pytest.raises(SystemExit, match="expected NAME=KIND"):
+        tabulate.main([str(report), "--column", "v5=cnn"])
+
+
+def test_compare_picks_one_model_of_a_report_by_name(compare, tmp_path, capsys) -> None:
+    report = write_report(tmp_path / "r", {(1.0, "low"): (0.8, 0.6)})
+    with pytest.raises(SystemExit, match="no neural system named 'db-z'"):
+        compare.main([str(report), str(report), "--new-system", "db-z"])
