@@ -11,8 +11,9 @@ A column is ``NAME=KIND[:PART][/RULE]``: the first system of KIND (neural, landm
 fused) whose label contains PART, decided by RULE (default: ``sequence`` for neural
 systems, the kind itself otherwise). Measures: ``accuracy`` (right song, no rejection),
 ``offset`` (and the offset within tolerance), ``answered`` (right song above the
-threshold that lets 1 % of impostors through) and ``rejected`` (true queries rejected at
-that threshold). Reports are folders or their ``report.json``.
+threshold that lets 1 % of impostors through), ``rejected`` (true queries rejected at
+that threshold), and for the calibrated threshold the system ships with, ``no-match``
+(true queries answered "no match") and ``false-matches`` (impostors answered with a song). Reports are folders or their ``report.json``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ MEASURES = {
     "offset": "offset_accuracy",
     "answered": "accuracy_at_fmr",
     "rejected": "rejected_at_fmr",
+    "no-match": "no_match_rate",
+    "false-matches": "false_match_rate_measured",
 }
 DEFAULT_RULES = {"neural": "sequence", "landmark": "landmark", "fused": "fused"}
 
