@@ -13,7 +13,8 @@ systems, the kind itself otherwise). Measures: ``accuracy`` (right song, no reje
 ``offset`` (and the offset within tolerance), ``answered`` (right song above the
 threshold that lets 1 % of impostors through), ``rejected`` (true queries rejected at
 that threshold), and for the calibrated threshold the system ships with, ``no-match``
-(true queries answered "no match") and ``false-matches`` (impostors answered with a song). Reports are folders or their ``report.json``.
+(true queries answered "no match") and ``false-matches`` (impostors answered with a
+song). Reports are folders or their ``report.json``.
 """
 
 from __future__ import annotations
