@@ -38,7 +38,7 @@ import numpy as np
 
 from afp_core.fileutil import read_json_object
 from afp_core.protocols.realworld import take_sort_key
-from afp_core.protocols.report import REPORT_FORMAT, ReportError, read_report
+from afp_core.protocols.report import REPORT_FILE, REPORT_FORMAT, ReportError, read_report
 
 MEASURES = {
     "accuracy": "accuracy",
@@ -66,9 +66,11 @@ class ReportCells:
 Trials = list[dict[str, Any]]
 
 
-def load_report(path: Path) -> tuple[dict[str, Any], Trials | None]:
-    """The report JSON at ``path`` and, for a report folder, its trials (typed rows);
-    a bare ``report.json`` has no trials."""
+def load_report(path: Path, with_trials: bool = True) -> tuple[dict[str, Any], Trials | None]:
+    """The report JSON at ``path`` and, for a report folder read ``with_trials``, its
+    trials (typed rows); a bare ``report.json`` has no trials."""
+    if path.is_dir() and not with_trials:
+        path = path / REPORT_FILE
     try:
         if path.is_dir():
             folder = read_report(path)

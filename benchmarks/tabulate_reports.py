@@ -24,14 +24,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import compare_reports
 from compare_reports import ReportCells, load_report, select_cells
 
 from afp_core.protocols.realworld import take_sort_key
 
 MEASURES = {
-    "accuracy": "accuracy",
-    "offset": "offset_accuracy",
-    "answered": "accuracy_at_fmr",
+    **compare_reports.MEASURES,
     "rejected": "rejected_at_fmr",
     "no-match": "no_match_rate",
     "false-matches": "false_match_rate_measured",
@@ -80,7 +79,7 @@ def tabulate(
     header = ["session", "query", *(c.name for c in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for source in reports:
-        report, _ = load_report(source)
+        report, _ = load_report(source, with_trials=False)  # the summary is enough
         selected = [select_cells(report, c.kind, c.rule, source, c.part, MEASURES) for c in columns]
         found = sorted({k[0] for cells in selected for k in cells.cells})
         for length in [x for x in found if lengths is None or x in lengths]:
