@@ -220,6 +220,9 @@ def test_fewer_songs_than_n_is_a_config_error(tiny: dict[str, Path], tmp_path: P
     config = tiny_config(tiny, tmp_path / "out", batch_size=11)
     with pytest.raises(ConfigError, match=r"training\.batch_size: .*N=11.* only 10 training"):
         prepare_training_data(config)
+    # repeat_songs lifts the limit (the data is prepared; batches repeat songs, below).
+    repeating = tiny_config(tiny, tmp_path / "out", batch_size=11, repeat_songs=True)
+    assert len(prepare_training_data(repeating).songs.train) == 10
 
 
 # --- decoding cache ------------------------------------------------------------------------
@@ -299,6 +302,24 @@ def test_batches_hold_n_different_loud_songs(prepared) -> None:
     again = dataset.make_batch(epoch=0, step=0)
     assert torch.equal(batch["positives"], again["positives"])
     assert not torch.equal(batch["anchors"], dataset.make_batch(epoch=1, step=0)["anchors"])
+
+
+def test_repeat_songs_fills_a_batch_larger_than_the_songs(prepared) -> None:
+    config, data = prepared
+    excerpt, offset = excerpt_layout(config.augmentation, SR, 8000)
+    pool = SongPool(data.songs.train, excerpt, offset, 8000, config.data.energy_floor)
+    # Up to the number of songs, repeat_songs draws exactly what the distinct draw does.
+    for n in (4, 10):
+        plain = pool.draw(n, np.random.default_rng(7))
+        repeated = pool.draw(n, np.random.default_rng(7), repeat=True)
+        for a, b in zip(plain, repeated, strict=True):
+            np.testing.assert_array_equal(a, b)
+    excerpts, songs, starts = pool.draw(25, np.random.default_rng(7), repeat=True)
+    assert excerpts.shape == (25, excerpt)
+    assert set(songs[:10].tolist()) == set(range(10))  # every song once, then repeats
+    assert len(set(zip(songs.tolist(), starts.tolist(), strict=True))) > 20
+    with pytest.raises(AfpError, match="a batch needs 25 different songs"):
+        pool.draw(25, np.random.default_rng(7))
 
 
 def test_quiet_windows_are_drawn_again(prepared) -> None:

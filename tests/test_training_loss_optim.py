@@ -27,16 +27,25 @@ def one_thread() -> Iterator[None]:
 # --- NT-Xent -------------------------------------------------------------------------------
 
 
-def loop_nt_xent(anchors: torch.Tensor, positives: torch.Tensor, temperature: float) -> float:
-    """Paper eq. 1-2 written as plain Python loops over the 2N items."""
+def loop_nt_xent(
+    anchors: torch.Tensor,
+    positives: torch.Tensor,
+    temperature: float,
+    songs: list[int] | None = None,
+) -> float:
+    """Paper eq. 1-2 written as plain Python loops over the 2N items; with ``songs``, the
+    other windows of an item's song are left out of its denominator."""
     z = [*anchors.tolist(), *positives.tolist()]
     n = len(anchors)
+    song = [*(songs or range(n)), *(songs or range(n))]
 
     def sim(i: int, j: int) -> float:
         return sum(a * b for a, b in zip(z[i], z[j], strict=True)) / temperature
 
     def ell(i: int, j: int) -> float:
-        denominator = sum(math.exp(sim(i, k)) for k in range(2 * n) if k != i)
+        denominator = sum(
+            math.exp(sim(i, k)) for k in range(2 * n) if k != i and (k == j or song[k] != song[i])
+        )
         return -math.log(math.exp(sim(i, j)) / denominator)
 
     return sum(ell(k, n + k) + ell(n + k, k) for k in range(n)) / (2 * n)
@@ -54,6 +63,28 @@ def test_nt_xent_matches_the_equations(n: int, dim: int, temperature: float) -> 
     # nt_xent computes in float32: compare to float32 precision of logits up to 1/T = 20.
     assert got.item() == pytest.approx(expected, rel=1e-5, abs=1e-5)
     assert NTXentLoss(temperature)(anchors, positives).item() == pytest.approx(got.item())
+
+
+def test_nt_xent_leaves_other_windows_of_a_song_out_of_the_denominator() -> None:
+    gen = torch.Generator().manual_seed(3)
+    anchors = F.normalize(torch.randn(6, 8, generator=gen, dtype=torch.float64), dim=1)
+    positives = F.normalize(
+        anchors + 0.5 * torch.randn(6, 8, generator=gen, dtype=torch.float64), dim=1
+    )
+    songs = [0, 1, 0, 2, 1, 0]
+    got = nt_xent(anchors, positives, 0.1, torch.tensor(songs)).item()
+    assert got == pytest.approx(loop_nt_xent(anchors, positives, 0.1, songs), rel=1e-5)
+    # A window nearly identical to another of its song (a repeated chorus) costs nothing
+    # when the two share a song id, and is a hard negative when they do not.
+    anchors[2] = F.normalize(anchors[0] + 1e-3, dim=0)
+    same = nt_xent(anchors, positives, 0.1, torch.tensor(songs)).item()
+    assert same == pytest.approx(loop_nt_xent(anchors, positives, 0.1, songs), rel=1e-5)
+    assert same < nt_xent(anchors, positives, 0.1, torch.arange(6)).item()
+    assert nt_xent(anchors, positives, 0.1, torch.arange(6)).item() == pytest.approx(
+        nt_xent(anchors, positives, 0.1).item()
+    )
+    with pytest.raises(ValueError, match="songs must be"):
+        nt_xent(anchors, positives, 0.1, torch.arange(5))
 
 
 def test_nt_xent_is_low_for_matching_pairs_and_has_gradients() -> None:

@@ -210,6 +210,13 @@ def test_cli_train_rejects_bad_config_before_any_work(setup, tmp_path: Path, cap
     few.write_text(few.read_text().replace("batch_size: 8", "batch_size: 32"))
     assert main(["train", str(few)]) == 1
     assert "N=32 different songs, but there are only 10" in capsys.readouterr().err
+    # With repeat_songs the same N trains: songs repeat within a batch.
+    few.write_text(
+        few.read_text().replace("batch_size: 32", "batch_size: 32\n  repeat_songs: true")
+    )
+    assert main(["train", str(few), "--quiet", "--out", str(tmp_path / "repeat")]) == 0
+    assert "finished after 1 epochs, 1 steps" in capsys.readouterr().out
+    assert "repeat_songs: true" in (tmp_path / "repeat" / "config.yaml").read_text()
 
 
 def test_truncated_state_or_model_is_one_line_without_torch_advice(

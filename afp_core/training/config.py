@@ -97,6 +97,9 @@ class TrainingConfig:
 
     - ``batch_size`` is N: N windows from N different songs, each with its augmented
       twin, so the loss sees 2N (the paper's 2N = 512 is ``batch_size: 256``).
+      ``repeat_songs`` lets N exceed the training songs: every song gives a window, then
+      songs drawn again (by length) give more, and the loss leaves the other windows of
+      an item's song out of its denominator (``nt_xent(songs=...)``).
     - ``steps_per_epoch``: 0 means one pass over the training windows (0.5 s hop) / N.
     - Learning rate: LAMB with ``lr * 2N / lr_scale_batch`` (the authors' code scales the
       base rate by batch/640, "batch" counting anchors and positives); ``lr_scale_batch:
@@ -131,6 +134,7 @@ class TrainingConfig:
     val_batches: int = 8
     val_windows: int = 500
     init_from: str | None = None
+    repeat_songs: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs"):

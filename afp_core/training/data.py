@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -538,7 +539,8 @@ def prepare_training_data(
         split = dataclasses.replace(split, train=(*split.train, *kept))
         songs += kept
         sources["train_only_songs"] = list(data.train_only_songs)
-    _check_enough_songs(len(split.train), n, len(songs), world)
+    repeat = config.training.repeat_songs
+    _check_enough_songs(len(split.train), n, len(songs), world, repeat=repeat)
     excerpt, _ = excerpt_layout(config.augmentation, sample_rate, window)
     decoded = {
         name: decode_songs(
@@ -551,7 +553,7 @@ def prepare_training_data(
         )
         for name in ("train", "validation", "test")
     }
-    _check_enough_songs(len(decoded["train"]), n, len(songs), world, "usable ")
+    _check_enough_songs(len(decoded["train"]), n, len(songs), world, "usable ", repeat)
     song_split = Split(
         train=tuple(decoded["train"]),
         validation=tuple(decoded["validation"]),
@@ -630,14 +632,18 @@ def _prepare_irs(
     return prepared
 
 
-def _check_enough_songs(available: int, n: int, total: int, world: int = 1, what: str = "") -> None:
+def _check_enough_songs(
+    available: int, n: int, total: int, world: int = 1, what: str = "", repeat: bool = False
+) -> None:
     per_rank = available // max(world, 1)
-    if per_rank < n:
+    if per_rank < (2 if repeat else n):
         ranks = f" split over {world} processes ({per_rank} each)" if world > 1 else ""
+        needed = "at least 2" if repeat else f"N={n} different"
         raise ConfigError(
-            f"training.batch_size: a batch needs N={n} different songs, but there are only "
+            f"training.batch_size: a batch needs {needed} songs, but there are only "
             f"{available} {what}training songs{ranks} (of {total} songs found); lower "
-            f"training.batch_size to at most {per_rank} or add songs"
+            f"training.batch_size to at most {per_rank}, set training.repeat_songs, "
+            "or add songs"
         )
 
 
@@ -695,22 +701,37 @@ class SongPool:
         x = window.astype(np.float64) / INT16_SCALE
         return float(np.dot(x, x)) > self.energy_floor
 
-    def draw(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(excerpts (n, excerpt) float32, song indices (n,), excerpt starts (n,))."""
+    def draw(
+        self, n: int, rng: np.random.Generator, repeat: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(excerpts (n, excerpt) float32, song indices (n,), excerpt starts (n,)).
+
+        The songs differ; with ``repeat``, once every song has given a window, songs drawn
+        again by length fill the rest (a batch of at most N different songs is drawn
+        exactly as without ``repeat``).
+        """
         usable = int(np.count_nonzero(self.weights))
-        if usable < n:
-            raise AfpError(f"a batch needs {n} different songs, only {usable} are long enough")
-        order = rng.choice(len(self.songs), size=usable, replace=False, p=self.weights)
+        needed = 2 if repeat else n
+        if usable < needed:
+            raise AfpError(f"a batch needs {needed} different songs, only {usable} are long enough")
+        order: Iterable[int] = rng.choice(
+            len(self.songs), size=usable, replace=False, p=self.weights
+        )
+        if repeat and usable < n:
+            again = rng.choice(len(self.songs), size=self.tries * n, replace=True, p=self.weights)
+            order = itertools.chain(order, again)
         excerpts = np.empty((n, self.excerpt), dtype=np.float32)
         chosen: list[int] = []
         starts: list[int] = []
-        for index in order:
-            start = self._draw_start(int(index), rng)
+        quiet: set[int] = set()
+        for index in map(int, order):
+            start = None if index in quiet else self._draw_start(index, rng)
             if start is None:
+                quiet.add(index)
                 continue  # no loud window found in this song: the next song stands in
             audio = self.audio[index]
             excerpts[len(chosen)] = audio[start : start + self.excerpt] / INT16_SCALE
-            chosen.append(int(index))
+            chosen.append(index)
             starts.append(start)
             if len(chosen) == n:
                 return excerpts, np.array(chosen), np.array(starts)
@@ -739,6 +760,7 @@ class BatchSpec:
     window: int
     n_freq: int
     n_time: int
+    repeat_songs: bool = False
 
 
 class ContrastiveBatches(IterableDataset):
@@ -766,7 +788,7 @@ class ContrastiveBatches(IterableDataset):
     ) -> None:
         super().__init__()
         if len(pool) < spec.n:
-            _check_enough_songs(len(pool), spec.n, len(pool))
+            _check_enough_songs(len(pool), spec.n, len(pool), repeat=spec.repeat_songs)
         self.pool = pool
         self.augment = augment
         self.spec = spec
@@ -839,8 +861,9 @@ def make_augmenter(
 def make_batch(
     pool: SongPool, augmenter: Augmenter, spec: BatchSpec, rng: np.random.Generator, step: int
 ) -> dict[str, Any]:
-    """N clean windows from N different songs and their augmented twins."""
-    excerpts, songs, _ = pool.draw(spec.n, rng)
+    """N clean windows from N different songs (or fewer: ``spec.repeat_songs``) and their
+    augmented twins."""
+    excerpts, songs, _ = pool.draw(spec.n, rng, spec.repeat_songs)
     anchors = np.empty((spec.n, spec.window), dtype=np.float32)
     positives = np.empty_like(anchors)
     for i, excerpt in enumerate(excerpts):

@@ -251,6 +251,7 @@ class Trainer:
             window=spec.audio.window,
             n_freq=n_freq,
             n_time=n_time,
+            repeat_songs=cfg.repeat_songs,
         )
         excerpt, anchor_offset = excerpt_layout(
             self.config.augmentation, spec.audio.sample_rate, spec.audio.window
@@ -506,7 +507,9 @@ class Trainer:
         ):
             z = self.step_module(anchors, positives, masks)
         n = anchors.shape[0]
-        loss = nt_xent(z[:n].float(), z[n:].float(), self.config.training.temperature)
+        loss = nt_xent(
+            z[:n].float(), z[n:].float(), self.config.training.temperature, batch["songs"]
+        )
         if not torch.isfinite(loss):
             raise AfpError(
                 f"the training loss became {loss.item()} at step {self.global_step + 1}; "
