@@ -7,14 +7,9 @@ songs are played through a simulated playback path (a synthetic room and a
 microphone/speaker impulse response from ``afp_core.training.irs``, then background
 noise at 0-20 dB SNR from ``afp_core.augment.synthesise_noise``) and searched with their
 own song left out, so that each is an impostor with the sound of a recording rather than
-of a clean file. Each excerpt gives impostor scores per query length and decision rule,
-one for each of its spans of L seconds that do not overlap (from its start: a 15 s
-excerpt holds fifteen 1 s spans, seven of 2 s, one of 10 s); the threshold for a length
-is the score that lets ``false_match_rate`` of them through
-(``threshold_at_false_match_rate``). Short lengths need the extra spans: the threshold
-sits at the impostors' 99th percentile, which one span per excerpt (300 scores, the third
-highest setting it) estimates too roughly; embedding the excerpt is what costs, and its
-spans reuse it.
+of a clean file. Each excerpt gives one impostor score per query length (its first L
+seconds) and decision rule; the threshold for a length is the score that lets
+``false_match_rate`` of them through (``threshold_at_false_match_rate``).
 
 Copies are not impostors: an excerpt whose *clean* version matches another song almost
 exactly (mean similarity >= ``copy_similarity`` over the longest length, e.g. the same
@@ -125,8 +120,6 @@ def calibrate_from_audio(
     if not lengths:
         return None
     windows = {x: audio.windows_in(x) for x in lengths}
-    # the window count past which a span's audio no longer overlaps the previous span's
-    spacing = {x: n + math.ceil(audio.window / audio.hop) - 1 for x, n in windows.items()}
     rng = np.random.default_rng(settings.seed)
     weights = np.array([max(s.duration_s, 0.0) for s in songs])
     scores: dict[str, dict[float, list[float]]] = {m: {x: [] for x in lengths} for m in METHODS}
@@ -143,11 +136,11 @@ def calibrate_from_audio(
             heard = embed_audio(model, recorded, device=device)
             for length in lengths:
                 n = windows[length]
-                for start in range(0, len(heard) - n + 1, spacing[length]):
-                    vectors = heard[start : start + n]
-                    for method in METHODS:
-                        match = identify_vectors(db, vectors, method, k=k, exclude_song=song.id)
-                        scores[method][length].append(float(match.score))
+                if n > len(heard):
+                    continue
+                for method in METHODS:
+                    match = identify_vectors(db, heard[:n], method, k=k, exclude_song=song.id)
+                    scores[method][length].append(float(match.score))
         fault_point("index.calibrate")
         task.advance(1)
     table = {
@@ -159,7 +152,8 @@ def calibrate_from_audio(
         for method, by_length in scores.items()
     }
     if save:
-        _save(db, table, scores, windows, k, settings)
+        means = {m: {x: float(np.mean(v)) for x, v in by.items() if v} for m, by in scores.items()}
+        _save(db, table, means, windows, k, settings)
     return table
 
 
@@ -201,23 +195,20 @@ def _impostor_excerpt(
 def _save(
     db: FingerprintDB,
     table: dict[str, dict[float, float]],
-    scores: dict[str, dict[float, list[float]]],
+    means: dict[str, dict[float, float]],
     windows: dict[float, int],
     k: int,
     settings: CalibrationSettings,
 ) -> None:
     """The manifest entry per rule; ``impostor_mean_by_windows`` is what a fused decision
-    (``afp_core.fusion``) scales the score by, ``impostors_by_windows`` how many impostor
-    scores each threshold rests on."""
+    (``afp_core.fusion``) scales the score by."""
     thresholds: dict[str, Any] = {}
     for method, by_length in table.items():
-        found = {str(windows[x]): v for x, v in scores[method].items() if v}
         thresholds[method] = {
             "k": k,
             "nprobe": db.nprobe,
             "by_windows": {str(windows[x]): t for x, t in by_length.items()},
-            "impostor_mean_by_windows": {n: float(np.mean(v)) for n, v in found.items()},
-            "impostors_by_windows": {n: len(v) for n, v in found.items()},
+            "impostor_mean_by_windows": {str(windows[x]): m for x, m in means[method].items()},
             "false_match_rate": settings.false_match_rate,
             "source": SOURCE,
         }

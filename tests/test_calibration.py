@@ -42,10 +42,6 @@ def test_thresholds_from_impostor_excerpts(indexed) -> None:
     assert entry["source"] == SOURCE and entry["false_match_rate"] == 0.01
     assert sorted(int(n) for n in entry["by_windows"]) == [1, 5, 19]
     assert set(entry["impostor_mean_by_windows"]) == set(entry["by_windows"])
-    # Every excerpt gives one impostor per non-overlapping span: short lengths get more.
-    counts = entry["impostors_by_windows"]
-    assert counts["1"] > counts["5"] > counts["19"] > 0
-    assert counts["1"] >= 4 * counts["19"]
     for n, mean in entry["impostor_mean_by_windows"].items():
         assert mean < entry["by_windows"][n]  # the threshold sits in the impostors' top tail
     assert stored_threshold(db, "sequence", 5) == pytest.approx(table["sequence"][3])
